@@ -1,0 +1,99 @@
+"""Where a bus keeps its files, and the names of its shared-memory objects.
+
+::
+
+    data_dir/
+      bus.json                     the bus id (names every shared-memory object)
+      supervisor.lock              flock'd by the running supervisor; holds its pid
+      supervisor.sock              the supervisor's control socket (mode 0600)
+      supervisor.log
+      topics/<topic>/topic.json    name, id, partitions, config
+      topics/<topic>/<partition>/<base offset, 20 digits>.log   segments
+      topics/<topic>/<partition>/<base offset, 20 digits>.index sparse offset index
+
+Shared memory (``/dev/shm``), all mode 0600::
+
+    shmbus-<bus id>-ctl                       wake-up words (layout/ring.py)
+    shmbus-<bus id>-<topic id>-<partition>    one ring per partition
+
+A topic id is new for every incarnation of a topic, so a deleted and
+recreated topic never meets its old rings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+
+
+def default_data_dir() -> str:
+    env = os.environ.get("SHMBUS_DATA_DIR")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.abspath(os.path.join(xdg, "shmbus"))
+
+
+def resolve_data_dir(data_dir) -> str:
+    if data_dir is None:
+        return default_data_dir()
+    return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+
+
+def topics_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, "topics")
+
+
+def topic_dir(data_dir: str, topic: str) -> str:
+    return os.path.join(data_dir, "topics", topic)
+
+
+def partition_dir(data_dir: str, topic: str, partition: int) -> str:
+    return os.path.join(data_dir, "topics", topic, str(partition))
+
+
+def lock_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "supervisor.lock")
+
+
+def socket_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "supervisor.sock")
+
+
+def log_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "supervisor.log")
+
+
+def bus_id(data_dir: str) -> str:
+    """The bus id of ``data_dir``, made (race-free) on first use."""
+    path = os.path.join(data_dir, "bus.json")
+    try:
+        with open(path) as f:
+            return json.load(f)["id"]
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.join(data_dir, "topics"), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"id": secrets.token_hex(6), "version": 1}, f)
+    try:
+        os.link(tmp, path)  # fails if another process won the race
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    with open(path) as f:
+        return json.load(f)["id"]
+
+
+def ctl_name(bid: str) -> str:
+    return f"/shmbus-{bid}-ctl"
+
+
+def ring_name(bid: str, topic_id: str, partition: int) -> str:
+    return f"/shmbus-{bid}-{topic_id}-{partition}"
+
+
+def segment_name(base_offset: int, suffix: str = ".log") -> str:
+    return f"{base_offset:020d}{suffix}"

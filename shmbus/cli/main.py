@@ -1,0 +1,441 @@
+"""The ``shmbus`` command line (click).
+
+User errors (unknown topic, bad name, bad config value, ...) print one line
+to stderr and exit 1, never a traceback; click's own usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from shmbus.errors import ShmbusError
+
+DATA_DIR_HELP = "Data directory (default: $SHMBUS_DATA_DIR, else $XDG_DATA_HOME/shmbus or ~/.local/share/shmbus)."
+
+
+def data_dir_option(f):
+    return click.option("--data-dir", type=click.Path(file_okay=False), default=None, help=DATA_DIR_HELP)(f)
+
+
+def fail(msg: str) -> None:
+    click.echo(f"shmbus: {msg}", err=True)
+    sys.exit(1)
+
+
+class _Group(click.Group):
+    """Turns ShmbusError (and bad values) into one line and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ShmbusError as e:
+            fail(str(e))
+        except (TypeError, ValueError) as e:
+            if isinstance(e, click.ClickException):
+                raise
+            fail(str(e))
+        except BrokenPipeError:
+            # `shmbus consume ... | head`: the reader went away
+            try:
+                sys.stdout = open(os.devnull, "w")
+            except OSError:
+                pass
+            sys.exit(0)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="shmbus")
+def cli():
+    """shmbus: a Kafka-shaped message bus for one machine.
+
+    \b
+    Example:
+      shmbus topics create prices --partitions 4
+      echo 'AAPL:189.5' | shmbus produce prices --key-separator :
+      shmbus consume prices --from-beginning --max-messages 1
+    """
+
+
+def _bus(data_dir, autostart=False):
+    from shmbus.bus import Bus
+
+    return Bus(data_dir, autostart=autostart)
+
+
+# --- supervisor ---
+@cli.command()
+@data_dir_option
+@click.option("--foreground", is_flag=True, help="Run in this terminal instead of in the background.")
+def serve(data_dir, foreground):
+    """Run the supervisor (spills rings to disk, coordinates groups).
+
+    \b
+    Example:
+      shmbus serve                  # in the background, returns when ready
+      shmbus serve --foreground     # until Ctrl-C or `shmbus stop`
+    """
+    from shmbus._paths import resolve_data_dir
+    from shmbus.supervisor import client
+    from shmbus.supervisor.daemon import serve as run
+
+    d = resolve_data_dir(data_dir)
+    if client.running_pid(d) is not None:
+        fail(f"a supervisor is already running: pid={client.running_pid(d)} data_dir={d}")
+    if foreground:
+        sys.exit(run(d))
+    pid = client.start(d)
+    click.echo(f"supervisor running: pid={pid} data_dir={d}")
+
+
+@cli.command()
+@data_dir_option
+def stop(data_dir):
+    """Stop the supervisor (it spills what is published first).
+
+    \b
+    Example:
+      shmbus stop
+    """
+    from shmbus._paths import resolve_data_dir
+    from shmbus.supervisor import client
+
+    d = resolve_data_dir(data_dir)
+    if not client.stop(d):
+        fail(f"no supervisor is running: data_dir={d}")
+    click.echo(f"supervisor stopped: data_dir={d}")
+
+
+@cli.command()
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(data_dir, as_json):
+    """Is the supervisor running, and how are the rings?
+
+    \b
+    Example:
+      shmbus status --json
+    """
+    from shmbus._paths import resolve_data_dir
+    from shmbus.supervisor import client
+
+    d = resolve_data_dir(data_dir)
+    if client.running_pid(d) is None:
+        if as_json:
+            click.echo(json.dumps({"running": False, "data_dir": d}))
+        else:
+            click.echo(f"supervisor: not running  data_dir={d}")
+        sys.exit(1)
+    st = client.request(d, {"cmd": "status"})
+    st["running"] = True
+    st.pop("ok", None)
+    if as_json:
+        click.echo(json.dumps(st, indent=1))
+        return
+    click.echo(f"supervisor: running  pid={st['pid']}  uptime={st['uptime_s']:.0f}s  "
+               f"rss={st['rss_bytes'] / 2**20:.1f} MiB  data_dir={d}")
+    if st["partitions"]:
+        click.echo(f"{'TOPIC':<24} {'PART':>4} {'END OFFSET':>12} {'RING USED':>12} {'RING':>10} {'SPILLED':>12}")
+        for p in st["partitions"]:
+            click.echo(f"{p['topic']:<24} {p['partition']:>4} {p['next_offset']:>12} {p['ring_used']:>12} "
+                       f"{p['ring_bytes']:>10} {p['spilled_frames']:>12}")
+
+
+# --- topics ---
+@cli.group()
+def topics():
+    """Create, list, describe, alter and delete topics."""
+
+
+@topics.command("create")
+@click.argument("name")
+@click.option("--partitions", type=int, default=1, show_default=True)
+@click.option("--config", "configs", multiple=True, metavar="KEY=VALUE", help="A topic config (repeatable).")
+@data_dir_option
+def topics_create(name, partitions, configs, data_dir):
+    """Create a topic.
+
+    \b
+    Example:
+      shmbus topics create prices --partitions 4 --config retention.ms=60000
+    """
+    from shmbus.config import parse_config_pairs
+
+    cfg = parse_config_pairs(list(configs))
+    with _bus(data_dir) as bus:
+        bus.create_topic(name, partitions=partitions, config=cfg)
+    click.echo(f"created topic {name} with {partitions} partition(s)")
+
+
+@topics.command("list")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def topics_list(data_dir, as_json):
+    """List topics.
+
+    \b
+    Example:
+      shmbus topics list --json
+    """
+    with _bus(data_dir) as bus:
+        names = bus.list_topics()
+    if as_json:
+        click.echo(json.dumps(names))
+    else:
+        for n in names:
+            click.echo(n)
+
+
+@topics.command("describe")
+@click.argument("name")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def topics_describe(name, data_dir, as_json):
+    """Partitions (start and end offsets) and config of a topic.
+
+    \b
+    Example:
+      shmbus topics describe prices
+    """
+    with _bus(data_dir) as bus:
+        d = bus.describe_topic(name)
+    if as_json:
+        click.echo(json.dumps({"name": d.name, "config": d.config,
+                               "partitions": [p._asdict() for p in d.partitions]}, indent=1))
+        return
+    click.echo(f"topic: {d.name}  partitions: {len(d.partitions)}")
+    for k, v in d.config.items():
+        click.echo(f"  {k}={v}")
+    click.echo(f"{'PARTITION':>9} {'START':>14} {'END':>14}")
+    for p in d.partitions:
+        click.echo(f"{p.partition:>9} {p.start_offset:>14} {p.end_offset:>14}")
+
+
+@topics.command("delete")
+@click.argument("name")
+@data_dir_option
+def topics_delete(name, data_dir):
+    """Delete a topic and its data.
+
+    \b
+    Example:
+      shmbus topics delete prices
+    """
+    with _bus(data_dir) as bus:
+        bus.delete_topic(name)
+    click.echo(f"deleted topic {name}")
+
+
+@topics.command("alter")
+@click.argument("name")
+@click.option("--config", "configs", multiple=True, required=True, metavar="KEY=VALUE")
+@data_dir_option
+def topics_alter(name, configs, data_dir):
+    """Change a topic's config.
+
+    \b
+    Example:
+      shmbus topics alter prices --config retention.ms=3600000
+    """
+    from shmbus.config import parse_config_pairs
+
+    cfg = parse_config_pairs(list(configs))
+    with _bus(data_dir) as bus:
+        bus.alter_topic_config(name, cfg)
+    click.echo(f"altered topic {name}: " + " ".join(f"{k}={v}" for k, v in cfg.items()))
+
+
+# --- produce / consume ---
+@cli.command()
+@click.argument("topic")
+@click.option("--key-separator", default=None, help="Split each line into key SEP value at the first SEP.")
+@click.option("--partition", type=int, default=None)
+@click.option("--header", "headers", multiple=True, metavar="KEY=VALUE", help="A header on every record (repeatable).")
+@click.option("--acks", type=click.Choice(["memory", "disk"]), default="memory", show_default=True)
+@data_dir_option
+def produce(topic, key_separator, partition, headers, acks, data_dir):
+    """Send one record per line of stdin.
+
+    \b
+    Example:
+      printf 'AAPL:189.5\\nMSFT:410.2\\n' | shmbus produce prices --key-separator :
+    """
+    hdrs = []
+    for h in headers:
+        if "=" not in h:
+            fail(f"a header must be KEY=VALUE: header={h!r}")
+        k, v = h.split("=", 1)
+        hdrs.append((k, v.encode()))
+    if sys.stdin is None or sys.stdin.closed:
+        fail("no stdin to read records from (pipe lines into `shmbus produce`)")
+    from shmbus.bus import Bus
+
+    with Bus(data_dir) as bus:
+        bus.topic_meta(topic)  # fail fast on an unknown topic
+        n = 0
+        with bus.producer(acks=acks) as prod:
+            for line in sys.stdin.buffer:
+                line = line.rstrip(b"\r\n")
+                key = None
+                if key_separator is not None:
+                    sep = key_separator.encode()
+                    if sep not in line:
+                        fail(f"line {n + 1} has no key separator {key_separator!r}: {line[:60]!r}")
+                    key, line = line.split(sep, 1)
+                prod.send(topic, line, key=key, headers=hdrs or None, partition=partition)
+                n += 1
+    click.echo(f"sent {n} record(s) to {topic}", err=True)
+
+
+@cli.command()
+@click.argument("topic")
+@click.option("--group", default=None, help="Consume as a member of this consumer group.")
+@click.option("--from-beginning", is_flag=True, help="Start at the first offset (default: only new records).")
+@click.option("--max-messages", type=int, default=None, help="Exit after this many records.")
+@click.option("--partition", type=int, default=None, help="Read only this partition.")
+@click.option("--offset", type=int, default=None, help="Start at this offset (needs --partition).")
+@click.option("--timeout-ms", type=int, default=None, help="Exit after this long without a record.")
+@click.option("--format", "fmt", default="{value}", show_default=True,
+              help="Per record; fields: topic partition offset timestamp key value headers.")
+@data_dir_option
+def consume(topic, group, from_beginning, max_messages, partition, offset, timeout_ms, fmt, data_dir):
+    """Print records as they arrive, one line each.
+
+    \b
+    Example:
+      shmbus consume prices --from-beginning --max-messages 10 --format '{partition}:{offset} {key}={value}'
+    """
+    from shmbus.bus import Bus
+    from shmbus.records import TopicPartition
+
+    if offset is not None and partition is None:
+        fail("--offset needs --partition")
+    with Bus(data_dir) as bus:
+        meta = bus.topic_meta(topic)
+        c = bus.consumer(group_id=group, auto_offset_reset="earliest" if from_beginning else "latest",
+                         consumer_timeout_ms=timeout_ms)
+        try:
+            if partition is not None:
+                if not 0 <= partition < meta.partitions:
+                    fail(f"partition does not exist: topic={topic!r} partition={partition} (0..{meta.partitions - 1})")
+                c.assign([TopicPartition(topic, partition)])
+                if offset is not None:
+                    c.seek(TopicPartition(topic, partition), offset)
+            else:
+                c.subscribe([topic])
+            n = 0
+            for r in c:
+                click.echo(fmt.format(
+                    topic=r.topic, partition=r.partition, offset=r.offset, timestamp=r.timestamp,
+                    key=_text(r.key), value=_text(r.value),
+                    headers=",".join(f"{k}={_text(v)}" for k, v in r.headers)))
+                n += 1
+                if max_messages is not None and n >= max_messages:
+                    break
+        finally:
+            c.close()
+
+
+def _text(b):
+    if b is None:
+        return "null"
+    try:
+        return b.decode()
+    except UnicodeDecodeError:
+        return b.hex()
+
+
+# --- groups ---
+@cli.group()
+def groups():
+    """List and describe consumer groups."""
+
+
+@groups.command("list")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def groups_list(data_dir, as_json):
+    """List consumer groups.
+
+    \b
+    Example:
+      shmbus groups list
+    """
+    with _bus(data_dir) as bus:
+        names = bus.list_groups()
+    if as_json:
+        click.echo(json.dumps(names))
+    else:
+        for n in names:
+            click.echo(n)
+
+
+@groups.command("describe")
+@click.argument("group")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def groups_describe(group, data_dir, as_json):
+    """Members, committed offsets, end offsets and lag of a group.
+
+    \b
+    Example:
+      shmbus groups describe billing
+    """
+    with _bus(data_dir) as bus:
+        d = bus.describe_group(group)
+    if as_json:
+        click.echo(json.dumps({
+            "group_id": d.group_id, "state": d.state, "generation": d.generation,
+            "members": [{"member_id": m.member_id, "pid": m.pid,
+                         "assignment": sorted([list(tp) for tp in m.assignment])} for m in d.members],
+            "offsets": [{"topic": tp.topic, "partition": tp.partition, **o._asdict()} for tp, o in d.offsets.items()],
+        }, indent=1))
+        return
+    click.echo(f"group: {d.group_id}  state: {d.state}  generation: {d.generation}  members: {len(d.members)}")
+
+
+# --- bench and demo ---
+@cli.command()
+@click.option("--records", type=int, default=200_000, show_default=True)
+@click.option("--size", type=int, default=100, show_default=True, help="Value bytes per record.")
+@data_dir_option
+def bench(records, size, data_dir):
+    """Latency and throughput between two processes, with percentiles.
+
+    \b
+    Example:
+      shmbus bench --records 100000 --size 100
+    """
+    from shmbus.cli.demo import run_bench
+
+    run_bench(data_dir, records, size)
+
+
+@cli.command()
+@click.option("--records", type=int, default=20_000, show_default=True, help="Records per producer.")
+@click.option("--producers", type=int, default=2, show_default=True)
+@click.option("--partitions", type=int, default=4, show_default=True)
+@data_dir_option
+def demo(records, producers, partitions, data_dir):
+    """Producers and consumers across processes, printed.
+
+    \b
+    Example:
+      shmbus demo --producers 2 --records 20000
+    """
+    from shmbus.cli.demo import run_demo
+
+    run_demo(data_dir, records, producers, partitions)
+
+
+def main():
+    cli(prog_name="shmbus")
+
+
+if __name__ == "__main__":
+    main()

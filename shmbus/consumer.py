@@ -1,0 +1,533 @@
+"""``Consumer``: reads partitions straight out of the rings, and from disk behind them.
+
+A ``Consumer`` belongs to one process and one thread at a time.
+
+Where a partition is read from. Each assigned partition has a *position*
+(the next offset to return) and a *cursor*: a ring position from which
+scanning, skipping offsets below the position, yields exactly the records
+due. While the cursor is known the consumer reads the ring. It becomes
+unknown after a seek, at the start, and when the spiller released the bytes
+under it (the reader was lapped); then the consumer *locates*: records below
+the ring's released position are on disk, so it reads the segment files until
+they run out, then sets the cursor to the released position it saw before
+looking at the disk. Every ring read is checked after copying: if the
+released position passed a frame while it was copied, the copy is dropped and
+read again from disk.
+
+Waiting. ``poll(timeout_ms)`` spins on the header word at each cursor for a
+short window (``spin_us``), then counts itself as a sleeper on its rings and
+sleeps on the bus doorbell (a futex) until a producer rings it or the timeout
+ends: an idle consumer uses no CPU.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from shmbus import _paths
+from shmbus.bus import Bus, partition_start_offset
+from shmbus.config import validate_topic_name
+from shmbus.errors import (
+    CommitFailedError,
+    InvalidConfigError,
+    OffsetOutOfRangeError,
+    ShmbusError,
+    UnknownTopicError,
+)
+from shmbus.kernels import frames as K
+from shmbus.layout import frame as F
+from shmbus.layout import ring as R
+from shmbus.producer import decode_headers
+from shmbus.records import ConsumerRecord, OffsetAndTimestamp, RecordBatch, TopicPartition
+from shmbus.segments.log import PartitionLog
+
+_BIG = 1 << 62
+_RESETS = ("earliest", "latest", "none")
+_STRATEGIES = ("range", "roundrobin", "sticky")
+
+
+class _Part:
+    """Read state of one assigned partition."""
+
+    __slots__ = ("tp", "ring", "log", "position", "cursor", "paused", "qwords", "mv", "hq")
+
+    def __init__(self, tp, ring, log):
+        self.tp = tp
+        self.ring = ring
+        self.log = log
+        self.position = None
+        self.cursor = -1
+        self.paused = False
+        self.mv = ring.memoryview()
+        self.qwords = self.mv.cast("q")
+        self.hq = R.HEADER_BYTES // 8
+
+
+class Consumer:
+    """Reads records from partitions of one bus (see API.md for every argument).
+
+    Extra keyword: ``spin_us`` (default 100): how long a blocking poll spins
+    before it sleeps. Longer buys latency for CPU.
+    """
+
+    def __init__(self, *topics, data_dir=None, group_id=None, auto_offset_reset="latest",
+                 enable_auto_commit=True, auto_commit_interval_ms=5000, max_poll_records=500,
+                 partition_assignment_strategy="range", session_timeout_ms=10000,
+                 max_poll_interval_ms=300000, consumer_timeout_ms=None, key_deserializer=None,
+                 value_deserializer=None, spin_us=100, _bus=None):
+        if auto_offset_reset not in _RESETS:
+            raise InvalidConfigError(f"auto_offset_reset must be one of {', '.join(_RESETS)}: "
+                                     f"auto_offset_reset={auto_offset_reset!r}")
+        strategies = partition_assignment_strategy
+        if isinstance(strategies, str):
+            strategies = [strategies]
+        for s in strategies:
+            name = s if isinstance(s, str) else getattr(s, "name", None)
+            if name not in _STRATEGIES:
+                raise InvalidConfigError(f"unknown partition_assignment_strategy: {s!r} "
+                                         f"(one of {', '.join(_STRATEGIES)})")
+        for name, v, lo in (("max_poll_records", max_poll_records, 1), ("auto_commit_interval_ms", auto_commit_interval_ms, 1),
+                            ("session_timeout_ms", session_timeout_ms, 1), ("max_poll_interval_ms", max_poll_interval_ms, 1),
+                            ("spin_us", spin_us, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise InvalidConfigError(f"{name} must be an int >= {lo}: {name}={v!r}")
+        if consumer_timeout_ms is not None and (not isinstance(consumer_timeout_ms, (int, float)) or consumer_timeout_ms < 0):
+            raise InvalidConfigError(f"consumer_timeout_ms must be a number >= 0 or None: consumer_timeout_ms={consumer_timeout_ms!r}")
+        if group_id is not None:
+            raise ShmbusError(
+                f"consumer groups are not available in this version: group_id={group_id!r} "
+                f"(read without group_id, with assign() or subscribe())")
+        self._own_bus = _bus is None
+        self._bus = _bus if _bus is not None else Bus(data_dir)
+        self.group_id = group_id
+        self.auto_offset_reset = auto_offset_reset
+        self.max_poll_records = max_poll_records
+        self.consumer_timeout_ms = consumer_timeout_ms
+        self._kdes = key_deserializer
+        self._vdes = value_deserializer
+        self._spin_s = spin_us / 1e6
+        self._parts: dict[TopicPartition, _Part] = {}
+        self._order: list[_Part] = []
+        self._rr = 0
+        self._subscription: list[str] | None = None
+        self._meta = np.zeros((4097, K.META_COLS), np.int64)
+        self._values = np.empty(1 << 20, np.uint8)
+        self._iter_buf: list = []
+        self._closed = False
+        if topics:
+            self.subscribe(list(topics))
+
+    # --- assignment ---
+    def _make_part(self, tp: TopicPartition) -> _Part:
+        meta = self._bus.topic_meta(tp.topic)
+        if not 0 <= tp.partition < meta.partitions:
+            raise UnknownTopicError(f"partition does not exist: topic={tp.topic!r} partition={tp.partition} "
+                                    f"(it has {meta.partitions})")
+        ring = self._bus.ring(meta, tp.partition)
+        log = PartitionLog(_paths.partition_dir(self._bus.data_dir, tp.topic, tp.partition))
+        return _Part(tp, ring, log)
+
+    def _set_assignment(self, tps) -> None:
+        new = {}
+        for tp in tps:
+            tp = TopicPartition(*tp)
+            new[tp] = self._parts.get(tp) or self._make_part(tp)
+        for tp, p in self._parts.items():
+            if tp not in new:
+                p.log.close()
+        self._parts = new
+        self._order = list(new.values())
+
+    def subscribe(self, topics=(), pattern=None, listener=None) -> None:
+        if isinstance(topics, str):
+            topics = [topics]
+        topics = list(topics)
+        for t in topics:
+            validate_topic_name(t)
+        tps = []
+        for t in topics:
+            meta = self._bus.topic_meta(t)
+            tps.extend(TopicPartition(t, p) for p in range(meta.partitions))
+        self._subscription = topics
+        self._set_assignment(tps)
+
+    def subscription(self):
+        return set(self._subscription) if self._subscription is not None else None
+
+    def unsubscribe(self) -> None:
+        self._subscription = None
+        self._set_assignment([])
+
+    def assign(self, partitions) -> None:
+        tps = []
+        for tp in partitions:
+            if not isinstance(tp, tuple) or len(tp) != 2:
+                raise TypeError(f"assign takes TopicPartition(topic, partition) items: got {tp!r}")
+            validate_topic_name(tp[0])
+            tps.append(TopicPartition(tp[0], int(tp[1])))
+        self._subscription = None
+        self._set_assignment(tps)
+
+    def assignment(self) -> set:
+        return set(self._parts)
+
+    def topics(self) -> set:
+        return set(self._bus.list_topics())
+
+    def partitions_for_topic(self, topic: str):
+        return set(range(self._bus.topic_meta(topic).partitions))
+
+    # --- offsets ---
+    def _part(self, tp) -> _Part:
+        tp = TopicPartition(*tp)
+        p = self._parts.get(tp)
+        if p is None:
+            raise ShmbusError(f"partition is not assigned to this consumer: topic={tp.topic!r} "
+                              f"partition={tp.partition} (assign() or subscribe() it first)")
+        return p
+
+    def _start(self, p: _Part) -> int:
+        return partition_start_offset(p.ring, p.log)
+
+    def _reset(self, p: _Part, why: str) -> None:
+        if self.auto_offset_reset == "earliest":
+            p.position = self._start(p)
+        elif self.auto_offset_reset == "latest":
+            p.position = p.ring.next_offset()
+        else:
+            raise OffsetOutOfRangeError(
+                f"{why}: topic={p.tp.topic!r} partition={p.tp.partition} position={p.position} "
+                f"start={self._start(p)} end={p.ring.next_offset()} (seek, or set auto_offset_reset="
+                f"'earliest' or 'latest')")
+        p.cursor = -1
+
+    def position(self, tp) -> int:
+        p = self._part(tp)
+        if p.position is None:
+            self._reset(p, "no position and no committed offset")
+        return p.position
+
+    def seek(self, tp, offset: int) -> None:
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0: offset={offset!r}")
+        p = self._part(tp)
+        p.position = offset
+        p.cursor = -1
+
+    def seek_to_beginning(self, *tps) -> None:
+        for p in ([self._part(tp) for tp in tps] if tps else self._order):
+            p.position = self._start(p)
+            p.cursor = -1
+
+    def seek_to_end(self, *tps) -> None:
+        for p in ([self._part(tp) for tp in tps] if tps else self._order):
+            p.position = p.ring.next_offset()
+            p.cursor = -1
+
+    def _with_part(self, tp, fn):
+        tp = TopicPartition(*tp)
+        p = self._parts.get(tp)
+        if p is not None:
+            return fn(p)
+        tmp = self._make_part(tp)
+        try:
+            return fn(tmp)
+        finally:
+            tmp.log.close()
+
+    def beginning_offsets(self, partitions) -> dict:
+        return {TopicPartition(*tp): self._with_part(tp, self._start) for tp in partitions}
+
+    def end_offsets(self, partitions) -> dict:
+        return {TopicPartition(*tp): self._with_part(tp, lambda p: p.ring.next_offset()) for tp in partitions}
+
+    def offsets_for_times(self, timestamps: dict) -> dict:
+        out = {}
+        for tp, ts in timestamps.items():
+            if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+                raise ValueError(f"timestamp must be an int >= 0 (ms since the epoch): timestamp={ts!r}")
+            out[TopicPartition(*tp)] = self._with_part(tp, lambda p: self._offset_for_time(p, ts))
+        return out
+
+    def _offset_for_time(self, p: _Part, ts: int):
+        for _ in range(100):
+            rel = p.ring.released()
+            hit = p.log.offset_for_time(ts)
+            if hit is not None:
+                return OffsetAndTimestamp(*hit)
+            pos = rel
+            found = None
+            while True:
+                n = K.scan(p.ring.buf, R.HEADER_BYTES, p.ring.mask, pos, _BIG, 1024, 0, False, self._meta)
+                rows = self._meta[1: n + 1]
+                h = np.nonzero(rows[:, 2] >= ts)[0]
+                if len(h):
+                    found = OffsetAndTimestamp(int(rows[h[0], 1]), int(rows[h[0], 2]))
+                    break
+                if n == 0:
+                    break
+                pos = int(self._meta[0, 0])
+            if p.ring.released() <= rel:
+                return found
+        return None
+
+    def committed(self, tp, metadata=False):
+        return None
+
+    def commit(self, offsets=None) -> None:
+        raise CommitFailedError("commit needs a consumer group: group_id=None (create the Consumer with group_id=...)")
+
+    def commit_async(self, offsets=None, callback=None) -> None:
+        self.commit(offsets)
+
+    def pause(self, *tps) -> None:
+        for tp in tps:
+            self._part(tp).paused = True
+
+    def resume(self, *tps) -> None:
+        for tp in tps:
+            self._part(tp).paused = False
+
+    def paused(self) -> set:
+        return {p.tp for p in self._order if p.paused}
+
+    # --- reading ---
+    def _locate(self, p: _Part, max_n: int, batch: bool):
+        """Position is not in a known ring place: read disk, else set the cursor."""
+        if p.position is None:
+            self._reset(p, "no position and no committed offset")
+        rel0 = p.ring.released()
+        end = p.ring.next_offset()
+        if p.position > end:
+            self._reset(p, "offset beyond the end of the partition")
+            if p.position is None:
+                return None
+        n, meta, chunk = p.log.read(p.position, max_n)
+        if n:
+            first = int(meta[1, 1])
+            if first > p.position:
+                start = self._start(p)
+                if p.position < start:
+                    self._reset(p, "offset below the start of the partition")
+                    return self._locate(p, max_n, batch)
+            rows = meta[1: n + 1].tolist()
+            out = self._records_from(p, rows, memoryview(chunk), batch, chunk)
+            p.position = rows[-1][1] + 1
+            return out
+        if p.position < self._start_if_gone(p, rel0):
+            self._reset(p, "offset below the start of the partition")
+        p.cursor = rel0
+        return None
+
+    def _start_if_gone(self, p: _Part, rel0: int) -> int:
+        """The start offset, looked up only when the disk had nothing at all."""
+        if p.log.segs:
+            return 0
+        return self._start(p)
+
+    def _records_from(self, p: _Part, rows, mv, batch: bool, chunk=None):
+        if batch:
+            return self._batch_from_rows(p, rows, chunk if chunk is not None else p.ring.buf)
+        tp = p.tp
+        topic, part = tp.topic, tp.partition
+        kd, vd = self._kdes, self._vdes
+        out = []
+        for _pos, off, ts, kl, vl, hl, bi, _ln in rows:
+            key = mv[bi: bi + kl].tobytes() if kl >= 0 else None
+            b = bi + (kl if kl > 0 else 0)
+            value = mv[b: b + vl].tobytes() if vl >= 0 else None
+            if hl:
+                b += vl if vl > 0 else 0
+                headers = decode_headers(mv[b: b + hl])
+            else:
+                headers = []
+            if kd is not None and key is not None:
+                key = kd(key)
+            if vd is not None:
+                value = vd(value)
+            out.append(ConsumerRecord(topic, part, off, ts, key, value, headers))
+        return out
+
+    def _batch_from_rows(self, p: _Part, rows, buf):
+        a = np.asarray(rows, np.int64).reshape(-1, K.META_COLS)
+        vl = a[:, 4]
+        src = a[:, 6] + np.maximum(a[:, 3], 0)
+        lens = np.maximum(vl, 0)
+        starts = np.zeros(len(a), np.int64)
+        if len(a):
+            np.cumsum(lens[:-1], out=starts[1:])
+        data = np.empty(int(lens.sum()), np.uint8)
+        for i in range(len(a)):
+            data[starts[i]: starts[i] + lens[i]] = buf[src[i]: src[i] + lens[i]]
+        return RecordBatch(p.tp.topic, p.tp.partition, a[:, 1].copy(), a[:, 2].copy(), data, starts, vl.copy())
+
+    def _fetch(self, p: _Part, max_n: int, batch: bool):
+        """Records of one partition (a list, or a RecordBatch if ``batch``), or None."""
+        for _attempt in range(4):
+            if p.cursor < 0:
+                got = self._locate(p, max_n, batch)
+                if got is not None:
+                    return got
+            ring = p.ring
+            if batch:
+                n = K.scan_copy(ring.buf, R.HEADER_BYTES, ring.mask, p.cursor, _BIG, max_n, p.position, False,
+                                self._meta, self._values)
+            else:
+                n = K.scan(ring.buf, R.HEADER_BYTES, ring.mask, p.cursor, _BIG, max_n, p.position, False, self._meta)
+            meta = self._meta
+            if n == 0:
+                if int(meta[0, 2]) == K.STOP_MAX and batch and self._values is not None:
+                    # a single value larger than the buffer: grow it
+                    self._values = np.empty(len(self._values) * 2, np.uint8)
+                    continue
+                new = int(meta[0, 0])
+                if new < ring.released():
+                    p.cursor = -1  # lapped: what we passed is on disk now
+                    continue
+                p.cursor = new
+                return None
+            if batch:
+                rows = meta[1: n + 1]
+                total = int(np.maximum(rows[:, 4], 0).sum())
+                result = RecordBatch(p.tp.topic, p.tp.partition, rows[:, 1].copy(), rows[:, 2].copy(),
+                                     self._values[:total].copy(), rows[:, 6].copy(), rows[:, 4].copy())
+                last_off = int(rows[-1, 1])
+            else:
+                rows = meta[1: n + 1].tolist()
+                try:
+                    result = self._records_from(p, rows, p.mv, False)
+                except Exception:
+                    # bytes overwritten while we decoded them (we were lapped): re-read from disk
+                    if rows[0][0] < ring.released():
+                        p.cursor = -1
+                        continue
+                    raise
+                last_off = rows[-1][1]
+            if int(meta[1, 0]) < ring.released():
+                # the spiller released bytes we were copying: drop and re-read (from disk)
+                p.cursor = -1
+                continue
+            p.cursor = int(meta[0, 0])
+            p.position = last_off + 1
+            return result
+        return None
+
+    def _ready(self, p: _Part) -> bool:
+        c = p.cursor
+        if c < 0:
+            return True
+        ring = p.ring
+        return p.qwords[p.hq + ((c & ring.mask) >> 3)] & 0xFF00000000 != 0 or ring.released() > c
+
+    def _poll(self, timeout_ms, max_records, batch: bool) -> dict:
+        if self._closed:
+            raise ShmbusError("poll on a closed consumer (make a new one)")
+        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or timeout_ms < 0:
+            raise ValueError(f"timeout_ms must be a number >= 0: timeout_ms={timeout_ms!r}")
+        budget = max_records if max_records is not None else self.max_poll_records
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"max_records must be an int >= 1: max_records={max_records!r}")
+        if not batch:
+            budget = min(budget, 1024)
+        deadline = None
+        while True:
+            out = {}
+            parts = self._order
+            n = len(parts)
+            left = budget
+            for k in range(n):
+                p = parts[(self._rr + k) % n]
+                if p.paused:
+                    continue
+                got = self._fetch(p, left if not batch else budget, batch)
+                if got:
+                    out[p.tp] = got
+                    if not batch:
+                        left -= len(got)
+                        if left <= 0:
+                            break
+            if n:
+                self._rr = (self._rr + 1) % n
+            if out or timeout_ms == 0:
+                return out
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + timeout_ms / 1000.0
+            if now >= deadline:
+                return out
+            self._wait(deadline)
+
+    def _wait(self, deadline: float) -> None:
+        active = [p for p in self._order if not p.paused]
+        now = time.monotonic()
+        spin_end = min(deadline, now + self._spin_s)
+        while now < spin_end:
+            for p in active:
+                if self._ready(p):
+                    return
+            now = time.monotonic()
+        if now >= deadline:
+            return
+        ctl = self._bus.ctl
+        seen = ctl.doorbell()
+        for p in active:
+            K.add_sleepers(p.ring.buf, 1)
+        try:
+            if not any(self._ready(p) for p in active):
+                ctl.sleep(seen, min(deadline - now, 0.25))
+        finally:
+            for p in active:
+                K.add_sleepers(p.ring.buf, -1)
+
+    def poll(self, timeout_ms=0, max_records=None, update_offsets=True) -> dict:
+        """{TopicPartition: [ConsumerRecord, ...]}; waits up to ``timeout_ms`` for the first record."""
+        return self._poll(timeout_ms, max_records, False)
+
+    def poll_batch(self, timeout_ms=0, max_records=None) -> dict:
+        """{TopicPartition: RecordBatch}: the fast path, numpy arrays and no object per record."""
+        return self._poll(timeout_ms, max_records, True)
+
+    # --- iteration ---
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> ConsumerRecord:
+        if self._iter_buf:
+            return self._iter_buf.pop()
+        limit = self.consumer_timeout_ms
+        deadline = None if limit is None else time.monotonic() + limit / 1000.0
+        while True:
+            wait = 1000 if deadline is None else max(0.0, (deadline - time.monotonic()) * 1000.0)
+            got = self.poll(timeout_ms=wait)
+            if got:
+                recs = [r for lst in got.values() for r in lst]
+                recs.reverse()
+                self._iter_buf = recs
+                return self._iter_buf.pop()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StopIteration
+
+    # --- lifecycle ---
+    def close(self, autocommit=True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for p in self._order:
+            p.qwords.release()
+            p.mv.release()
+            p.log.close()
+        self._parts = {}
+        self._order = []
+        if self._own_bus:
+            self._bus.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["Consumer", "F"]

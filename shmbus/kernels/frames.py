@@ -1,0 +1,519 @@
+"""Kernels over frames: the verbs of the data path.
+
+Each verb takes the partition's shared memory as one ``uint8`` array (ring
+header, then the ring; see ``layout/ring.py``) or a plain buffer of frames
+(a chunk of a segment file), plus ints, and returns an int status or count.
+Python turns statuses into exceptions in one place (``shmbus/ring.py``).
+
+Writers:   append_one, append_batch
+Readers:   scan (metadata of frames), scan_copy (values into one buffer)
+Spiller:   spill_scan, release
+Unblocker: unblock_reserved, unblock_free
+
+All positions are absolute (they only grow); ``pos & mask`` is the place in
+the ring. A frame never straddles the end of the ring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shmbus.kernels._atomics import (
+    cas64,
+    cas128,
+    fetch_add32,
+    load_acquire32,
+    load_acquire64,
+    store_release64,
+    store_seqcst64,
+)
+from shmbus.kernels._jit import jit
+from shmbus.kernels.crc32c import crc32c_update
+from shmbus.layout import frame as _F
+from shmbus.layout import ring as _R
+
+# --- layout constants, from shmbus/layout (numba freezes module globals) ---
+RING_HDR = _R.HEADER_BYTES
+R_RING_BYTES = _R.OFF_RING_BYTES
+R_FLAGS = _R.OFF_FLAGS
+R_CLAIM_POS = _R.OFF_CLAIM_POS
+R_RELEASED = _R.OFF_RELEASED
+R_SLEEPERS = _R.OFF_SLEEPERS
+FLAG_DELETED = _R.FLAG_DELETED
+
+F_HDR = _F.HEADER_BYTES
+F_OFFSET = _F.OFF_OFFSET
+F_TS = _F.OFF_TIMESTAMP
+F_KLEN = _F.OFF_KEY_LEN
+F_VLEN = _F.OFF_VALUE_LEN
+F_HLEN = _F.OFF_HEADERS_LEN
+F_CRC = _F.OFF_CRC
+
+T_FREE = _F.FREE
+T_DATA = _F.DATA
+T_PADDING = _F.PADDING
+T_RESERVED = _F.RESERVED
+T_POISON = _F.POISON
+PID_MASK = _F.PID_MASK
+
+# statuses (negative) returned by writers
+ST_FULL = -1
+ST_DELETED = -2
+ST_TOO_LARGE = -3
+
+# reasons a scan stopped (meta[0, 2])
+STOP_MAX = 0  # max records or bytes reached
+STOP_EMPTY = 1  # a FREE or RESERVED word: nothing more published yet
+STOP_END = 2  # end of the buffer (segment chunk) or of the given range
+STOP_CORRUPT = 3  # a header that cannot be (bad type or length)
+STOP_CRC = 4  # checksum mismatch
+
+META_COLS = 8  # frame pos, offset, timestamp, key len, value len, headers len, body index, frame len
+
+
+@jit
+def _hdr(length, ftype, aux):
+    return np.int64(length) | (np.int64(ftype) << 32) | (np.int64(aux & PID_MASK) << 40)
+
+
+@jit
+def _htype(h):
+    return (h >> 32) & 0xFF
+
+
+@jit
+def _hlen(h):
+    return h & 0xFFFFFFFF
+
+
+@jit
+def _align8(n):
+    return (n + 7) & ~7
+
+
+@jit
+def _put_i32(buf, i, v):
+    buf[i] = v & 0xFF
+    buf[i + 1] = (v >> 8) & 0xFF
+    buf[i + 2] = (v >> 16) & 0xFF
+    buf[i + 3] = (v >> 24) & 0xFF
+
+
+@jit
+def _put_i64(buf, i, v):
+    for k in range(8):
+        buf[i + k] = (v >> (8 * k)) & 0xFF
+
+
+@jit
+def _get_i32(buf, i):
+    v = np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8) | (np.int64(buf[i + 2]) << 16) | (np.int64(buf[i + 3]) << 24)
+    if v >= 0x80000000:
+        v -= 0x100000000
+    return v
+
+
+@jit
+def _get_u32(buf, i):
+    return np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8) | (np.int64(buf[i + 2]) << 16) | (np.int64(buf[i + 3]) << 24)
+
+
+@jit
+def _get_i64(buf, i):
+    v = np.int64(0)
+    for k in range(8):
+        v |= np.int64(buf[i + k]) << (8 * k)
+    return v
+
+
+@jit
+def _copy(dst, di, src, si, n):
+    for k in range(n):
+        dst[di + k] = src[si + k]
+
+
+@jit
+def _ring_bytes(buf):
+    return _get_i64(buf, R_RING_BYTES)
+
+
+@jit
+def _claim(buf, ring, need, nrec):
+    """Claim ``need`` contiguous bytes and ``nrec`` offsets in one 128-bit CAS.
+
+    Returns (status, frame position, first offset, padding position, padding
+    length, released position). A claim whose bytes would not fit before the
+    end of the ring also covers a padding frame up to the end.
+    """
+    mask = ring - 1
+    while True:
+        pos = load_acquire64(buf, R_CLAIM_POS)
+        off = load_acquire64(buf, R_CLAIM_POS + 8)
+        idx = pos & mask
+        pad = 0
+        if idx + need > ring:
+            pad = ring - idx
+        rel = load_acquire64(buf, R_RELEASED)
+        if pos + pad + need - rel > ring:
+            return ST_FULL, 0, 0, 0, 0, rel
+        if cas128(buf, R_CLAIM_POS, pos, off, pos + pad + need, off + nrec):
+            return 0, pos + pad, off, pos, pad, rel
+
+
+@jit
+def _reserve(buf, mask, ppos, pad, fpos, flen, pid):
+    """Turn the claim's FREE words into PADDING and RESERVED(pid).
+
+    Fails (False) only if the supervisor unblocked this claim because the
+    writer stalled between claim and reserve; the caller claims again.
+    """
+    if pad > 0:
+        if not cas64(buf, RING_HDR + (ppos & mask), 0, _hdr(pad, T_PADDING, 0)):
+            return False
+    return cas64(buf, RING_HDR + (fpos & mask), 0, _hdr(flen, T_RESERVED, pid))
+
+
+@jit
+def _write_frame(buf, i, off, ts, key, klen, value, vlen, hdrs, hlen, flen):
+    """Write a frame's body at buffer index i (header word not touched)."""
+    _put_i64(buf, i + F_OFFSET, off)
+    _put_i64(buf, i + F_TS, ts)
+    _put_i32(buf, i + F_KLEN, klen)
+    _put_i32(buf, i + F_VLEN, vlen)
+    _put_i32(buf, i + F_HLEN, hlen)
+    b = i + F_HDR
+    if klen > 0:
+        _copy(buf, b, key, 0, klen)
+        b += klen
+    if vlen > 0:
+        _copy(buf, b, value, 0, vlen)
+        b += vlen
+    if hlen > 0:
+        _copy(buf, b, hdrs, 0, hlen)
+        b += hlen
+    end = i + flen
+    while b < end:
+        buf[b] = 0
+        b += 1
+    crc = crc32c_update(np.uint32(0), buf, i + F_OFFSET, i + F_CRC)
+    crc = crc32c_update(crc, buf, i + F_HDR, i + F_HDR + max(klen, 0) + max(vlen, 0) + hlen)
+    _put_i32(buf, i + F_CRC, np.int64(crc))
+
+
+@jit
+def _after_publish(buf, ring, fpos, flen, pad, rel):
+    """Bits for Python: 1 = a consumer sleeps here; 2 = the ring passed half full."""
+    bits = 0
+    if load_acquire32(buf, R_SLEEPERS) > 0:
+        bits |= 1
+    used = fpos + flen - rel
+    if used * 2 > ring and (used - flen - pad) * 2 <= ring:
+        bits |= 2
+    return bits
+
+
+@jit
+def append_one(buf, key, key_null, value, value_null, hdrs, ts, pid):
+    """Append one record. Returns ``offset << 2 | wake bits`` or a negative status."""
+    klen = -1 if key_null else len(key)
+    vlen = -1 if value_null else len(value)
+    hlen = len(hdrs)
+    flen = _align8(F_HDR + max(klen, 0) + max(vlen, 0) + hlen)
+    ring = _ring_bytes(buf)
+    if flen * 2 > ring:
+        return ST_TOO_LARGE
+    if load_acquire64(buf, R_FLAGS) & FLAG_DELETED:
+        return ST_DELETED
+    mask = ring - 1
+    while True:
+        st, fpos, off, ppos, pad, rel = _claim(buf, ring, flen, 1)
+        if st != 0:
+            return st
+        if not _reserve(buf, mask, ppos, pad, fpos, flen, pid):
+            continue
+        i = RING_HDR + (fpos & mask)
+        _write_frame(buf, i, off, ts, key, klen, value, vlen, hdrs, hlen, flen)
+        store_seqcst64(buf, i, _hdr(flen, T_DATA, 0))
+        return (off << 2) | _after_publish(buf, ring, fpos, flen, pad, rel)
+
+
+@jit
+def append_batch(buf, data, starts, lens, keys, kstarts, klens, ts, pid, first, out_offsets):
+    """Append records ``first..`` of a batch in ONE claim (as many as fit a quarter ring).
+
+    Record j's value is ``data[starts[j]:starts[j]+lens[j]]`` (lens -1 = null);
+    its key ``keys[kstarts[j]:...+klens[j]]`` (klens -1 = null). The records get
+    consecutive offsets, written to ``out_offsets[j]``; readers see the whole
+    claim at once (its first frame is published last).
+    Returns ``count << 2 | wake bits`` or a negative status (count >= 1).
+    """
+    ring = _ring_bytes(buf)
+    mask = ring - 1
+    n_total = len(starts)
+    cap = ring // 4
+    need = 0
+    n = 0
+    j = first
+    while j < n_total:
+        fl = _align8(F_HDR + max(lens[j], 0) + max(klens[j], 0))
+        if fl * 2 > ring:
+            if n == 0:
+                return ST_TOO_LARGE
+            break
+        if n > 0 and need + fl > cap:
+            break
+        need += fl
+        n += 1
+        j += 1
+    if load_acquire64(buf, R_FLAGS) & FLAG_DELETED:
+        return ST_DELETED
+    fl0 = _align8(F_HDR + max(lens[first], 0) + max(klens[first], 0))
+    empty = np.empty(0, np.uint8)
+    while True:
+        st, fpos, off, ppos, pad, rel = _claim(buf, ring, need, n)
+        if st != 0:
+            return st
+        if not _reserve(buf, mask, ppos, pad, fpos, fl0, pid):
+            continue
+        i0 = RING_HDR + (fpos & mask)
+        i = i0 + fl0
+        for k in range(1, n):
+            j = first + k
+            vl = lens[j]
+            kl = klens[j]
+            fl = _align8(F_HDR + max(vl, 0) + max(kl, 0))
+            _write_frame(buf, i, off + k, ts, keys[kstarts[j]:], kl, data[starts[j]:], vl, empty, 0, fl)
+            store_release64(buf, i, _hdr(fl, T_DATA, 0))
+            out_offsets[j] = off + k
+            i += fl
+        vl = lens[first]
+        kl = klens[first]
+        _write_frame(buf, i0, off, ts, keys[kstarts[first]:], kl, data[starts[first]:], vl, empty, 0, fl0)
+        store_seqcst64(buf, i0, _hdr(fl0, T_DATA, 0))
+        out_offsets[first] = off
+        return (np.int64(n) << 2) | _after_publish(buf, ring, fpos, need, pad, rel)
+
+
+@jit
+def scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta):
+    """Walk published frames from ``pos``; describe DATA frames into ``meta``.
+
+    Ring: ``base`` = 4096, ``mask`` = ring bytes - 1, ``end`` = a huge number.
+    A chunk of a segment: ``base`` = 0, ``mask`` = -1, ``end`` = bytes in it
+    (a frame must lie wholly inside to count).
+    ``meta[0]`` = (new pos, records, stop reason, bad frame pos);
+    ``meta[1 + r]`` = (frame pos, offset, timestamp, key len, value len,
+    headers len, body index, frame len). Frames below ``min_offset`` are passed.
+    """
+    n = 0
+    reason = STOP_MAX
+    bad = -1
+    cap = min(max_n, meta.shape[0] - 1)
+    while n < cap:
+        if pos + 8 > end:
+            reason = STOP_END
+            break
+        i = base + (pos & mask)
+        h = load_acquire64(buf, i)
+        t = _htype(h)
+        ln = _hlen(h)
+        if t == T_FREE or t == T_RESERVED:
+            reason = STOP_EMPTY
+            break
+        if ln < 8 or (ln & 7) != 0 or t > T_POISON:
+            reason = STOP_CORRUPT
+            bad = pos
+            break
+        if pos + ln > end:
+            reason = STOP_END
+            break
+        if t == T_DATA:
+            if ln < F_HDR:
+                reason = STOP_CORRUPT
+                bad = pos
+                break
+            kl = _get_i32(buf, i + F_KLEN)
+            vl = _get_i32(buf, i + F_VLEN)
+            hl = _get_i32(buf, i + F_HLEN)
+            if kl < -1 or vl < -1 or hl < 0 or F_HDR + max(kl, 0) + max(vl, 0) + hl > ln:
+                reason = STOP_CORRUPT
+                bad = pos
+                break
+            if verify:
+                crc = crc32c_update(np.uint32(0), buf, i + F_OFFSET, i + F_CRC)
+                crc = crc32c_update(crc, buf, i + F_HDR, i + F_HDR + max(kl, 0) + max(vl, 0) + hl)
+                if np.int64(crc) != _get_u32(buf, i + F_CRC):
+                    reason = STOP_CRC
+                    bad = pos
+                    break
+            off = _get_i64(buf, i + F_OFFSET)
+            if off >= min_offset:
+                r = meta[1 + n]
+                r[0] = pos
+                r[1] = off
+                r[2] = _get_i64(buf, i + F_TS)
+                r[3] = kl
+                r[4] = vl
+                r[5] = hl
+                r[6] = i + F_HDR
+                r[7] = ln
+                n += 1
+        pos += ln
+    meta[0, 0] = pos
+    meta[0, 1] = n
+    meta[0, 2] = reason
+    meta[0, 3] = bad
+    return n
+
+
+@jit
+def scan_copy(buf, base, mask, pos, end, max_n, min_offset, verify, meta, values):
+    """As :func:`scan`, then copy the values into ``values`` back to back.
+
+    ``meta[1 + r, 6]`` becomes the value's start in ``values``. Stops early
+    (reason STOP_MAX) when ``values`` is full.
+    """
+    n = scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta)
+    at = 0
+    for r in range(n):
+        row = meta[1 + r]
+        vl = max(row[4], 0)
+        if at + vl > len(values):
+            # keep the records that fit; resume at the first that did not
+            meta[0, 0] = row[0]
+            meta[0, 1] = r
+            meta[0, 2] = STOP_MAX
+            return r
+        src = row[6] + max(row[3], 0)
+        _copy(values, at, buf, src, vl)
+        row[6] = at
+        at += vl
+    return n
+
+
+@jit
+def spill_scan(buf, pos, max_bytes, meta):
+    """Frames the spiller may copy to disk, from ``pos`` (the released position).
+
+    ``meta[0]`` = (new pos, frames described, stop reason, blocked header word);
+    ``meta[1 + r]`` = (ring index, frame len, offset, timestamp, type, 0, 0, 0)
+    for DATA and PADDING frames; stops at FREE or RESERVED (the blocked word's
+    header is reported so the unblocker can judge it) or after ``max_bytes``.
+    """
+    ring = _ring_bytes(buf)
+    mask = ring - 1
+    n = 0
+    start = pos
+    reason = STOP_MAX
+    blocked = 0
+    cap = meta.shape[0] - 1
+    while n < cap and pos - start < max_bytes:
+        i = RING_HDR + (pos & mask)
+        h = load_acquire64(buf, i)
+        t = _htype(h)
+        ln = _hlen(h)
+        if t == T_FREE or t == T_RESERVED:
+            reason = STOP_EMPTY
+            blocked = h
+            break
+        if ln < 8 or (ln & 7) != 0 or t > T_POISON or (pos & mask) + ln > ring:
+            reason = STOP_CORRUPT
+            blocked = h
+            break
+        r = meta[1 + n]
+        r[0] = i
+        r[1] = ln
+        r[4] = t
+        if t == T_DATA:
+            r[2] = _get_i64(buf, i + F_OFFSET)
+            r[3] = _get_i64(buf, i + F_TS)
+        else:
+            r[2] = -1
+            r[3] = -1
+        n += 1
+        pos += ln
+    meta[0, 0] = pos
+    meta[0, 1] = n
+    meta[0, 2] = reason
+    meta[0, 3] = blocked
+    return n
+
+
+@jit
+def release(buf, frm, to):
+    """Zero ring bytes [frm, to) (they are on disk), then publish RELEASED = to."""
+    ring = _ring_bytes(buf)
+    mask = ring - 1
+    p = frm
+    while p < to:
+        i = p & mask
+        stop = min(ring - i, to - p)
+        buf[RING_HDR + i: RING_HDR + i + stop] = 0
+        p += stop
+    store_release64(buf, R_RELEASED, to)
+
+
+@jit
+def unblock_reserved(buf, pos, header):
+    """A dead writer's RESERVED frame at ``pos`` becomes PADDING. True if done."""
+    if _htype(header) != T_RESERVED or _hlen(header) < F_HDR:
+        return False
+    ring = _ring_bytes(buf)
+    i = RING_HDR + (pos & (ring - 1))
+    return cas64(buf, i, header, _hdr(_hlen(header), T_PADDING, 0))
+
+
+@jit
+def unblock_free(buf, pos):
+    """A claim at ``pos`` whose writer never reserved it becomes PADDING.
+
+    Takes the word at ``pos`` (FREE -> POISON), then poisons the FREE words
+    after it up to the first word a writer has taken, the claim tail or the
+    end of the ring, and publishes PADDING over all of them. A writer that
+    was merely slow finds its reserve failing and claims again, so this is
+    safe to do to a live writer too. Returns the padding length (0: nothing done).
+    """
+    ring = _ring_bytes(buf)
+    mask = ring - 1
+    tail = load_acquire64(buf, R_CLAIM_POS)
+    if tail <= pos:
+        return 0
+    poison = _hdr(8, T_POISON, 0)
+    if not cas64(buf, RING_HDR + (pos & mask), 0, poison):
+        return 0
+    limit = min(tail, pos - (pos & mask) + ring)
+    p = pos + 8
+    while p < limit:
+        if not cas64(buf, RING_HDR + (p & mask), 0, poison):
+            break
+        p += 8
+    length = p - pos
+    store_seqcst64(buf, RING_HDR + (pos & mask), _hdr(length, T_PADDING, 0))
+    return length
+
+
+@jit
+def ring_low_offset(buf, pos):
+    """The offset of the first DATA frame at or after ``pos``, or -1 if none yet."""
+    ring = _ring_bytes(buf)
+    mask = ring - 1
+    while True:
+        i = RING_HDR + (pos & mask)
+        h = load_acquire64(buf, i)
+        t = _htype(h)
+        if t == T_DATA:
+            return _get_i64(buf, i + F_OFFSET)
+        if (t != T_PADDING and t != T_POISON) or _hlen(h) < 8:
+            return -1
+        pos += _hlen(h)
+
+
+@jit
+def add_sleepers(buf, delta):
+    """Count a consumer going to sleep on (+1) or waking from (-1) this ring.
+
+    A full barrier: a consumer increments, then re-checks for data; a
+    producer publishes with a seq_cst store, then reads the count; so one of
+    the two always sees the other.
+    """
+    return fetch_add32(buf, R_SLEEPERS, delta)

@@ -1,0 +1,84 @@
+r"""The frame: one record, the same bytes in a ring and in a segment file.
+
+Frames are 8-byte aligned and never straddle the end of a ring::
+
+     0                   1                   2                   3
+     0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+    +---------------------------------------------------------------+
+    |        frame length (u32): header + body, a multiple of 8      | +0  \  the header word,
+    +---------------+-----------------------------------------------+      |  one 64-bit store,
+    |   type (u8)   |  aux (24 bits): the writer's pid if RESERVED   | +4  /  written last
+    +---------------+-----------------------------------------------+
+    |                          offset (i64)                          | +8
+    |                                                                |
+    +---------------------------------------------------------------+
+    |                timestamp, ms since the epoch (i64)             | +16
+    |                                                                |
+    +---------------------------------------------------------------+
+    |                 key length (i32; -1 = null key)                | +24
+    +---------------------------------------------------------------+
+    |               value length (i32; -1 = null value)              | +28
+    +---------------------------------------------------------------+
+    |              headers length (i32; encoded bytes)               | +32
+    +---------------------------------------------------------------+
+    |        crc32c (u32) of bytes +8..+36 and of the body           | +36
+    +---------------------------------------------------------------+
+    |  key  |  value  |  headers  |  zeros up to a multiple of 8     | +40
+    +---------------------------------------------------------------+
+
+The header word's states (its low 32 bits are the length, except for FREE):
+
+- FREE (0): nothing here yet. A reader stops.
+- RESERVED: a writer claimed the space and is writing it; aux = its pid. A
+  reader stops. If that pid is dead, the supervisor turns it into PADDING.
+- DATA: a published record. Written with a release store after the body.
+- PADDING: space to skip: the end of the ring, or an unblocked dead claim.
+- POISON: an 8-byte word inside a region the supervisor is unblocking, so a
+  late writer's reserve (compare-and-swap from FREE) fails and it retries.
+
+Headers are encoded as repeated ``u16 key length | key utf-8 | i32 value
+length (-1 = null) | value``.
+"""
+
+from __future__ import annotations
+
+ALIGN = 8
+HEADER_BYTES = 40
+
+# byte offsets inside a frame
+OFF_HEADER_WORD = 0
+OFF_OFFSET = 8
+OFF_TIMESTAMP = 16
+OFF_KEY_LEN = 24
+OFF_VALUE_LEN = 28
+OFF_HEADERS_LEN = 32
+OFF_CRC = 36
+OFF_BODY = 40
+CRC_FROM = OFF_OFFSET  # the checksum covers [+8, +36) then the body
+
+# frame types (bits 32..39 of the header word)
+FREE = 0
+DATA = 1
+PADDING = 2
+RESERVED = 3
+POISON = 4
+
+NULL_LEN = -1
+PID_MASK = (1 << 24) - 1
+
+
+def align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def frame_length(key_len: int, value_len: int, headers_len: int) -> int:
+    """Bytes a record takes in a ring or segment (lengths of -1 count as 0)."""
+    return align(HEADER_BYTES + max(key_len, 0) + max(value_len, 0) + headers_len)
+
+
+def header_word(length: int, ftype: int, aux: int = 0) -> int:
+    return length | (ftype << 32) | ((aux & PID_MASK) << 40)
+
+
+assert OFF_BODY == HEADER_BYTES and HEADER_BYTES % ALIGN == 0
+assert OFF_CRC + 4 == OFF_BODY

@@ -1,0 +1,417 @@
+"""``Producer``: appends records to partition rings, lock-free, from any process.
+
+A ``Producer`` belongs to one process and is not thread-safe (kafka-python's
+is; here a send is ~1 µs, so give each thread its own producer). Many
+producers in many processes may write the same partition at once.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+import numpy as np
+
+from shmbus.errors import BufferFullError, RecordTooLargeError, ShmbusError, UnknownTopicError
+from shmbus.kernels import frames as K
+from shmbus.layout import frame as F
+from shmbus.partitioner import partition_for_key
+from shmbus.records import BatchMetadata, RecordMetadata
+
+_PID = os.getpid()
+
+
+def _after_fork():
+    global _PID
+    _PID = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+_KEY_CACHE_MAX = 65536
+_ACKS = ("memory", "disk")
+
+
+def _as_bytes(x, what: str) -> bytes:
+    if type(x) is bytes:
+        return x
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return bytes(x)
+    if isinstance(x, np.ndarray):
+        if x.dtype == np.uint8 and x.flags.c_contiguous:
+            return x.tobytes()
+        raise TypeError(f"{what} as a numpy array must be contiguous uint8: dtype={x.dtype} "
+                        f"contiguous={x.flags.c_contiguous} (use np.ascontiguousarray(a).view(np.uint8))")
+    raise TypeError(f"{what} must be bytes-like or None: type={type(x).__name__} "
+                    f"(pass {what.split()[0]}_serializer= to the producer to send other types)")
+
+
+def encode_headers(headers) -> bytes:
+    """[(str, bytes | None), ...] -> the frame's header bytes (layout/frame.py)."""
+    if not headers:
+        return b""
+    out = []
+    for item in headers:
+        try:
+            k, v = item
+        except (TypeError, ValueError):
+            raise TypeError(f"headers must be (str, bytes) pairs: got {item!r}") from None
+        if not isinstance(k, str):
+            raise TypeError(f"a header key must be str: key={k!r}")
+        kb = k.encode()
+        if len(kb) > 0xFFFF:
+            raise ValueError(f"a header key is at most 65535 bytes: len={len(kb)}")
+        if v is None:
+            out.append(struct.pack("<H", len(kb)) + kb + struct.pack("<i", -1))
+        else:
+            vb = _as_bytes(v, "header value")
+            out.append(struct.pack("<H", len(kb)) + kb + struct.pack("<i", len(vb)) + vb)
+    return b"".join(out)
+
+
+def decode_headers(b) -> list:
+    out = []
+    i = 0
+    n = len(b)
+    while i < n:
+        (kl,) = struct.unpack_from("<H", b, i)
+        i += 2
+        k = bytes(b[i: i + kl]).decode()
+        i += kl
+        (vl,) = struct.unpack_from("<i", b, i)
+        i += 4
+        if vl < 0:
+            out.append((k, None))
+        else:
+            out.append((k, bytes(b[i: i + vl])))
+            i += vl
+    return out
+
+
+class _TopicHandle:
+    __slots__ = ("meta", "rings", "n", "max_bytes", "key_cache", "rr")
+
+    def __init__(self, meta, rings):
+        self.meta = meta
+        self.rings = rings
+        self.n = len(rings)
+        self.max_bytes = meta.config["max.message.bytes"]
+        self.key_cache = {}
+        self.rr = 0
+
+
+class Producer:
+    """Sends records to topics of one bus (see API.md for every argument).
+
+    ``acks="memory"``: ``send`` returns once the record is in shared memory,
+    visible to every reader and safe from any process's death.
+    ``acks="disk"``: once it is in a segment file and fsynced.
+    """
+
+    def __init__(self, data_dir=None, *, acks: str = "memory", max_block_ms: int = 60000,
+                 key_serializer=None, value_serializer=None, _bus=None):
+        from shmbus.bus import Bus
+        from shmbus.errors import InvalidConfigError
+
+        if acks not in _ACKS:
+            raise InvalidConfigError(f"acks must be 'memory' or 'disk': acks={acks!r}")
+        if isinstance(max_block_ms, bool) or not isinstance(max_block_ms, int) or max_block_ms < 0:
+            raise InvalidConfigError(f"max_block_ms must be an int >= 0: max_block_ms={max_block_ms!r}")
+        for name, f in (("key_serializer", key_serializer), ("value_serializer", value_serializer)):
+            if f is not None and not callable(f):
+                raise InvalidConfigError(f"{name} must be callable: {name}={f!r}")
+        self._own_bus = _bus is None
+        self._bus = _bus if _bus is not None else Bus(data_dir)
+        self.acks = acks
+        self.max_block_ms = max_block_ms
+        self._key_ser = key_serializer
+        self._value_ser = value_serializer
+        self._topics: dict[str, _TopicHandle] = {}
+        self._closed = False
+        self._ctl = self._bus.ctl
+        self._pending_durable: dict = {}
+
+    # --- topics ---
+    def _topic(self, topic: str) -> _TopicHandle:
+        h = self._topics.get(topic)
+        if h is None:
+            meta = self._bus.topic_meta(topic)  # raises UnknownTopicError
+            rings = [self._bus.ring(meta, p) for p in range(meta.partitions)]
+            h = self._topics[topic] = _TopicHandle(meta, rings)
+        return h
+
+    def _reload(self, topic: str) -> _TopicHandle:
+        old = self._topics.pop(topic, None)
+        if old is not None:
+            self._bus.forget_topic(old.meta)
+        return self._topic(topic)
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self._topic(topic).n))
+
+    # --- sending ---
+    def send(self, topic, value=None, key=None, headers=None, partition=None, timestamp_ms=None) -> RecordMetadata:
+        if self._closed:
+            raise ShmbusError("send on a closed producer (make a new one)")
+        if self._value_ser is not None:
+            value = self._value_ser(value)
+        if self._key_ser is not None and key is not None:
+            key = self._key_ser(key)
+        h = self._topics.get(topic) or self._topic(topic)
+        if type(value) is not bytes and value is not None:
+            value = _as_bytes(value, "value")
+        if type(key) is not bytes and key is not None:
+            key = _as_bytes(key, "key")
+        if partition is None:
+            if key is None:
+                p = h.rr
+                h.rr = p + 1 if p + 1 < h.n else 0
+            else:
+                p = h.key_cache.get(key)
+                if p is None:
+                    p = partition_for_key(key, h.n)
+                    if len(h.key_cache) < _KEY_CACHE_MAX:
+                        h.key_cache[key] = p
+        else:
+            if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < h.n:
+                raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
+                                 f"(it has {h.n} partitions: 0..{h.n - 1})")
+            p = partition
+        hdrs = encode_headers(headers) if headers else b""
+        size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0) + len(hdrs)
+        if size > h.max_bytes:
+            raise RecordTooLargeError(
+                f"record too large: bytes={size} max.message.bytes={h.max_bytes} topic={topic!r} "
+                f"(raise the topic's max.message.bytes with alter_topic_config, or split the record)")
+        ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
+        ring = h.rings[p]
+        r = K.append_one(ring.buf, key if key is not None else b"", key is None,
+                         value if value is not None else b"", value is None, hdrs, ts, _PID)
+        if r < 0:
+            r, h, ring = self._send_slow(topic, p, key, value, hdrs, ts, r)
+        if r & 3:
+            self._after(r)
+        off = r >> 2
+        if self.acks == "disk":
+            self._wait_durable(ring, off, topic, p)
+        return RecordMetadata(topic, p, off, ts)
+
+    def _after(self, bits: int) -> None:
+        if bits & 1:
+            self._ctl.ring_doorbell()
+        if bits & 2:
+            self._ctl.ring_spill_bell()
+
+    def _send_slow(self, topic, p, key, value, hdrs, ts, r):
+        """A full ring (wait up to max_block_ms), a deleted topic, or a record too large."""
+        deadline = time.monotonic() + self.max_block_ms / 1000.0
+        spins = 0
+        while True:
+            h = self._topics.get(topic) or self._topic(topic)
+            ring = h.rings[p]
+            if r == K.ST_TOO_LARGE:
+                frame = F.frame_length(len(key) if key is not None else -1, len(value) if value is not None else -1, len(hdrs))
+                raise RecordTooLargeError(
+                    f"record too large for the ring: frame_bytes={frame} ring.bytes={ring.ring_bytes} topic={topic!r} "
+                    f"(a record may take at most half the ring; recreate the topic with a larger ring.bytes)")
+            if r == K.ST_DELETED:
+                try:
+                    h = self._reload(topic)
+                except UnknownTopicError:
+                    raise UnknownTopicError(f"topic was deleted: topic={topic!r}") from None
+                if p >= h.n:
+                    raise UnknownTopicError(f"partition no longer exists: topic={topic!r} partition={p}")
+            elif r == K.ST_FULL:
+                self._ctl.ring_spill_bell()
+                now = time.monotonic()
+                if now >= deadline:
+                    raise BufferFullError(
+                        f"ring full for max_block_ms: topic={topic!r} partition={p} max_block_ms={self.max_block_ms} "
+                        f"ring.bytes={ring.ring_bytes} (is the supervisor running? `shmbus status`; a larger "
+                        f"ring.bytes absorbs longer bursts)")
+                spins += 1
+                if spins > 50:
+                    time.sleep(min(0.0005 * (spins // 50), 0.005, max(deadline - now, 0)))
+            h = self._topics.get(topic) or self._topic(topic)
+            ring = h.rings[p]
+            r = K.append_one(ring.buf, key if key is not None else b"", key is None,
+                             value if value is not None else b"", value is None, hdrs, ts, _PID)
+            if r >= 0:
+                return r, h, ring
+
+    def _wait_durable(self, ring, off: int, topic: str, p: int, deadline=None) -> None:
+        """Block until the supervisor has fsynced ``off`` (acks='disk')."""
+        if deadline is None:
+            deadline = time.monotonic() + self.max_block_ms / 1000.0
+        want = off + 1
+        i = 0
+        while ring.durable() < want:
+            ring.want_durable(want)
+            if i % 20 == 0:
+                self._ctl.ring_spill_bell()
+            if time.monotonic() > deadline:
+                raise BufferFullError(
+                    f"record not fsynced within max_block_ms: topic={topic!r} partition={p} offset={off} "
+                    f"max_block_ms={self.max_block_ms} (acks='disk' needs a running supervisor: `shmbus status`)")
+            time.sleep(0.0002 if i < 50 else 0.002)
+            i += 1
+
+    def send_batch(self, topic, values, keys=None, partition=None) -> BatchMetadata:
+        """Many records in one call. ``values``: a list of bytes-likes or a 2-D uint8 array."""
+        if self._closed:
+            raise ShmbusError("send_batch on a closed producer (make a new one)")
+        h = self._topic(topic)
+        if isinstance(values, np.ndarray):
+            if values.ndim != 2 or values.dtype != np.uint8:
+                raise TypeError(f"values as an array must be 2-D uint8: ndim={values.ndim} dtype={values.dtype}")
+            n, w = values.shape
+            data = np.ascontiguousarray(values).reshape(-1)
+            starts = np.arange(n, dtype=np.int64) * w
+            lens = np.full(n, w, np.int64)
+        else:
+            if self._value_ser is not None:
+                values = [self._value_ser(v) for v in values]
+            vals = [v if type(v) is bytes or v is None else _as_bytes(v, "value") for v in values]
+            n = len(vals)
+            lens = np.fromiter((len(v) if v is not None else -1 for v in vals), np.int64, n)
+            data = np.frombuffer(b"".join(v for v in vals if v is not None), np.uint8)
+            starts = np.zeros(n, np.int64)
+            if n:
+                np.cumsum(np.maximum(lens, 0)[:-1], out=starts[1:])
+        if keys is not None:
+            if self._key_ser is not None:
+                keys = [self._key_ser(k) if k is not None else None for k in keys]
+            ks = [k if type(k) is bytes or k is None else _as_bytes(k, "key") for k in keys]
+            if len(ks) != n:
+                raise ValueError(f"keys and values differ in length: keys={len(ks)} values={n}")
+            klens = np.fromiter((len(k) if k is not None else -1 for k in ks), np.int64, n)
+            kdata = np.frombuffer(b"".join(k for k in ks if k is not None), np.uint8)
+            kstarts = np.zeros(n, np.int64)
+            if n:
+                np.cumsum(np.maximum(klens, 0)[:-1], out=kstarts[1:])
+        else:
+            ks = None
+            klens = np.full(n, -1, np.int64)
+            kdata = np.empty(0, np.uint8)
+            kstarts = np.zeros(n, np.int64)
+        sizes = np.maximum(lens, 0) + np.maximum(klens, 0)
+        if n and int(sizes.max()) > h.max_bytes:
+            i = int(np.argmax(sizes))
+            raise RecordTooLargeError(
+                f"record too large: index={i} bytes={int(sizes[i])} max.message.bytes={h.max_bytes} "
+                f"topic={topic!r} (nothing of the batch was sent)")
+        # partitions
+        if partition is not None:
+            if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < h.n:
+                raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
+                                 f"(it has {h.n} partitions)")
+            parts = np.full(n, partition, np.int64)
+        elif ks is not None:
+            parts = np.empty(n, np.int64)
+            cache = h.key_cache
+            rr = h.rr
+            for i, k in enumerate(ks):
+                if k is None:
+                    parts[i] = rr
+                    rr = rr + 1 if rr + 1 < h.n else 0
+                    continue
+                p = cache.get(k)
+                if p is None:
+                    p = partition_for_key(k, h.n)
+                    if len(cache) < _KEY_CACHE_MAX:
+                        cache[k] = p
+                parts[i] = p
+            h.rr = rr
+        else:
+            # spread evenly: one contiguous run per partition, so each run is one claim
+            p0 = h.rr
+            h.rr = (p0 + 1) % h.n
+            parts = (p0 + (np.arange(n, dtype=np.int64) * h.n) // max(n, 1)) % h.n
+        offsets = np.full(n, -1, np.int64)
+        ts = time.time_ns() // 1_000_000
+        if n == 0:
+            return BatchMetadata(topic, parts, offsets)
+        uniq = np.unique(parts)
+        for p in uniq:
+            p = int(p)
+            if len(uniq) == 1:
+                sel = None
+                d, s_, l_, kd, ks_, kl_ = data, starts, lens, kdata, kstarts, klens
+            else:
+                sel = np.nonzero(parts == p)[0]
+                d, s_, l_, kd, ks_, kl_ = data, starts[sel], lens[sel], kdata, kstarts[sel], klens[sel]
+            out = np.full(len(s_), -1, np.int64)
+            self._append_batch(topic, p, d, s_, l_, kd, ks_, kl_, ts, out)
+            if sel is None:
+                offsets = out
+            else:
+                offsets[sel] = out
+        if self.acks == "disk":
+            for p in uniq:
+                p = int(p)
+                last = int(offsets[parts == p].max())
+                self._wait_durable(h.rings[p], last, topic, p)
+        return BatchMetadata(topic, parts, offsets)
+
+    def _append_batch(self, topic, p, data, starts, lens, kdata, kstarts, klens, ts, out):
+        i = 0
+        n = len(starts)
+        deadline = None
+        spins = 0
+        while i < n:
+            h = self._topics.get(topic) or self._topic(topic)
+            ring = h.rings[p]
+            r = K.append_batch(ring.buf, data, starts, lens, kdata, kstarts, klens, ts, _PID, i, out)
+            if r >= 0:
+                i += r >> 2
+                if r & 3:
+                    self._after(r)
+                spins = 0
+                continue
+            if r == K.ST_TOO_LARGE:
+                raise RecordTooLargeError(
+                    f"record too large for the ring: topic={topic!r} ring.bytes={ring.ring_bytes} "
+                    f"(a record may take at most half the ring); records before index {i} were sent")
+            if r == K.ST_DELETED:
+                try:
+                    h = self._reload(topic)
+                except UnknownTopicError:
+                    raise UnknownTopicError(f"topic was deleted: topic={topic!r}") from None
+                continue
+            # full
+            self._ctl.ring_spill_bell()
+            if deadline is None:
+                deadline = time.monotonic() + self.max_block_ms / 1000.0
+            now = time.monotonic()
+            if now >= deadline:
+                raise BufferFullError(
+                    f"ring full for max_block_ms: topic={topic!r} partition={p} max_block_ms={self.max_block_ms} "
+                    f"sent={i} of {n} (is the supervisor running? `shmbus status`)")
+            spins += 1
+            if spins > 20:
+                time.sleep(min(0.0002 * (spins // 20), 0.005))
+
+    def flush(self, timeout=None) -> None:
+        """Records are visible once ``send`` returns; with acks='disk' they are on disk too.
+
+        So there is nothing to wait for; kept for kafka-python's shape.
+        """
+        return None
+
+    def close(self, timeout=None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._topics.clear()
+        if self._own_bus:
+            self._bus.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["Producer", "encode_headers", "decode_headers"]

@@ -1,0 +1,227 @@
+"""Partition rings and the bus control block: POSIX shared memory, mapped.
+
+:class:`Ring` is safe to use from many processes at once (that is its job);
+one ``Ring`` object is not meant to be shared by threads without a lock.
+Python reads header words through a ``memoryview`` cast to int64: on x86-64
+(and any 64-bit platform CPython supports) an aligned 8-byte read is a single
+load, and CPython does not reorder it. Everything that must be atomic across
+processes (claims, publishes, counters) happens in the kernels.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+
+import numpy as np
+import posix_ipc
+
+from shmbus import _futex
+from shmbus import _paths
+from shmbus.layout import ring as R
+
+_Q = 8  # bytes per int64 word
+
+
+def _create_shm(name: str, size: int):
+    """Create ``name`` exclusively, mode 0600, and map it. Raises ExistentialError if it exists."""
+    old = os.umask(0o077)
+    try:
+        shm = posix_ipc.SharedMemory(name, flags=posix_ipc.O_CREX, mode=0o600, size=size)
+    finally:
+        os.umask(old)
+    try:
+        mm = mmap.mmap(shm.fd, size)
+    finally:
+        shm.close_fd()
+    return mm
+
+
+def _open_shm(name: str):
+    shm = posix_ipc.SharedMemory(name)
+    try:
+        size = os.fstat(shm.fd).st_size
+        if size == 0:
+            raise posix_ipc.ExistentialError(f"{name} is still being created")
+        mm = mmap.mmap(shm.fd, size)
+    finally:
+        shm.close_fd()
+    return mm
+
+
+def unlink(name: str) -> bool:
+    try:
+        posix_ipc.unlink_shared_memory(name)
+        return True
+    except posix_ipc.ExistentialError:
+        return False
+
+
+class _Mapped:
+    """An mmap with a uint8 array view (for kernels) and an int64 view of its header."""
+
+    def __init__(self, name: str, mm: mmap.mmap, header_bytes: int):
+        self.name = name
+        self._mm = mm
+        self.buf = np.frombuffer(mm, dtype=np.uint8)
+        self.words = memoryview(mm)[:header_bytes].cast("q")
+        self.address = self.buf.ctypes.data
+
+    def close(self) -> None:
+        if self._mm is None:
+            return
+        self.words.release()
+        self.buf = None
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # a view is still alive somewhere; the mapping goes with the process
+        self._mm = None
+
+    def memoryview(self) -> memoryview:
+        return memoryview(self._mm)
+
+
+class Ring(_Mapped):
+    """One partition's ring (see layout/ring.py for the bytes)."""
+
+    def __init__(self, name: str, mm: mmap.mmap):
+        super().__init__(name, mm, R.HEADER_BYTES)
+        w = self.words
+        self.ring_bytes = w[R.OFF_RING_BYTES // _Q]
+        self.mask = self.ring_bytes - 1
+
+    @classmethod
+    def create(cls, name: str, ring_bytes: int, base_offset: int, topic_id: int, partition: int) -> "Ring":
+        mm = _create_shm(name, R.HEADER_BYTES + ring_bytes)
+        w = memoryview(mm)[: R.HEADER_BYTES].cast("q")
+        w[R.OFF_VERSION // _Q] = R.VERSION | (R.HEADER_BYTES << 32)
+        w[R.OFF_RING_BYTES // _Q] = ring_bytes
+        w[R.OFF_BASE_OFFSET // _Q] = base_offset
+        w[R.OFF_TOPIC_ID // _Q] = topic_id
+        w[R.OFF_PARTITION // _Q] = partition
+        w[R.OFF_CLAIM_POS // _Q] = 0
+        w[R.OFF_CLAIM_OFFSET // _Q] = base_offset
+        w[R.OFF_RELEASED // _Q] = 0
+        w[R.OFF_DURABLE // _Q] = base_offset
+        w[R.OFF_MAGIC // _Q] = R.MAGIC  # last: the ring is ready
+        w.release()
+        return cls(name, mm)
+
+    @classmethod
+    def open(cls, name: str, wait_s: float = 2.0) -> "Ring":
+        """Open an existing ring; waits briefly for one that is being created."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                mm = _open_shm(name)
+            except posix_ipc.ExistentialError:
+                raise
+            w = memoryview(mm)[:8].cast("q")
+            ok = w[0] == R.MAGIC
+            w.release()
+            if ok:
+                return cls(name, mm)
+            mm.close()
+            if time.monotonic() > deadline:
+                raise posix_ipc.ExistentialError(f"{name} was never initialised")
+            time.sleep(0.001)
+
+    # --- header words, read from Python ---
+    def released(self) -> int:
+        return self.words[R.OFF_RELEASED // _Q]
+
+    def durable(self) -> int:
+        return self.words[R.OFF_DURABLE // _Q]
+
+    def claim_position(self) -> int:
+        return self.words[R.OFF_CLAIM_POS // _Q]
+
+    def next_offset(self) -> int:
+        """The offset the next claim gets (Kafka's log end offset)."""
+        return self.words[R.OFF_CLAIM_OFFSET // _Q]
+
+    def base_offset(self) -> int:
+        return self.words[R.OFF_BASE_OFFSET // _Q]
+
+    def topic_id(self) -> int:
+        return self.words[R.OFF_TOPIC_ID // _Q]
+
+    def deleted(self) -> bool:
+        return bool(self.words[R.OFF_FLAGS // _Q] & R.FLAG_DELETED)
+
+    def mark_deleted(self) -> None:
+        self.words[R.OFF_FLAGS // _Q] = self.words[R.OFF_FLAGS // _Q] | R.FLAG_DELETED
+
+    def durable_want(self) -> int:
+        return self.words[R.OFF_DURABLE_WANT // _Q]
+
+    def want_durable(self, offset: int) -> None:
+        if self.words[R.OFF_DURABLE_WANT // _Q] < offset:
+            self.words[R.OFF_DURABLE_WANT // _Q] = offset
+
+    def set_durable(self, offset: int) -> None:
+        self.words[R.OFF_DURABLE // _Q] = offset
+
+    def fill(self) -> int:
+        """Bytes claimed and not yet released (approximate, racy by nature)."""
+        return self.claim_position() - self.released()
+
+
+class ControlBlock(_Mapped):
+    """The bus's wake-up words (one per data dir)."""
+
+    def __init__(self, name: str, mm: mmap.mmap):
+        super().__init__(name, mm, R.CTL_BYTES)
+        self.u32 = memoryview(mm)[: R.CTL_BYTES].cast("I")
+        self.doorbell_addr = self.address + R.CTL_OFF_DOORBELL
+        self.spill_bell_addr = self.address + R.CTL_OFF_SPILL_BELL
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self.u32.release()
+        super().close()
+
+    @classmethod
+    def open_or_create(cls, bid: str) -> "ControlBlock":
+        name = _paths.ctl_name(bid)
+        try:
+            mm = _create_shm(name, R.CTL_BYTES)
+            w = memoryview(mm)[:8].cast("q")
+            w[0] = R.CTL_MAGIC
+            w.release()
+        except posix_ipc.ExistentialError:
+            mm = _open_shm(name)
+        return cls(name, mm)
+
+    # consumers
+    def doorbell(self) -> int:
+        return self.u32[R.CTL_OFF_DOORBELL // 4]
+
+    def ring_doorbell(self) -> None:
+        """Wake every sleeping consumer of the bus (they re-check their partitions)."""
+        i = R.CTL_OFF_DOORBELL // 4
+        self.u32[i] = (self.u32[i] + 1) & 0xFFFFFFFF
+        _futex.wake(self.doorbell_addr)
+
+    def sleep(self, seen: int, timeout_s: float) -> None:
+        _futex.wait(self.doorbell_addr, seen, timeout_s)
+
+    # the spiller
+    def spill_bell(self) -> int:
+        return self.u32[R.CTL_OFF_SPILL_BELL // 4]
+
+    def ring_spill_bell(self) -> None:
+        i = R.CTL_OFF_SPILL_BELL // 4
+        self.u32[i] = (self.u32[i] + 1) & 0xFFFFFFFF
+        if self.u32[R.CTL_OFF_SPILLER_ASLEEP // 4]:
+            _futex.wake(self.spill_bell_addr)
+
+    def spiller_sleep(self, seen: int, timeout_s: float) -> None:
+        i = R.CTL_OFF_SPILLER_ASLEEP // 4
+        self.u32[i] = 1
+        try:
+            _futex.wait(self.spill_bell_addr, seen, timeout_s)
+        finally:
+            self.u32[i] = 0

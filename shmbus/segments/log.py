@@ -1,0 +1,329 @@
+"""A partition's log on disk: segment files of frames, with sparse indexes.
+
+::
+
+    data_dir/topics/<topic>/<partition>/
+      00000000000000000000.log        frames (layout/frame.py), DATA only, in offset order
+      00000000000000000000.index      (offset - base u32, file position u32) every ~4 KiB
+      00000000000000000000.timeindex  (max timestamp so far i64, offset - base u32, pad u32)
+      00000000000000123456.log        the next segment: its first offset is 123456
+      ...
+
+The ``.log`` files are the truth; the indexes are derived (rebuildable by
+scanning the log) and only ever make a lookup start earlier than needed.
+
+:class:`SegmentWriter` is the supervisor's (one writer per partition).
+:class:`PartitionLog` is a reader's; many may read while the writer appends:
+readers read with ``pread`` and treat a frame cut short by the end of the
+file as not there yet.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from shmbus import _paths
+from shmbus.errors import CorruptRecordError
+from shmbus.kernels import frames as K
+from shmbus.layout import frame as F
+
+INDEX_INTERVAL = 4096
+_IDX = np.dtype([("rel", "<u4"), ("pos", "<u4")])
+_TIDX = np.dtype([("ts", "<i8"), ("rel", "<u4"), ("pad", "<u4")])
+_BIG = 1 << 62
+
+
+def list_segments(pdir: str) -> list[int]:
+    try:
+        names = os.listdir(pdir)
+    except FileNotFoundError:
+        return []
+    return sorted(int(n[:-4]) for n in names if n.endswith(".log") and len(n) == 24 and n[:20].isdigit())
+
+
+def _seg_path(pdir: str, base: int, suffix: str = ".log") -> str:
+    return os.path.join(pdir, _paths.segment_name(base, suffix))
+
+
+class SegmentWriter:
+    """Appends spilled frames to a partition's active segment; rolls by size and age.
+
+    Owned by one supervisor thread; not for concurrent use.
+    """
+
+    def __init__(self, pdir: str, segment_bytes: int, segment_ms: int, now_ms: int):
+        self.pdir = pdir
+        self.segment_bytes = segment_bytes
+        self.segment_ms = segment_ms
+        os.makedirs(pdir, exist_ok=True)
+        segs = list_segments(pdir)
+        self.fd = -1
+        self.ifd = -1
+        self.tfd = -1
+        if segs:
+            self._open(segs[-1], now_ms)
+        self.next_offset = self._scan_end() if segs else -1
+
+    def _open(self, base: int, now_ms: int) -> None:
+        self.close()
+        self.base = base
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self.fd = os.open(_seg_path(self.pdir, base), flags, 0o600)
+        self.ifd = os.open(_seg_path(self.pdir, base, ".index"), flags, 0o600)
+        self.tfd = os.open(_seg_path(self.pdir, base, ".timeindex"), flags, 0o600)
+        self.size = os.fstat(self.fd).st_size
+        # a new segment's first frame always gets an entry
+        self.last_index_pos = -INDEX_INTERVAL if self.size == 0 else self.size - 1
+        self.max_ts = -1
+        self.created_ms = now_ms
+        self.dirty = False
+
+    def _scan_end(self) -> int:
+        """The offset after the last whole frame of the active segment."""
+        log = PartitionLog(self.pdir)
+        try:
+            return log.end_of_segment(self.base)
+        finally:
+            log.close()
+
+    def close(self) -> None:
+        for name in ("fd", "ifd", "tfd"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+    def should_roll(self, now_ms: int) -> bool:
+        return self.fd >= 0 and self.size > 0 and now_ms - self.created_ms >= self.segment_ms
+
+    def append(self, ring_mv: memoryview, rows: np.ndarray, now_ms: int) -> int:
+        """Write the DATA frames described by spill_scan ``rows`` (ring index, len, offset, ts, type).
+
+        Returns the number of frames written.
+        """
+        d = rows[rows[:, 4] == F.DATA]
+        written = 0
+        while len(d):
+            if self.fd < 0 or (self.size > 0 and (self.size + d[0, 1] > self.segment_bytes or self.should_roll(now_ms))):
+                self._open(int(d[0, 2]), now_ms)
+            lens = d[:, 1]
+            cum = np.cumsum(lens)
+            room = self.segment_bytes - self.size
+            k = int(np.searchsorted(cum, room, side="right"))
+            if k == 0:
+                k = 1  # an empty segment takes at least one frame
+            chunk = d[:k]
+            self._write_chunk(ring_mv, chunk, cum[:k])
+            written += k
+            d = d[k:]
+        return written
+
+    def _write_chunk(self, ring_mv: memoryview, chunk: np.ndarray, cum: np.ndarray) -> None:
+        idx = chunk[:, 0]
+        lens = chunk[:, 1]
+        starts = self.size + cum - lens  # file position of each frame
+        # contiguous runs in the ring become one iovec each
+        brk = np.nonzero(idx[1:] != idx[:-1] + lens[:-1])[0] + 1
+        run_starts = np.concatenate(([0], brk))
+        run_ends = np.concatenate((brk, [len(chunk)]))
+        iov = [ring_mv[int(idx[a]): int(idx[b - 1] + lens[b - 1])] for a, b in zip(run_starts, run_ends)]
+        total = int(cum[-1])
+        for i in range(0, len(iov), 512):
+            part = iov[i: i + 512]
+            want = sum(len(v) for v in part)
+            n = os.writev(self.fd, part)
+            while n < want:  # short write: finish it
+                rest = b"".join(bytes(v) for v in part)[n:]
+                n += os.write(self.fd, rest)
+        # sparse indexes: the first frame at or after each INDEX_INTERVAL boundary
+        offs = chunk[:, 2]
+        ts = chunk[:, 3]
+        run_max = np.maximum.accumulate(np.maximum(ts, self.max_ts))
+        b = starts // INDEX_INTERVAL
+        prev = np.concatenate(([self.last_index_pos // INDEX_INTERVAL], b[:-1]))
+        pick = np.nonzero(b != prev)[0]
+        if len(pick):
+            ent = np.empty(len(pick), _IDX)
+            ent["rel"] = offs[pick] - self.base
+            ent["pos"] = starts[pick]
+            os.write(self.ifd, ent.tobytes())
+            tent = np.zeros(len(pick), _TIDX)
+            tent["ts"] = run_max[pick]
+            tent["rel"] = offs[pick] - self.base
+            os.write(self.tfd, tent.tobytes())
+            self.last_index_pos = int(starts[pick[-1]])
+        self.max_ts = int(run_max[-1])
+        self.size += total
+        self.next_offset = int(offs[-1]) + 1
+        self.dirty = True
+
+    def fsync(self) -> None:
+        if self.fd >= 0 and self.dirty:
+            os.fsync(self.fd)
+            self.dirty = False
+
+
+class PartitionLog:
+    """Reads a partition's segments by offset or by time. One per reader; not thread-safe."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, pdir: str, verify: bool = True):
+        self.pdir = pdir
+        self.verify = verify
+        self.segs = list_segments(pdir)
+        self.meta = np.zeros((1025, K.META_COLS), np.int64)
+        self.chunk = np.empty(self.CHUNK + F.HEADER_BYTES, np.uint8)
+        self._fds: dict[int, int] = {}
+        self.cursor = None  # (base, file pos, next offset) after the last read
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def refresh(self) -> None:
+        self.segs = list_segments(self.pdir)
+        live = set(self.segs)
+        for base in [b for b in self._fds if b not in live]:
+            os.close(self._fds.pop(base))
+
+    def _fd(self, base: int) -> int:
+        fd = self._fds.get(base)
+        if fd is None:
+            fd = os.open(_seg_path(self.pdir, base), os.O_RDONLY)
+            self._fds[base] = fd
+        return fd
+
+    def _index_pos(self, base: int, offset: int) -> int:
+        try:
+            with open(_seg_path(self.pdir, base, ".index"), "rb") as f:
+                ent = np.frombuffer(f.read(), _IDX)
+        except FileNotFoundError:
+            return 0
+        i = int(np.searchsorted(ent["rel"], offset - base, side="right")) - 1
+        return int(ent["pos"][i]) if i >= 0 else 0
+
+    def _time_pos(self, base: int, ts: int) -> int:
+        """A file position at or before the first frame with timestamp >= ts."""
+        try:
+            with open(_seg_path(self.pdir, base, ".timeindex"), "rb") as f:
+                tent = np.frombuffer(f.read(), _TIDX)
+            with open(_seg_path(self.pdir, base, ".index"), "rb") as f:
+                ent = np.frombuffer(f.read(), _IDX)
+        except FileNotFoundError:
+            return 0
+        n = min(len(tent), len(ent))
+        i = int(np.searchsorted(tent["ts"][:n], ts, side="left")) - 1
+        return int(ent["pos"][i]) if i >= 0 else 0
+
+    def _read_chunk(self, base: int, pos: int) -> int:
+        fd = self._fd(base)
+        return os.preadv(fd, [self.chunk], pos)
+
+    def _scan_chunk(self, base, pos, nbytes, max_n, min_offset, verify):
+        n = K.scan(self.chunk, 0, -1, 0, nbytes, max_n, min_offset, verify, self.meta)
+        reason = int(self.meta[0, 2])
+        if reason in (K.STOP_CORRUPT, K.STOP_CRC):
+            bad = pos + int(self.meta[0, 3])
+            what = "checksum mismatch" if reason == K.STOP_CRC else "bad frame header"
+            raise CorruptRecordError(
+                f"corrupt record in segment: {what} file={_seg_path(self.pdir, base)} position={bad} "
+                f"(the supervisor cuts torn tails on start; otherwise restore the file or seek past it)"
+            )
+        return n
+
+    def read(self, offset: int, max_n: int):
+        """Up to ``max_n`` records at or after ``offset``.
+
+        Returns (n, meta, chunk): ``meta[1:n+1]`` rows as from ``K.scan`` with
+        body indexes into ``chunk``; n == 0 means nothing on disk at or after
+        ``offset`` (yet). Valid until the next call.
+        """
+        max_n = min(max_n, self.meta.shape[0] - 1)
+        if self.cursor is not None and self.cursor[2] == offset:
+            base, pos = self.cursor[0], self.cursor[1]
+        else:
+            if not self.segs or offset >= self.segs[-1]:
+                self.refresh()
+            if not self.segs:
+                return 0, self.meta, self.chunk
+            i = max(0, int(np.searchsorted(self.segs, offset, side="right")) - 1)
+            base = self.segs[i]
+            pos = self._index_pos(base, offset)
+        while True:
+            try:
+                got = self._read_chunk(base, pos)
+            except FileNotFoundError:
+                self.refresh()
+                self.cursor = None
+                return self.read(offset, max_n) if self.segs else (0, self.meta, self.chunk)
+            n = self._scan_chunk(base, pos, got, max_n, offset, self.verify) if got else 0
+            new_pos = pos + int(self.meta[0, 0])
+            if n:
+                # body indexes are chunk-relative already (base 0)
+                last = int(self.meta[n, 1])
+                self.cursor = (base, new_pos, last + 1)
+                return n, self.meta, self.chunk
+            if got and new_pos > pos:
+                pos = new_pos  # skipped frames below `offset`; keep going in this segment
+                continue
+            if got and int(self.meta[0, 2]) == K.STOP_END and got >= len(self.chunk) - 8:
+                # one frame larger than the chunk: grow and retry
+                self.chunk = np.empty(len(self.chunk) * 2, np.uint8)
+                continue
+            # end of this segment: the next one, if any
+            self.refresh()
+            later = [b for b in self.segs if b > base]
+            if not later:
+                self.cursor = (base, pos, offset)
+                return 0, self.meta, self.chunk
+            base, pos = later[0], 0
+
+    def start_offset(self) -> int | None:
+        """The first offset on disk, or None if there are no records on disk."""
+        self.refresh()
+        for base in self.segs:
+            got = self._read_chunk(base, 0)
+            if got and self._scan_chunk(base, 0, got, 1, 0, False):
+                return int(self.meta[1, 1])
+        return None
+
+    def end_of_segment(self, base: int) -> int:
+        """The offset after the last whole frame of segment ``base`` (its base if empty)."""
+        end = base
+        pos = self._index_pos(base, _BIG)
+        while True:
+            got = self._read_chunk(base, pos)
+            if not got:
+                return end
+            n = self._scan_chunk(base, pos, got, self.meta.shape[0] - 1, 0, False)
+            if n:
+                end = int(self.meta[n, 1]) + 1
+            adv = int(self.meta[0, 0])
+            if adv == 0:
+                return end
+            pos += adv
+
+    def offset_for_time(self, ts: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record with timestamp >= ts, or None."""
+        self.refresh()
+        for base in self.segs:
+            pos = self._time_pos(base, ts)
+            while True:
+                got = self._read_chunk(base, pos)
+                if not got:
+                    break
+                n = self._scan_chunk(base, pos, got, self.meta.shape[0] - 1, 0, False)
+                rows = self.meta[1: n + 1]
+                hit = np.nonzero(rows[:, 2] >= ts)[0]
+                if len(hit):
+                    r = rows[hit[0]]
+                    return int(r[1]), int(r[2])
+                adv = int(self.meta[0, 0])
+                if adv == 0:
+                    break
+                pos += adv
+        return None

@@ -1,0 +1,233 @@
+"""The supervisor daemon (``shmbus serve``): one per data dir.
+
+Jobs, each in its own module: spilling rings to segments (``spill.py``),
+unblocking dead writers' claims (``unblock.py``); and answering the control
+socket (status, stop). It holds an exclusive ``flock`` on ``supervisor.lock``
+for its whole life, so a second one for the same data dir exits at once.
+
+Threads: the spill loop (main thread) and the control socket (one daemon
+thread). Producers and consumers never wait on the supervisor except when a
+ring is full or acks="disk".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import psutil
+
+from shmbus import _paths, metadata
+from shmbus.bus import open_or_recreate_ring
+from shmbus.ring import ControlBlock
+from shmbus.supervisor.spill import PartitionSpiller
+
+IDLE_WAIT_S = 0.005  # the spiller's longest sleep when no producer rings the bell
+RESCAN_S = 0.2  # how often the topic list is re-read
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(self, data_dir: str):
+        self.data_dir = _paths.resolve_data_dir(data_dir)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        self.lock_fd = os.open(_paths.lock_path(self.data_dir), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.lock_fd)
+            raise AlreadyRunning(f"a supervisor is already running for data_dir={self.data_dir}") from None
+        os.ftruncate(self.lock_fd, 0)
+        os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self.id = _paths.bus_id(self.data_dir)
+        self.ctl = ControlBlock.open_or_create(self.id)
+        self.spillers: dict[tuple[str, int], PartitionSpiller] = {}
+        self.topic_ids: dict[str, str] = {}
+        self.stopping = threading.Event()
+        self.started = time.time()
+        self.sock = None
+        self.lock = threading.Lock()
+
+    # --- topics ---
+    def rescan(self) -> None:
+        now_ms = int(time.time() * 1000)
+        names = metadata.list_topics(self.data_dir)
+        live = set()
+        for name in names:
+            try:
+                meta = metadata.read_topic(self.data_dir, name)
+            except Exception:
+                continue
+            self.topic_ids[name] = meta.id
+            for p in range(meta.partitions):
+                key = (meta.id, p)
+                live.add(key)
+                sp = self.spillers.get(key)
+                if sp is None:
+                    try:
+                        ring = open_or_recreate_ring(self.data_dir, self.id, meta, p)
+                    except Exception as e:  # deleted meanwhile
+                        log(f"cannot open ring topic={name} partition={p}: {e}")
+                        continue
+                    sp = PartitionSpiller(ring, _paths.partition_dir(self.data_dir, name, p), meta.config, now_ms)
+                    self.spillers[key] = sp
+                else:
+                    sp.config = meta.config
+                    sp.writer.segment_bytes = meta.config["segment.bytes"]
+                    sp.writer.segment_ms = meta.config["segment.ms"]
+        for key in [k for k in self.spillers if k not in live]:
+            sp = self.spillers.pop(key)
+            sp.close()
+            sp.ring.close()
+
+    # --- the spill loop ---
+    def spill_all(self) -> int:
+        moved = 0
+        now_ms = int(time.time() * 1000)
+        for key, sp in list(self.spillers.items()):
+            if sp.ring.deleted():
+                continue
+            try:
+                moved += sp.spill(sp.ring.ring_bytes)
+                sp.roll_if_old(now_ms)
+            except FileNotFoundError:
+                pass  # the topic is being deleted; the next rescan drops it
+        return moved
+
+    def run(self) -> None:
+        self.rescan()
+        self.start_control()
+        last_scan = time.monotonic()
+        while not self.stopping.is_set():
+            seen = self.ctl.spill_bell()
+            moved = self.spill_all()
+            now = time.monotonic()
+            if now - last_scan > RESCAN_S:
+                self.rescan()
+                last_scan = now
+            if moved == 0:
+                self.ctl.spiller_sleep(seen, IDLE_WAIT_S)
+        # a last spill so that what is published is on disk
+        self.spill_all()
+        for sp in self.spillers.values():
+            sp.writer.fsync()
+            sp.close()
+            sp.ring.close()
+
+    # --- control socket ---
+    def start_control(self) -> None:
+        path = _paths.socket_path(self.data_dir)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)
+        try:
+            s.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        s.listen(64)
+        s.settimeout(0.2)
+        self.sock = s
+        threading.Thread(target=self._serve, name="control", daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        try:
+            f = conn.makefile("rb")
+            for line in f:
+                try:
+                    req = json.loads(line)
+                    resp = self.dispatch(req)
+                except Exception as e:  # answer, never die
+                    resp = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                conn.sendall(json.dumps(resp).encode() + b"\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def dispatch(self, req: dict) -> dict:
+        cmd = req.get("cmd")
+        if cmd == "ping":
+            return {"ok": True}
+        if cmd == "stop":
+            self.stopping.set()
+            self.ctl.ring_spill_bell()
+            return {"ok": True}
+        if cmd == "status":
+            return {"ok": True, **self.status()}
+        return {"ok": False, "error": f"unknown command: cmd={cmd!r}"}
+
+    def status(self) -> dict:
+        proc = psutil.Process()
+        parts = []
+        for (tid, p), sp in list(self.spillers.items()):
+            name = next((n for n, i in self.topic_ids.items() if i == tid), tid)
+            parts.append({
+                "topic": name, "partition": p, "next_offset": sp.ring.next_offset(),
+                "ring_bytes": sp.ring.ring_bytes, "ring_used": max(sp.ring.fill(), 0),
+                "spilled_frames": sp.spilled_frames, "spilled_bytes": sp.spilled_bytes,
+            })
+        return {
+            "pid": os.getpid(), "data_dir": self.data_dir, "bus_id": self.id,
+            "uptime_s": round(time.time() - self.started, 3),
+            "cpu_percent": proc.cpu_percent(interval=None), "rss_bytes": proc.memory_info().rss,
+            "partitions": parts,
+        }
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            try:
+                os.unlink(_paths.socket_path(self.data_dir))
+            except FileNotFoundError:
+                pass
+        self.ctl.close()
+        os.close(self.lock_fd)  # releases the flock
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} shmbus supervisor: {msg}", file=sys.stderr, flush=True)
+
+
+def serve(data_dir: str) -> int:
+    try:
+        sup = Supervisor(data_dir)
+    except AlreadyRunning as e:
+        print(f"shmbus: {e}", file=sys.stderr)
+        return 1
+    stop = lambda *_: (sup.stopping.set(), sup.ctl.ring_spill_bell())  # noqa: E731
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log(f"started pid={os.getpid()} data_dir={sup.data_dir} bus_id={sup.id}")
+    try:
+        sup.run()
+    finally:
+        sup.close()
+        log("stopped")
+    return 0
+
+
+__all__ = ["Supervisor", "serve"]
