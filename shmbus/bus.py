@@ -221,8 +221,8 @@ def partition_start_offset(ring: Ring, log) -> int:
         return s
     from shmbus.kernels import frames as K
 
-    rel = ring.released()
+    rel = ring.reclaiming()
     low = K.ring_low_offset(ring.buf, rel)
-    if low >= 0 and ring.released() == rel:
+    if low >= 0 and ring.reclaiming() == rel:
         return int(low)
     return ring.next_offset()

@@ -253,7 +253,7 @@ class Consumer:
 
     def _offset_for_time(self, p: _Part, ts: int):
         for _ in range(100):
-            rel = p.ring.released()
+            rel = p.ring.reclaiming()
             hit = p.log.offset_for_time(ts)
             if hit is not None:
                 return OffsetAndTimestamp(*hit)
@@ -269,7 +269,7 @@ class Consumer:
                 if n == 0:
                     break
                 pos = int(self._meta[0, 0])
-            if p.ring.released() <= rel:
+            if p.ring.reclaiming() <= rel:
                 return found
         return None
 
@@ -298,7 +298,7 @@ class Consumer:
         """Position is not in a known ring place: read disk, else set the cursor."""
         if p.position is None:
             self._reset(p, "no position and no committed offset")
-        rel0 = p.ring.released()
+        rel0 = p.ring.reclaiming()
         end = p.ring.next_offset()
         if p.position > end:
             self._reset(p, "offset beyond the end of the partition")
@@ -306,14 +306,12 @@ class Consumer:
                 return None
         n, meta, chunk = p.log.read(p.position, max_n)
         if n:
-            first = int(meta[1, 1])
-            if first > p.position:
-                start = self._start(p)
-                if p.position < start:
-                    self._reset(p, "offset below the start of the partition")
-                    return self._locate(p, max_n, batch)
             rows = meta[1: n + 1].tolist()
             out = self._records_from(p, rows, memoryview(chunk), batch, chunk)
+            # (build the records first: the start-offset lookup reuses the log's buffers)
+            if rows[0][1] > p.position and p.position < self._start(p):
+                self._reset(p, "offset below the start of the partition")
+                return self._locate(p, max_n, batch)
             p.position = rows[-1][1] + 1
             return out
         if p.position < self._start_if_gone(p, rel0):
@@ -383,7 +381,7 @@ class Consumer:
                     self._values = np.empty(len(self._values) * 2, np.uint8)
                     continue
                 new = int(meta[0, 0])
-                if new < ring.released():
+                if new < ring.reclaiming():
                     p.cursor = -1  # lapped: what we passed is on disk now
                     continue
                 p.cursor = new
@@ -400,12 +398,12 @@ class Consumer:
                     result = self._records_from(p, rows, p.mv, False)
                 except Exception:
                     # bytes overwritten while we decoded them (we were lapped): re-read from disk
-                    if rows[0][0] < ring.released():
+                    if rows[0][0] < ring.reclaiming():
                         p.cursor = -1
                         continue
                     raise
                 last_off = rows[-1][1]
-            if int(meta[1, 0]) < ring.released():
+            if int(meta[1, 0]) < ring.reclaiming():
                 # the spiller released bytes we were copying: drop and re-read (from disk)
                 p.cursor = -1
                 continue
@@ -419,7 +417,7 @@ class Consumer:
         if c < 0:
             return True
         ring = p.ring
-        return p.qwords[p.hq + ((c & ring.mask) >> 3)] & 0xFF00000000 != 0 or ring.released() > c
+        return p.qwords[p.hq + ((c & ring.mask) >> 3)] & 0xFF00000000 != 0 or ring.reclaiming() > c
 
     def _poll(self, timeout_ms, max_records, batch: bool) -> dict:
         if self._closed:

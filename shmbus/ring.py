@@ -104,6 +104,7 @@ class Ring(_Mapped):
         w[R.OFF_CLAIM_POS // _Q] = 0
         w[R.OFF_CLAIM_OFFSET // _Q] = base_offset
         w[R.OFF_RELEASED // _Q] = 0
+        w[R.OFF_RECLAIMING // _Q] = 0
         w[R.OFF_DURABLE // _Q] = base_offset
         w[R.OFF_MAGIC // _Q] = R.MAGIC  # last: the ring is ready
         w.release()
@@ -131,6 +132,10 @@ class Ring(_Mapped):
     # --- header words, read from Python ---
     def released(self) -> int:
         return self.words[R.OFF_RELEASED // _Q]
+
+    def reclaiming(self) -> int:
+        """Bytes below this may be changing (being zeroed); a copy from below it is void."""
+        return self.words[R.OFF_RECLAIMING // _Q]
 
     def durable(self) -> int:
         return self.words[R.OFF_DURABLE // _Q]

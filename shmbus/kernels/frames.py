@@ -38,6 +38,7 @@ R_RING_BYTES = _R.OFF_RING_BYTES
 R_FLAGS = _R.OFF_FLAGS
 R_CLAIM_POS = _R.OFF_CLAIM_POS
 R_RELEASED = _R.OFF_RELEASED
+R_RECLAIMING = _R.OFF_RECLAIMING
 R_SLEEPERS = _R.OFF_SLEEPERS
 FLAG_DELETED = _R.FLAG_DELETED
 
@@ -441,7 +442,13 @@ def spill_scan(buf, pos, max_bytes, meta):
 
 @jit
 def release(buf, frm, to):
-    """Zero ring bytes [frm, to) (they are on disk), then publish RELEASED = to."""
+    """Zero ring bytes [frm, to) (they are on disk), then publish RELEASED = to.
+
+    RECLAIMING = to is stored first, with a full barrier, so a reader that
+    copied a frame below ``to`` while it was being zeroed sees, when it
+    checks RECLAIMING after the copy, that its copy may be torn.
+    """
+    store_seqcst64(buf, R_RECLAIMING, to)
     ring = _ring_bytes(buf)
     mask = ring - 1
     p = frm
@@ -517,3 +524,21 @@ def add_sleepers(buf, delta):
     the two always sees the other.
     """
     return fetch_add32(buf, R_SLEEPERS, delta)
+
+
+@jit
+def claim_and_abandon(buf, value_len, reserve, pid):
+    """For tests and tools: claim a frame and stop there, as a writer killed mid-send.
+
+    ``reserve`` False leaves the claimed word FREE (killed between claim and
+    reserve); True leaves it RESERVED(pid) (killed while writing). Returns the
+    frame's position, or a negative status.
+    """
+    flen = _align8(F_HDR + value_len)
+    ring = _ring_bytes(buf)
+    st, fpos, off, ppos, pad, rel = _claim(buf, ring, flen, 1)
+    if st != 0:
+        return st
+    if reserve:
+        _reserve(buf, ring - 1, ppos, pad, fpos, flen, pid)
+    return fpos

@@ -12,6 +12,9 @@
     |                zeroed everything below it; producers may claim up to    |
     |                RELEASED + ring bytes                                    |
     |                DURABLE offset u64 (+136): offsets below it are fsynced  |
+    |                RECLAIMING position u64 (+144): the spiller may be       |
+    |                zeroing bytes below it; readers check a copy against it  |
+    |                (stored before the zeroing, RELEASED after)              |
     | line 3 (+192)  SLEEPERS i32: consumers asleep on this partition         |
     | line 4 (+256)  DURABLE_WANT u64: the highest offset an acks="disk"      |
     |                producer waits for; the spiller fsyncs while it is ahead |
@@ -52,6 +55,7 @@ OFF_CLAIM_POS = 1 * CACHE_LINE
 OFF_CLAIM_OFFSET = OFF_CLAIM_POS + 8
 OFF_RELEASED = 2 * CACHE_LINE
 OFF_DURABLE = OFF_RELEASED + 8
+OFF_RECLAIMING = OFF_RELEASED + 16
 OFF_SLEEPERS = 3 * CACHE_LINE
 OFF_DURABLE_WANT = 4 * CACHE_LINE
 

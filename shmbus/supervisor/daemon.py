@@ -28,7 +28,7 @@ from shmbus.bus import open_or_recreate_ring
 from shmbus.ring import ControlBlock
 from shmbus.supervisor.spill import PartitionSpiller
 
-IDLE_WAIT_S = 0.005  # the spiller's longest sleep when no producer rings the bell
+IDLE_WAIT_S = 0.05  # the spiller's longest sleep; producers ring the spill bell when a ring passes half full
 RESCAN_S = 0.2  # how often the topic list is re-read
 
 
@@ -78,7 +78,8 @@ class Supervisor:
                     except Exception as e:  # deleted meanwhile
                         log(f"cannot open ring topic={name} partition={p}: {e}")
                         continue
-                    sp = PartitionSpiller(ring, _paths.partition_dir(self.data_dir, name, p), meta.config, now_ms)
+                    sp = PartitionSpiller(ring, _paths.partition_dir(self.data_dir, name, p), meta.config, now_ms,
+                                          on_unblock=self.ctl.ring_doorbell)
                     self.spillers[key] = sp
                 else:
                     sp.config = meta.config
@@ -189,6 +190,7 @@ class Supervisor:
                 "topic": name, "partition": p, "next_offset": sp.ring.next_offset(),
                 "ring_bytes": sp.ring.ring_bytes, "ring_used": max(sp.ring.fill(), 0),
                 "spilled_frames": sp.spilled_frames, "spilled_bytes": sp.spilled_bytes,
+                "unblocked": sp.unblocked,
             })
         return {
             "pid": os.getpid(), "data_dir": self.data_dir, "bus_id": self.id,

@@ -22,8 +22,9 @@ from shmbus.supervisor import unblock
 class PartitionSpiller:
     """One ring and its segment writer. Used by the supervisor's spill thread only."""
 
-    def __init__(self, ring: Ring, pdir: str, config: dict, now_ms: int):
+    def __init__(self, ring: Ring, pdir: str, config: dict, now_ms: int, on_unblock=None):
         self.ring = ring
+        self.on_unblock = on_unblock  # called after a dead claim became padding (wake readers)
         self.mv = ring.memoryview()
         self.writer = SegmentWriter(pdir, config["segment.bytes"], config["segment.ms"], now_ms)
         self.meta = np.zeros((4097, K.META_COLS), np.int64)
@@ -32,6 +33,7 @@ class PartitionSpiller:
         self.config = config
         self.spilled_frames = 0
         self.spilled_bytes = 0
+        self.unblocked = 0
 
     def close(self) -> None:
         self.writer.close()
@@ -70,10 +72,15 @@ class PartitionSpiller:
             return
         action = unblock.decide(header, self.ring.claim_position() > pos, (now - self.blocked_since) * 1000.0,
                                 unblock.pid_alive)
+        done = False
         if action == unblock.PAD_RESERVED:
-            K.unblock_reserved(self.ring.buf, pos, header)
+            done = K.unblock_reserved(self.ring.buf, pos, header)
         elif action == unblock.PAD_FREE:
-            K.unblock_free(self.ring.buf, pos)
+            done = K.unblock_free(self.ring.buf, pos) > 0
+        if done:
+            self.unblocked += 1
+            if self.on_unblock is not None:
+                self.on_unblock()
 
     def roll_if_old(self, now_ms: int) -> None:
         if self.writer.should_roll(now_ms):
