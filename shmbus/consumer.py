@@ -113,6 +113,11 @@ class Consumer:
         self._rr = 0
         self._subscription: list[str] | None = None
         self._meta = np.zeros((4097, K.META_COLS), np.int64)
+        self._meta_addr = self._meta.ctypes.data
+        self._meta_rows = self._meta.shape[0]
+        fast = K.fast()
+        self._scan_ring = fast["scan_ring"]
+        self._scan_copy_ring = fast["scan_copy_ring"]
         self._values = np.empty(1 << 20, np.uint8)
         self._iter_buf: list = []
         self._closed = False
@@ -370,10 +375,10 @@ class Consumer:
                     return got
             ring = p.ring
             if batch:
-                n = K.scan_copy(ring.buf, R.HEADER_BYTES, ring.mask, p.cursor, _BIG, max_n, p.position, False,
-                                self._meta, self._values)
+                n = self._scan_copy_ring(ring.address, p.cursor, max_n, p.position, self._meta_addr, self._meta_rows,
+                                         self._values.ctypes.data, len(self._values))
             else:
-                n = K.scan(ring.buf, R.HEADER_BYTES, ring.mask, p.cursor, _BIG, max_n, p.position, False, self._meta)
+                n = self._scan_ring(ring.address, p.cursor, max_n, p.position, self._meta_addr, self._meta_rows)
             meta = self._meta
             if n == 0:
                 if int(meta[0, 2]) == K.STOP_MAX and batch and self._values is not None:

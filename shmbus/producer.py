@@ -30,6 +30,15 @@ def _after_fork():
 os.register_at_fork(after_in_child=_after_fork)
 
 _KEY_CACHE_MAX = 65536
+_time_ns = time.time_ns
+_append_v = _append_kv = _append_any = None
+
+
+def _load_kernels():
+    global _append_v, _append_kv, _append_any
+    if _append_v is None:
+        f = K.fast()
+        _append_v, _append_kv, _append_any = f["append_v"], f["append_kv"], f["append_any"]
 _ACKS = ("memory", "disk")
 
 
@@ -90,11 +99,12 @@ def decode_headers(b) -> list:
 
 
 class _TopicHandle:
-    __slots__ = ("meta", "rings", "n", "max_bytes", "key_cache", "rr")
+    __slots__ = ("meta", "rings", "addrs", "n", "max_bytes", "key_cache", "rr")
 
     def __init__(self, meta, rings):
         self.meta = meta
         self.rings = rings
+        self.addrs = [r.address for r in rings]
         self.n = len(rings)
         self.max_bytes = meta.config["max.message.bytes"]
         self.key_cache = {}
@@ -121,6 +131,7 @@ class Producer:
         for name, f in (("key_serializer", key_serializer), ("value_serializer", value_serializer)):
             if f is not None and not callable(f):
                 raise InvalidConfigError(f"{name} must be callable: {name}={f!r}")
+        _load_kernels()
         self._own_bus = _bus is None
         self._bus = _bus if _bus is not None else Bus(data_dir)
         self.acks = acks
@@ -152,16 +163,24 @@ class Producer:
 
     # --- sending ---
     def send(self, topic, value=None, key=None, headers=None, partition=None, timestamp_ms=None) -> RecordMetadata:
+        """Append one record; returns once it is in shared memory (acks='memory') or on disk.
+
+        The common cases (bytes value, optional bytes key, no headers) take a
+        short path: one dict lookup for the topic, one for a key's partition,
+        and one call of a compiled kernel by its entry point.
+        """
         if self._closed:
             raise ShmbusError("send on a closed producer (make a new one)")
         if self._value_ser is not None:
             value = self._value_ser(value)
         if self._key_ser is not None and key is not None:
             key = self._key_ser(key)
-        h = self._topics.get(topic) or self._topic(topic)
-        if type(value) is not bytes and value is not None:
+        h = self._topics.get(topic)
+        if h is None:
+            h = self._topic(topic)
+        if value.__class__ is not bytes and value is not None:
             value = _as_bytes(value, "value")
-        if type(key) is not bytes and key is not None:
+        if key.__class__ is not bytes and key is not None:
             key = _as_bytes(key, "key")
         if partition is None:
             if key is None:
@@ -174,28 +193,38 @@ class Producer:
                     if len(h.key_cache) < _KEY_CACHE_MAX:
                         h.key_cache[key] = p
         else:
-            if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < h.n:
+            if partition.__class__ is not int or not 0 <= partition < h.n:
                 raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
                                  f"(it has {h.n} partitions: 0..{h.n - 1})")
             p = partition
-        hdrs = encode_headers(headers) if headers else b""
-        size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0) + len(hdrs)
-        if size > h.max_bytes:
-            raise RecordTooLargeError(
-                f"record too large: bytes={size} max.message.bytes={h.max_bytes} topic={topic!r} "
-                f"(raise the topic's max.message.bytes with alter_topic_config, or split the record)")
-        ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
-        ring = h.rings[p]
-        r = K.append_one(ring.buf, key if key is not None else b"", key is None,
-                         value if value is not None else b"", value is None, hdrs, ts, _PID)
+        ts = timestamp_ms if timestamp_ms is not None else _time_ns() // 1_000_000
+        addr = h.addrs[p]
+        if headers is None and value is not None:
+            if len(value) + (len(key) if key is not None else 0) > h.max_bytes:
+                self._too_large(h, topic, key, value, b"")
+            if key is None:
+                r = _append_v(addr, value, ts, _PID)
+            else:
+                r = _append_kv(addr, key, value, ts, _PID)
+        else:
+            hdrs = encode_headers(headers) if headers else b""
+            if (len(value) if value is not None else 0) + (len(key) if key is not None else 0) + len(hdrs) > h.max_bytes:
+                self._too_large(h, topic, key, value, hdrs)
+            r = _append_any(addr, key if key is not None else b"", -1 if key is None else len(key),
+                            value if value is not None else b"", -1 if value is None else len(value), hdrs, ts, _PID)
         if r < 0:
-            r, h, ring = self._send_slow(topic, p, key, value, hdrs, ts, r)
+            r, h = self._send_slow(topic, p, key, value, headers, ts, r)
         if r & 3:
             self._after(r)
-        off = r >> 2
         if self.acks == "disk":
-            self._wait_durable(ring, off, topic, p)
-        return RecordMetadata(topic, p, off, ts)
+            self._wait_durable(h.rings[p], r >> 2, topic, p)
+        return RecordMetadata(topic, p, r >> 2, ts)
+
+    def _too_large(self, h, topic, key, value, hdrs):
+        size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0) + len(hdrs)
+        raise RecordTooLargeError(
+            f"record too large: bytes={size} max.message.bytes={h.max_bytes} topic={topic!r} "
+            f"(raise the topic's max.message.bytes with alter_topic_config, or split the record)")
 
     def _after(self, bits: int) -> None:
         if bits & 1:
@@ -203,8 +232,9 @@ class Producer:
         if bits & 2:
             self._ctl.ring_spill_bell()
 
-    def _send_slow(self, topic, p, key, value, hdrs, ts, r):
-        """A full ring (wait up to max_block_ms), a deleted topic, or a record too large."""
+    def _send_slow(self, topic, p, key, value, headers, ts, r):
+        """A full ring (wait up to max_block_ms), a deleted topic, or a record too large for the ring."""
+        hdrs = encode_headers(headers) if headers else b""
         deadline = time.monotonic() + self.max_block_ms / 1000.0
         spins = 0
         while True:
@@ -234,11 +264,10 @@ class Producer:
                 if spins > 50:
                     time.sleep(min(0.0005 * (spins // 50), 0.005, max(deadline - now, 0)))
             h = self._topics.get(topic) or self._topic(topic)
-            ring = h.rings[p]
-            r = K.append_one(ring.buf, key if key is not None else b"", key is None,
-                             value if value is not None else b"", value is None, hdrs, ts, _PID)
+            r = _append_any(h.addrs[p], key if key is not None else b"", -1 if key is None else len(key),
+                            value if value is not None else b"", -1 if value is None else len(value), hdrs, ts, _PID)
             if r >= 0:
-                return r, h, ring
+                return r, h
 
     def _wait_durable(self, ring, off: int, topic: str, p: int, deadline=None) -> None:
         """Block until the supervisor has fsynced ``off`` (acks='disk')."""

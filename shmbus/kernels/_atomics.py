@@ -160,3 +160,16 @@ def fence_seqcst(typingctx):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def as_pointer(typingctx, addr):
+    """An int address as a ``void*`` (for ``numba.carray``): kernels on the hot
+    path take addresses, which cost a few ns to pass from Python where an array
+    argument costs a few hundred."""
+    sig = types.voidptr(addr)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+
+    return sig, codegen

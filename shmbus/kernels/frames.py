@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from numba import carray
+
 from shmbus.kernels._atomics import (
+    as_pointer,
     cas64,
     cas128,
     fetch_add32,
@@ -213,12 +216,16 @@ def _after_publish(buf, ring, fpos, flen, pad, rel):
     return bits
 
 
-@jit
-def append_one(buf, key, key_null, value, value_null, hdrs, ts, pid):
-    """Append one record. Returns ``offset << 2 | wake bits`` or a negative status."""
-    klen = -1 if key_null else len(key)
-    vlen = -1 if value_null else len(value)
-    hlen = len(hdrs)
+@jit(inline="always")
+def _ring_view(addr):
+    """The mapping at ``addr`` (header + ring) as a uint8 array, without a copy."""
+    hdr = carray(as_pointer(addr), RING_HDR, np.uint8)
+    return carray(as_pointer(addr), RING_HDR + _get_i64(hdr, R_RING_BYTES), np.uint8)
+
+
+@jit(inline="always")
+def _append(buf, key, klen, value, vlen, hdrs, hlen, ts, pid):
+    """Append one record (klen/vlen -1 = null). Returns ``offset << 2 | wake bits`` or a status."""
     flen = _align8(F_HDR + max(klen, 0) + max(vlen, 0) + hlen)
     ring = _ring_bytes(buf)
     if flen * 2 > ring:
@@ -236,6 +243,28 @@ def append_one(buf, key, key_null, value, value_null, hdrs, ts, pid):
         _write_frame(buf, i, off, ts, key, klen, value, vlen, hdrs, hlen, flen)
         store_seqcst64(buf, i, _hdr(flen, T_DATA, 0))
         return (off << 2) | _after_publish(buf, ring, fpos, flen, pad, rel)
+
+
+# The three single-record entry points. Python calls them through their
+# compiled entry points (see ``fast()``), with the ring's address, so a send
+# pays for one bytes argument per part it has and nothing more.
+
+@jit(nogil=False)
+def append_v(addr, value, ts, pid):
+    """A record with a value, no key, no headers."""
+    return _append(_ring_view(addr), value, -1, value, len(value), value, 0, ts, pid)
+
+
+@jit(nogil=False)
+def append_kv(addr, key, value, ts, pid):
+    """A record with a key and a value, no headers."""
+    return _append(_ring_view(addr), key, len(key), value, len(value), value, 0, ts, pid)
+
+
+@jit(nogil=False)
+def append_any(addr, key, klen, value, vlen, hdrs, ts, pid):
+    """Any record: ``klen``/``vlen`` -1 mark a null key/value (pass b"" for it)."""
+    return _append(_ring_view(addr), key, klen, value, vlen, hdrs, len(hdrs), ts, pid)
 
 
 @jit
@@ -392,6 +421,23 @@ def scan_copy(buf, base, mask, pos, end, max_n, min_offset, verify, meta, values
     return n
 
 
+@jit(nogil=False)
+def scan_ring(addr, pos, max_n, min_offset, meta_addr, meta_rows):
+    """:func:`scan` over the ring at ``addr``, into the meta array at ``meta_addr``."""
+    buf = _ring_view(addr)
+    meta = carray(as_pointer(meta_addr), (meta_rows, META_COLS), np.int64)
+    return scan(buf, RING_HDR, _ring_bytes(buf) - 1, pos, 1 << 62, max_n, min_offset, False, meta)
+
+
+@jit(nogil=False)
+def scan_copy_ring(addr, pos, max_n, min_offset, meta_addr, meta_rows, values_addr, values_len):
+    """:func:`scan_copy` over the ring at ``addr`` (arrays by address)."""
+    buf = _ring_view(addr)
+    meta = carray(as_pointer(meta_addr), (meta_rows, META_COLS), np.int64)
+    values = carray(as_pointer(values_addr), values_len, np.uint8)
+    return scan_copy(buf, RING_HDR, _ring_bytes(buf) - 1, pos, 1 << 62, max_n, min_offset, False, meta, values)
+
+
 @jit
 def spill_scan(buf, pos, max_bytes, meta):
     """Frames the spiller may copy to disk, from ``pos`` (the released position).
@@ -542,3 +588,26 @@ def claim_and_abandon(buf, value_len, reserve, pid):
     if reserve:
         _reserve(buf, ring - 1, ppos, pad, fpos, flen, pid)
     return fpos
+
+
+_FAST = {}
+
+
+def fast():
+    """Entry points of the hot kernels, compiled (or loaded from the cache) once.
+
+    Calling a compiled entry point skips numba's dispatcher (typing every
+    argument on every call): ~0.35 us instead of ~0.6-1 us per call here.
+    Returns a dict name -> callable with the kernel's exact argument types.
+    """
+    if not _FAST:
+        from numba import types as t
+
+        b = t.Bytes(t.uint8, 1, "C", readonly=True)
+        i = t.int64
+        _FAST["append_v"] = append_v.compile((i, b, i, i))
+        _FAST["append_kv"] = append_kv.compile((i, b, b, i, i))
+        _FAST["append_any"] = append_any.compile((i, b, i, b, i, b, i, i))
+        _FAST["scan_ring"] = scan_ring.compile((i, i, i, i, i, i))
+        _FAST["scan_copy_ring"] = scan_copy_ring.compile((i, i, i, i, i, i, i, i))
+    return _FAST
