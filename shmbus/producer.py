@@ -31,6 +31,7 @@ os.register_at_fork(after_in_child=_after_fork)
 
 _KEY_CACHE_MAX = 65536
 _time_ns = time.time_ns
+_NO_KEYS = np.frombuffer(b"", np.uint8)
 _append_v = _append_kv = _append_any = None
 
 
@@ -295,7 +296,8 @@ class Producer:
             if values.ndim != 2 or values.dtype != np.uint8:
                 raise TypeError(f"values as an array must be 2-D uint8: ndim={values.ndim} dtype={values.dtype}")
             n, w = values.shape
-            data = np.ascontiguousarray(values).reshape(-1)
+            data = np.ascontiguousarray(values).reshape(-1)[:]
+            data.flags.writeable = False  # one compiled kernel for both input kinds (read-only data)
             starts = np.arange(n, dtype=np.int64) * w
             lens = np.full(n, w, np.int64)
         else:
@@ -322,7 +324,7 @@ class Producer:
         else:
             ks = None
             klens = np.full(n, -1, np.int64)
-            kdata = np.empty(0, np.uint8)
+            kdata = _NO_KEYS
             kstarts = np.zeros(n, np.int64)
         sizes = np.maximum(lens, 0) + np.maximum(klens, 0)
         if n and int(sizes.max()) > h.max_bytes:

@@ -50,6 +50,14 @@ def cleanup_bus(data_dir: str) -> None:
             pass
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_kernels():
+    """Fill a cold numba cache once, here, before tests start worker processes."""
+    from shmbus.kernels import frames
+
+    frames.warm()
+
+
 @pytest.fixture
 def data_dir(tmp_path):
     d = str(tmp_path / "bus")

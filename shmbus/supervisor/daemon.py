@@ -105,6 +105,9 @@ class Supervisor:
         return moved
 
     def run(self) -> None:
+        from shmbus.kernels import frames as K
+
+        K.warm()  # compile or load every kernel now: clients that autostarted us then find a warm cache
         self.rescan()
         self.start_control()
         last_scan = time.monotonic()
