@@ -7,6 +7,7 @@ producers in many processes may write the same partition at once.
 
 from __future__ import annotations
 
+import numbers
 import os
 import struct
 import time
@@ -55,6 +56,12 @@ def _as_bytes(x, what: str) -> bytes:
                         f"contiguous={x.flags.c_contiguous} (use np.ascontiguousarray(a).view(np.uint8))")
     raise TypeError(f"{what} must be bytes-like or None: type={type(x).__name__} "
                     f"(pass {what.split()[0]}_serializer= to the producer to send other types)")
+
+
+def _as_partition(p) -> int:
+    if isinstance(p, bool) or not isinstance(p, numbers.Integral):
+        raise TypeError(f"partition must be an int: partition={p!r}")
+    return int(p)
 
 
 def encode_headers(headers) -> bytes:
@@ -194,7 +201,9 @@ class Producer:
                     if len(h.key_cache) < _KEY_CACHE_MAX:
                         h.key_cache[key] = p
         else:
-            if partition.__class__ is not int or not 0 <= partition < h.n:
+            if partition.__class__ is not int:
+                partition = _as_partition(partition)
+            if not 0 <= partition < h.n:
                 raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
                                  f"(it has {h.n} partitions: 0..{h.n - 1})")
             p = partition

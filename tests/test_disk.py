@@ -1,0 +1,117 @@
+"""The spilled log on disk: segment files, acks="disk", reading records that left the ring."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from shmbus import CorruptRecordError, TopicPartition
+from shmbus.segments.log import list_segments
+
+TP = TopicPartition("d", 0)
+
+
+def wait_spilled(bus, topic, partition, offset, timeout_s=20):
+    """Until the segment files hold ``offset`` (the supervisor spills in the background)."""
+    from shmbus.segments.log import PartitionLog
+
+    pdir = os.path.join(bus.data_dir, "topics", topic, str(partition))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        log = PartitionLog(pdir)
+        try:
+            segs = list_segments(pdir)
+            if segs and log.end_of_segment(segs[-1]) > offset:
+                return
+        finally:
+            log.close()
+        time.sleep(0.02)
+    raise AssertionError(f"offset {offset} never reached the segment files")
+
+
+def read_n(c, n, timeout_s=20):
+    out = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        for recs in c.poll(timeout_ms=100, max_records=1000).values():
+            out.extend(recs)
+    return out
+
+
+def test_segment_files_are_where_people_look(bus):
+    bus.create_topic("d", config={"ring.bytes": 8192})
+    with bus.producer() as p:
+        for i in range(500):
+            p.send("d", b"%05d" % i)
+    wait_spilled(bus, "d", 0, 499)
+    pdir = os.path.join(bus.data_dir, "topics", "d", "0")
+    names = sorted(os.listdir(pdir))
+    assert "00000000000000000000.log" in names
+    assert "00000000000000000000.index" in names
+    assert all(len(n.split(".")[0]) == 20 for n in names)
+
+
+def test_acks_disk_returns_after_fsync_into_a_segment(bus):
+    bus.create_topic("d")
+    with bus.producer(acks="disk", max_block_ms=20_000) as p:
+        md = p.send("d", b"durable", key=b"k")
+        mds = p.send_batch("d", [b"b1", b"b2"])
+    assert md.offset == 0 and list(mds.offsets) == [1, 2]
+    ring = bus.ring(bus.topic_meta("d"), 0)
+    assert ring.durable() >= 3
+    seg = os.path.join(bus.data_dir, "topics", "d", "0", "00000000000000000000.log")
+    data = open(seg, "rb").read()
+    assert b"durable" in data and b"b2" in data
+
+
+def test_acks_disk_without_supervisor_times_out(bus_nosup):
+    from shmbus import BufferFullError
+
+    bus_nosup.create_topic("d")
+    with bus_nosup.producer(acks="disk", max_block_ms=200) as p:
+        with pytest.raises(BufferFullError, match="fsynced"):
+            p.send("d", b"x")
+
+
+def test_records_that_left_the_ring_read_from_disk_with_seek(bus):
+    bus.create_topic("d", config={"ring.bytes": 8192})
+    with bus.producer() as p:
+        for i in range(2000):
+            p.send("d", b"%05d" % i + b"." * (i % 30))
+    wait_spilled(bus, "d", 0, 1999)
+    with bus.consumer(auto_offset_reset="earliest") as c:
+        c.assign([TP])
+        got = read_n(c, 2000)
+        assert [int(r.value[:5]) for r in got] == list(range(2000))
+        assert [r.offset for r in got] == list(range(2000))
+        c.seek(TP, 1234)
+        assert [r.offset for r in read_n(c, 3)][:3] == [1234, 1235, 1236]
+        ts = got[1500].timestamp
+        hit = c.offsets_for_times({TP: ts})[TP]
+        assert hit.offset <= 1500 and hit.timestamp == ts
+        c.seek_to_beginning(TP)
+        assert c.position(TP) == 0
+        c.seek_to_end(TP)
+        assert c.position(TP) == 2000
+
+
+def test_corrupt_record_on_disk_raises_naming_file_and_position(bus):
+    bus.create_topic("d", config={"ring.bytes": 8192})
+    with bus.producer() as p:
+        for i in range(300):
+            p.send("d", b"value-%05d" % i)
+    wait_spilled(bus, "d", 0, 299)
+    seg = os.path.join(bus.data_dir, "topics", "d", "0", "00000000000000000000.log")
+    with open(seg, "r+b") as f:
+        data = f.read()
+        at = data.index(b"value-00007")
+        f.seek(at)
+        f.write(b"VALUE")
+    with bus.consumer(auto_offset_reset="earliest") as c:
+        c.assign([TP])
+        with pytest.raises(CorruptRecordError) as e:
+            read_n(c, 300)
+    msg = str(e.value)
+    assert seg in msg and "position=" in msg
