@@ -31,7 +31,7 @@ class Bus:
         self.data_dir = _paths.resolve_data_dir(data_dir)
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self.id = _paths.bus_id(self.data_dir)
-        self.ctl = ControlBlock.open_or_create(self.id)
+        self.ctl = ControlBlock.open_or_create(self.id, self.data_dir)
         self._rings: dict[tuple[str, int], Ring] = {}
         self._lock = threading.Lock()
         self._closed = False

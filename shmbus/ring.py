@@ -192,16 +192,23 @@ class ControlBlock(_Mapped):
         super().close()
 
     @classmethod
-    def open_or_create(cls, bid: str) -> "ControlBlock":
+    def open_or_create(cls, bid: str, data_dir: str = "") -> "ControlBlock":
         name = _paths.ctl_name(bid)
         try:
             mm = _create_shm(name, R.CTL_BYTES)
+            path = data_dir.encode()[: R.CTL_BYTES - R.CTL_OFF_DATA_DIR - 4]
+            mm[R.CTL_OFF_DATA_DIR: R.CTL_OFF_DATA_DIR + 4 + len(path)] = len(path).to_bytes(4, "little") + path
             w = memoryview(mm)[:8].cast("q")
             w[0] = R.CTL_MAGIC
             w.release()
         except posix_ipc.ExistentialError:
             mm = _open_shm(name)
         return cls(name, mm)
+
+    def data_dir(self) -> str:
+        """The data dir of the bus that made this block ('' if unknown)."""
+        n = int.from_bytes(self._mm[R.CTL_OFF_DATA_DIR: R.CTL_OFF_DATA_DIR + 4], "little")
+        return self._mm[R.CTL_OFF_DATA_DIR + 4: R.CTL_OFF_DATA_DIR + 4 + n].decode(errors="replace")
 
     # consumers
     def doorbell(self) -> int:

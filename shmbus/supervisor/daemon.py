@@ -49,16 +49,33 @@ class Supervisor:
         os.ftruncate(self.lock_fd, 0)
         os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
         self.id = _paths.bus_id(self.data_dir)
-        self.ctl = ControlBlock.open_or_create(self.id)
+        self.ctl = ControlBlock.open_or_create(self.id, self.data_dir)
         self.spillers: dict[tuple[str, int], PartitionSpiller] = {}
         self.topic_ids: dict[str, str] = {}
         self.stopping = threading.Event()
         self.started = time.time()
         self.sock = None
         self.lock = threading.Lock()
+        self._stamp = None
 
     # --- topics ---
-    def rescan(self) -> None:
+    def _topics_stamp(self):
+        """Changes when a topic is created, deleted or altered (renames touch the dirs' mtimes)."""
+        tdir = _paths.topics_dir(self.data_dir)
+        try:
+            stamp = [os.stat(tdir).st_mtime_ns]
+            with os.scandir(tdir) as it:
+                for e in it:
+                    stamp.append((e.name, e.stat().st_mtime_ns))
+        except FileNotFoundError:
+            return None
+        return tuple(sorted(stamp, key=str))
+
+    def rescan(self, force: bool = True) -> None:
+        stamp = self._topics_stamp()
+        if not force and stamp == self._stamp:
+            return
+        self._stamp = stamp
         now_ms = int(time.time() * 1000)
         names = metadata.list_topics(self.data_dir)
         live = set()
@@ -116,7 +133,7 @@ class Supervisor:
             moved = self.spill_all()
             now = time.monotonic()
             if now - last_scan > RESCAN_S:
-                self.rescan()
+                self.rescan(force=False)
                 last_scan = now
             if moved == 0:
                 self.ctl.spiller_sleep(seen, IDLE_WAIT_S)
