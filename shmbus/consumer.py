@@ -44,6 +44,7 @@ from shmbus.records import ConsumerRecord, OffsetAndTimestamp, RecordBatch, Topi
 from shmbus.segments.log import PartitionLog
 
 _BIG = 1 << 62
+_new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (faster)
 _RESETS = ("earliest", "latest", "none")
 _STRATEGIES = ("range", "roundrobin", "sticky")
 
@@ -350,7 +351,7 @@ class Consumer:
                 key = kd(key)
             if vd is not None:
                 value = vd(value)
-            out.append(ConsumerRecord(topic, part, off, ts, key, value, headers))
+            out.append(_new_tuple(ConsumerRecord, (topic, part, off, ts, key, value, headers)))
         return out
 
     def _batch_from_rows(self, p: _Part, rows, buf):

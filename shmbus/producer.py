@@ -32,6 +32,7 @@ os.register_at_fork(after_in_child=_after_fork)
 
 _KEY_CACHE_MAX = 65536
 _time_ns = time.time_ns
+_new_tuple = tuple.__new__
 _NO_KEYS = np.frombuffer(b"", np.uint8)
 _append_v = _append_kv = _append_any = None
 
@@ -228,7 +229,7 @@ class Producer:
             self._after(r)
         if self.acks == "disk":
             self._wait_durable(h.rings[p], r >> 2, topic, p)
-        return RecordMetadata(topic, p, r >> 2, ts)
+        return _new_tuple(RecordMetadata, (topic, p, r >> 2, ts))  # a NamedTuple without its Python __new__
 
     def _too_large(self, h, topic, key, value, hdrs):
         size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0) + len(hdrs)
