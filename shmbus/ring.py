@@ -19,6 +19,7 @@ import posix_ipc
 
 from shmbus import _futex
 from shmbus import _paths
+from shmbus.errors import ShmbusError
 from shmbus.layout import ring as R
 
 _Q = 8  # bytes per int64 word
@@ -35,10 +36,28 @@ def _create_shm(name: str, size: int):
     finally:
         os.umask(old)
     try:
+        try:
+            # reserve the pages now: on a full /dev/shm a mapped page would be a SIGBUS later
+            os.posix_fallocate(shm.fd, 0, size)
+        except OSError as e:
+            shm.unlink()
+            free = _shm_free()
+            raise ShmbusError(
+                f"no room in /dev/shm for a shared-memory object: name={name} bytes={size} free_bytes={free} "
+                f"({e.strerror}; use a smaller ring.bytes, delete unused topics, or enlarge /dev/shm, e.g. "
+                f"docker run --shm-size=1g)") from None
         mm = mmap.mmap(shm.fd, size, flags=_MAP_FLAGS)
     finally:
         shm.close_fd()
     return mm
+
+
+def _shm_free() -> int:
+    try:
+        st = os.statvfs("/dev/shm")
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return -1
 
 
 def _open_shm(name: str):
