@@ -33,6 +33,7 @@ class Bus:
         self.id = _paths.bus_id(self.data_dir)
         self.ctl = ControlBlock.open_or_create(self.id, self.data_dir)
         self._rings: dict[tuple[str, int], Ring] = {}
+        self._retired: list[Ring] = []
         self._lock = threading.Lock()
         self._closed = False
         if autostart:
@@ -49,9 +50,10 @@ class Bus:
         if self._closed:
             return
         self._closed = True
-        for r in self._rings.values():
+        for r in list(self._rings.values()) + self._retired:
             r.close()
         self._rings.clear()
+        self._retired.clear()
         self.ctl.close()
 
     def __repr__(self) -> str:
@@ -90,9 +92,14 @@ class Bus:
         return r
 
     def forget_topic(self, meta: metadata.TopicMeta) -> None:
+        """Stop handing out this incarnation's rings (its topic was deleted).
+
+        The mappings stay until ``close()``: producers and consumers of this Bus
+        may still hold them, and unmapping under them would crash the process.
+        """
         with self._lock:
             for key in [k for k in self._rings if k[0] == meta.id]:
-                self._rings.pop(key).close()
+                self._retired.append(self._rings.pop(key))
 
     def create_topic(self, name: str, partitions: int = 1, config: dict | None = None) -> TopicDescription:
         validate_topic_name(name)
@@ -105,7 +112,7 @@ class Bus:
         def make_rings(meta):
             for p in range(partitions):
                 name_p = _paths.ring_name(self.id, meta.id, p)
-                Ring.create(name_p, cfg["ring.bytes"], 0, meta.id_int, p).close()
+                Ring.create(name_p, cfg["ring.bytes"], 0, meta.id_int, p, cfg["max.message.bytes"]).close()
                 made.append(name_p)
 
         try:
@@ -155,7 +162,9 @@ class Bus:
         validate_topic_name(name)
         meta = self.topic_meta(name)
         cfg = validate_topic_config(config, base=meta.config)
-        metadata.alter_topic(self.data_dir, name, cfg)
+        meta = metadata.alter_topic(self.data_dir, name, cfg)
+        for p in range(meta.partitions):  # producers read this limit from the ring
+            self.ring(meta, p).set_max_message_bytes(cfg["max.message.bytes"])
 
     # --- groups (the coordinator lives in the supervisor) ---
     def list_groups(self) -> list[str]:
@@ -209,7 +218,8 @@ def open_or_recreate_ring(data_dir: str, bid: str, meta: metadata.TopicMeta, par
         finally:
             log.close()
     try:
-        return Ring.create(name, meta.config["ring.bytes"], base, meta.id_int, partition)
+        return Ring.create(name, meta.config["ring.bytes"], base, meta.id_int, partition,
+                           meta.config["max.message.bytes"])
     except posix_ipc.ExistentialError:
         return Ring.open(name)
 

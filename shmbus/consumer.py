@@ -423,7 +423,11 @@ class Consumer:
         if c < 0:
             return True
         ring = p.ring
-        return p.qwords[p.hq + ((c & ring.mask) >> 3)] & 0xFF00000000 != 0 or ring.reclaiming() > c
+        if ring.reclaiming() > c:
+            return True  # lapped: the locate path has work
+        # a published word at the cursor, and the cursor not a whole ring ahead of
+        # RELEASED (there the word is the oldest frame of an exactly full ring)
+        return p.qwords[p.hq + ((c & ring.mask) >> 3)] & 0xFF00000000 != 0 and c < ring.released() + ring.ring_bytes
 
     def _poll(self, timeout_ms, max_records, batch: bool) -> dict:
         if self._closed:
@@ -445,13 +449,12 @@ class Consumer:
                 p = parts[(self._rr + k) % n]
                 if p.paused:
                     continue
-                got = self._fetch(p, left if not batch else budget, batch)
+                got = self._fetch(p, left, batch)
                 if got:
                     out[p.tp] = got
-                    if not batch:
-                        left -= len(got)
-                        if left <= 0:
-                            break
+                    left -= len(got)
+                    if left <= 0:
+                        break
             if n:
                 self._rr = (self._rr + 1) % n
             if out or timeout_ms == 0:

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from shmbus.config import validate_topic_name
 from shmbus.errors import BufferFullError, RecordTooLargeError, ShmbusError, UnknownTopicError
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
@@ -108,14 +109,13 @@ def decode_headers(b) -> list:
 
 
 class _TopicHandle:
-    __slots__ = ("meta", "rings", "addrs", "n", "max_bytes", "key_cache", "rr")
+    __slots__ = ("meta", "rings", "addrs", "n", "key_cache", "rr")
 
     def __init__(self, meta, rings):
         self.meta = meta
         self.rings = rings
         self.addrs = [r.address for r in rings]
         self.n = len(rings)
-        self.max_bytes = meta.config["max.message.bytes"]
         self.key_cache = {}
         self.rr = 0
 
@@ -156,6 +156,7 @@ class Producer:
     def _topic(self, topic: str) -> _TopicHandle:
         h = self._topics.get(topic)
         if h is None:
+            validate_topic_name(topic)
             meta = self._bus.topic_meta(topic)  # raises UnknownTopicError
             rings = [self._bus.ring(meta, p) for p in range(meta.partitions)]
             h = self._topics[topic] = _TopicHandle(meta, rings)
@@ -210,17 +211,14 @@ class Producer:
             p = partition
         ts = timestamp_ms if timestamp_ms is not None else _time_ns() // 1_000_000
         addr = h.addrs[p]
+        # (the kernel refuses a record over max.message.bytes, read from the ring's header)
         if headers is None and value is not None:
-            if len(value) + (len(key) if key is not None else 0) > h.max_bytes:
-                self._too_large(h, topic, key, value, b"")
             if key is None:
                 r = _append_v(addr, value, ts, _PID)
             else:
                 r = _append_kv(addr, key, value, ts, _PID)
         else:
             hdrs = encode_headers(headers) if headers else b""
-            if (len(value) if value is not None else 0) + (len(key) if key is not None else 0) + len(hdrs) > h.max_bytes:
-                self._too_large(h, topic, key, value, hdrs)
             r = _append_any(addr, key if key is not None else b"", -1 if key is None else len(key),
                             value if value is not None else b"", -1 if value is None else len(value), hdrs, ts, _PID)
         if r < 0:
@@ -231,10 +229,10 @@ class Producer:
             self._wait_durable(h.rings[p], r >> 2, topic, p)
         return _new_tuple(RecordMetadata, (topic, p, r >> 2, ts))  # a NamedTuple without its Python __new__
 
-    def _too_large(self, h, topic, key, value, hdrs):
+    def _too_large(self, ring, topic, key, value, hdrs):
         size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0) + len(hdrs)
         raise RecordTooLargeError(
-            f"record too large: bytes={size} max.message.bytes={h.max_bytes} topic={topic!r} "
+            f"record too large: bytes={size} max.message.bytes={ring.max_message_bytes()} topic={topic!r} "
             f"(raise the topic's max.message.bytes with alter_topic_config, or split the record)")
 
     def _after(self, bits: int) -> None:
@@ -251,6 +249,8 @@ class Producer:
         while True:
             h = self._topics.get(topic) or self._topic(topic)
             ring = h.rings[p]
+            if r == K.ST_OVER_MAX:
+                self._too_large(ring, topic, key, value, hdrs)
             if r == K.ST_TOO_LARGE:
                 frame = F.frame_length(len(key) if key is not None else -1, len(value) if value is not None else -1, len(hdrs))
                 raise RecordTooLargeError(
@@ -337,14 +337,16 @@ class Producer:
             kdata = _NO_KEYS
             kstarts = np.zeros(n, np.int64)
         sizes = np.maximum(lens, 0) + np.maximum(klens, 0)
-        if n and int(sizes.max()) > h.max_bytes:
+        limit = h.rings[0].max_message_bytes()
+        if n and int(sizes.max()) > limit:
             i = int(np.argmax(sizes))
             raise RecordTooLargeError(
-                f"record too large: index={i} bytes={int(sizes[i])} max.message.bytes={h.max_bytes} "
+                f"record too large: index={i} bytes={int(sizes[i])} max.message.bytes={limit} "
                 f"topic={topic!r} (nothing of the batch was sent)")
         # partitions
         if partition is not None:
-            if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < h.n:
+            partition = _as_partition(partition)
+            if not 0 <= partition < h.n:
                 raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
                                  f"(it has {h.n} partitions)")
             parts = np.full(n, partition, np.int64)

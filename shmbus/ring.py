@@ -115,7 +115,8 @@ class Ring(_Mapped):
         self.mask = self.ring_bytes - 1
 
     @classmethod
-    def create(cls, name: str, ring_bytes: int, base_offset: int, topic_id: int, partition: int) -> "Ring":
+    def create(cls, name: str, ring_bytes: int, base_offset: int, topic_id: int, partition: int,
+               max_message_bytes: int = 1 << 30) -> "Ring":
         mm = _create_shm(name, R.HEADER_BYTES + ring_bytes)
         w = memoryview(mm)[: R.HEADER_BYTES].cast("q")
         w[R.OFF_VERSION // _Q] = R.VERSION | (R.HEADER_BYTES << 32)
@@ -123,6 +124,7 @@ class Ring(_Mapped):
         w[R.OFF_BASE_OFFSET // _Q] = base_offset
         w[R.OFF_TOPIC_ID // _Q] = topic_id
         w[R.OFF_PARTITION // _Q] = partition
+        w[R.OFF_MAX_MESSAGE // _Q] = max_message_bytes
         w[R.OFF_CLAIM_POS // _Q] = 0
         w[R.OFF_CLAIM_OFFSET // _Q] = base_offset
         w[R.OFF_RELEASED // _Q] = 0
@@ -180,6 +182,12 @@ class Ring(_Mapped):
 
     def mark_deleted(self) -> None:
         self.words[R.OFF_FLAGS // _Q] = self.words[R.OFF_FLAGS // _Q] | R.FLAG_DELETED
+
+    def max_message_bytes(self) -> int:
+        return self.words[R.OFF_MAX_MESSAGE // _Q]
+
+    def set_max_message_bytes(self, n: int) -> None:
+        self.words[R.OFF_MAX_MESSAGE // _Q] = n
 
     def durable_want(self) -> int:
         return self.words[R.OFF_DURABLE_WANT // _Q]

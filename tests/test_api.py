@@ -292,9 +292,6 @@ def test_partition_as_a_numpy_integer(sbus, make_topic, producer):
     assert producer.send(t, b"v", partition=np.uint8(2)).partition == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: send_batch checks partition unlike send: a numpy integer is "
-                                        "refused as 'out of range', a bool is a ValueError not a TypeError "
-                                        "(producer.py send_batch: isinstance(partition, int))")
 def test_send_batch_partition_as_a_numpy_integer(sbus, make_topic, producer):
     t = make_topic(3)
     with pytest.raises(TypeError, match="partition"):
@@ -343,9 +340,6 @@ def test_producer_and_consumer_made_directly(sbus, make_topic):
         Consumer(t, data_dir=sbus.data_dir, partition_assignment_strategy="random")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a producer keeps the max.message.bytes it read when it first "
-                                        "sent to the topic; alter_topic_config does not reach it "
-                                        "(producer.py _TopicHandle.max_bytes)")
 def test_altered_max_message_bytes_applies_to_an_open_producer(sbus, make_topic, producer):
     t = make_topic()
     producer.send(t, b"x" * 100)
@@ -355,10 +349,6 @@ def test_altered_max_message_bytes_applies_to_an_open_producer(sbus, make_topic,
     assert end_offsets(sbus, t) == [1]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Producer.send does not check the topic name: 'a/b' raises "
-                                        "UnknownTopicError, a 300-character name a raw OSError, and "
-                                        "'../topics/<t>' writes into topic <t> (producer.py _topic -> "
-                                        "bus.topic_meta without validate_topic_name)")
 def test_send_to_an_invalid_topic_name(sbus, make_topic, producer):
     t = make_topic()
     for bad in ("a/b", "x" * 300, f"../topics/{t}", f"./{t}"):
@@ -505,8 +495,6 @@ def test_poll_batch_arrays(sbus, make_topic, producer):
         assert c.poll_batch(timeout_ms=0) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: poll_batch gives each partition the whole max_records budget "
-                                        "(consumer.py _poll: `left if not batch else budget`)")
 def test_poll_batch_max_records_across_partitions(sbus, make_topic, producer):
     t = make_topic(3)
     for p in range(3):
@@ -885,25 +873,16 @@ def run_delete_scenario(data_dir, procs, scenario):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="BUG: Bus.delete_topic closes (unmaps) the rings its own producers still "
-                                        "send to by address: SIGSEGV (bus.py forget_topic, "
-                                        "producer.py _TopicHandle.addrs)")
 def test_delete_topic_through_the_bus_its_producers_use(data_dir, procs):
     assert run_delete_scenario(data_dir, procs, "bus") == ["p1 UnknownTopicError", "p2 UnknownTopicError"]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="BUG: a producer that finds its topic deleted reloads it with "
-                                        "Bus.forget_topic, unmapping the rings another producer of the same Bus "
-                                        "sends to: SIGSEGV (producer.py _reload -> bus.py forget_topic)")
 def test_topic_deleted_elsewhere_under_two_producers_of_one_bus(data_dir, procs):
     assert run_delete_scenario(data_dir, procs, "elsewhere") == ["p1 UnknownTopicError", "p2 UnknownTopicError"]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="BUG: after Bus.delete_topic its consumers' poll raises ValueError "
-                                        "'operation forbidden on released memoryview object' (bus.py forget_topic "
-                                        "closes the Ring the consumer's _Part holds)")
 def test_delete_topic_through_the_bus_its_consumer_uses(data_dir, procs):
     seen = run_delete_scenario(data_dir, procs, "consumer")
     assert seen[0] == 1 and seen[1] in ("poll 0", "poll UnknownTopicError"), seen
@@ -1104,9 +1083,6 @@ def test_everything_round_trips_through_the_ring_alone(bus_nosup):
         assert c.poll(timeout_ms=0) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a ring filled exactly (released + ring == claim) is read "
-                                        "round and round: records come back twice (kernels/frames.py scan "
-                                        "in ring mode has no end)")
 def test_an_exactly_full_ring_reads_each_record_once(bus_nosup):
     bus = bus_nosup
     bus.create_topic("tiles", config={"ring.bytes": 4096})

@@ -39,6 +39,7 @@ from shmbus.layout import ring as _R
 RING_HDR = _R.HEADER_BYTES
 R_RING_BYTES = _R.OFF_RING_BYTES
 R_FLAGS = _R.OFF_FLAGS
+R_MAX_MESSAGE = _R.OFF_MAX_MESSAGE
 R_CLAIM_POS = _R.OFF_CLAIM_POS
 R_RELEASED = _R.OFF_RELEASED
 R_RECLAIMING = _R.OFF_RECLAIMING
@@ -63,7 +64,8 @@ PID_MASK = _F.PID_MASK
 # statuses (negative) returned by writers
 ST_FULL = -1
 ST_DELETED = -2
-ST_TOO_LARGE = -3
+ST_TOO_LARGE = -3  # the frame would take more than half the ring
+ST_OVER_MAX = -4  # key + value + headers > the topic's max.message.bytes
 
 # reasons a scan stopped (meta[0, 2])
 STOP_MAX = 0  # max records or bytes reached
@@ -226,8 +228,11 @@ def _ring_view(addr):
 @jit(inline="always")
 def _append(buf, key, klen, value, vlen, hdrs, hlen, ts, pid):
     """Append one record (klen/vlen -1 = null). Returns ``offset << 2 | wake bits`` or a status."""
-    flen = _align8(F_HDR + max(klen, 0) + max(vlen, 0) + hlen)
+    size = max(klen, 0) + max(vlen, 0) + hlen
+    flen = _align8(F_HDR + size)
     ring = _ring_bytes(buf)
+    if size > _get_i64(buf, R_MAX_MESSAGE):
+        return ST_OVER_MAX
     if flen * 2 > ring:
         return ST_TOO_LARGE
     if load_acquire64(buf, R_FLAGS) & FLAG_DELETED:
@@ -426,7 +431,11 @@ def scan_ring(addr, pos, max_n, min_offset, meta_addr, meta_rows):
     """:func:`scan` over the ring at ``addr``, into the meta array at ``meta_addr``."""
     buf = _ring_view(addr)
     meta = carray(as_pointer(meta_addr), (meta_rows, META_COLS), np.int64)
-    return scan(buf, RING_HDR, _ring_bytes(buf) - 1, pos, 1 << 62, max_n, min_offset, False, meta)
+    ring = _ring_bytes(buf)
+    # nothing can be published at or past RELEASED + ring (claims stop there); past it
+    # lies the oldest frame again, when the ring is exactly full
+    end = load_acquire64(buf, R_RELEASED) + ring
+    return scan(buf, RING_HDR, ring - 1, pos, end, max_n, min_offset, False, meta)
 
 
 @jit(nogil=False)
@@ -435,7 +444,9 @@ def scan_copy_ring(addr, pos, max_n, min_offset, meta_addr, meta_rows, values_ad
     buf = _ring_view(addr)
     meta = carray(as_pointer(meta_addr), (meta_rows, META_COLS), np.int64)
     values = carray(as_pointer(values_addr), values_len, np.uint8)
-    return scan_copy(buf, RING_HDR, _ring_bytes(buf) - 1, pos, 1 << 62, max_n, min_offset, False, meta, values)
+    ring = _ring_bytes(buf)
+    end = load_acquire64(buf, R_RELEASED) + ring  # see scan_ring
+    return scan_copy(buf, RING_HDR, ring - 1, pos, end, max_n, min_offset, False, meta, values)
 
 
 @jit
@@ -471,6 +482,9 @@ def spill_scan(buf, pos, max_bytes, meta):
         r[0] = i
         r[1] = ln
         r[4] = t
+        r[5] = 0
+        r[6] = 0
+        r[7] = 0
         if t == T_DATA:
             r[2] = _get_i64(buf, i + F_OFFSET)
             r[3] = _get_i64(buf, i + F_TS)
@@ -550,7 +564,8 @@ def ring_low_offset(buf, pos):
     """The offset of the first DATA frame at or after ``pos``, or -1 if none yet."""
     ring = _ring_bytes(buf)
     mask = ring - 1
-    while True:
+    end = pos + ring
+    while pos < end:
         i = RING_HDR + (pos & mask)
         h = load_acquire64(buf, i)
         t = _htype(h)
@@ -559,6 +574,7 @@ def ring_low_offset(buf, pos):
         if (t != T_PADDING and t != T_POISON) or _hlen(h) < 8:
             return -1
         pos += _hlen(h)
+    return -1
 
 
 @jit

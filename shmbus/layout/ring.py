@@ -5,7 +5,9 @@
     +--------------------------- 4096-byte header ---------------------------+
     | line 0 (+0)    magic u64 | version u32 | header bytes u32 | ring bytes  |
     |                u64 | base offset u64 | flags u64 | topic id u64 |        |
-    |                partition u32                                            |
+    |                partition u32 | max.message.bytes u64 (+56: the kernel  |
+    |                refuses larger records; kept in step by alter and the    |
+    |                supervisor)                                              |
     | line 1 (+64)   CLAIM: position u64 | next offset u64   (16-aligned, one  |
     |                128-bit compare-and-swap claims bytes and offsets)       |
     | line 2 (+128)  RELEASED position u64: the supervisor has spilled and     |
@@ -52,6 +54,7 @@ OFF_BASE_OFFSET = 24
 OFF_FLAGS = 32
 OFF_TOPIC_ID = 40
 OFF_PARTITION = 48
+OFF_MAX_MESSAGE = 56
 
 OFF_CLAIM_POS = 1 * CACHE_LINE
 OFF_CLAIM_OFFSET = OFF_CLAIM_POS + 8
@@ -75,5 +78,5 @@ CTL_OFF_DATA_DIR = 1024
 MIN_RING_BYTES = 4096
 
 assert OFF_CLAIM_POS % 16 == 0
-assert OFF_PARTITION + 4 <= CACHE_LINE
+assert OFF_MAX_MESSAGE + 8 <= CACHE_LINE
 assert OFF_SLEEPERS + 4 <= HEADER_BYTES

@@ -100,6 +100,8 @@ class Supervisor:
                     self.spillers[key] = sp
                 else:
                     sp.config = meta.config
+                    if sp.ring.max_message_bytes() != meta.config["max.message.bytes"]:
+                        sp.ring.set_max_message_bytes(meta.config["max.message.bytes"])
                     sp.writer.segment_bytes = meta.config["segment.bytes"]
                     sp.writer.segment_ms = meta.config["segment.ms"]
         for key in [k for k in self.spillers if k not in live]:

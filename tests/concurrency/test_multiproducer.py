@@ -59,7 +59,10 @@ def read_all(consumer, expect, timeout_s):
     return got
 
 
-def verify(records):
+def verify(records, who=""):
+    ids = {check_value(r.value) for r in records}
+    missing = [(p, s) for p in range(PRODUCERS) for s in range(PER_PRODUCER) if (p, s) not in ids]
+    assert not missing, f"{who}: {len(missing)} records missing, e.g. {missing[:5]} (of {len(records)} read)"
     last = {}  # (partition, producer) -> seq
     seen = set()
     offsets = {}
@@ -88,8 +91,8 @@ def test_four_producers_live_and_late_reader(bus, procs):
         got = read_all(live, PRODUCERS * PER_PRODUCER, 180)
         procs.join_all(60)
         assert all(p.exitcode == 0 for p in procs.procs), [p.exitcode for p in procs.procs]
-    verify(got)
+    verify(got, "live reader")
     # most of it has left the 64 KiB rings by now: the late reader reads disk, then ring
     with bus.consumer(TOPIC, auto_offset_reset="earliest") as late:
         got2 = read_all(late, PRODUCERS * PER_PRODUCER, 120)
-    verify(got2)
+    verify(got2, "late reader")
