@@ -47,6 +47,13 @@ def _seg_path(pdir: str, base: int, suffix: str = ".log") -> str:
     return os.path.join(pdir, _paths.segment_name(base, suffix))
 
 
+def _read_entries(path: str, dtype) -> np.ndarray:
+    """Whole entries of an index file (a reader may see the last one half written)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype)
+
+
 class SegmentWriter:
     """Appends spilled frames to a partition's active segment; rolls by size and age.
 
@@ -199,8 +206,7 @@ class PartitionLog:
 
     def _index_pos(self, base: int, offset: int) -> int:
         try:
-            with open(_seg_path(self.pdir, base, ".index"), "rb") as f:
-                ent = np.frombuffer(f.read(), _IDX)
+            ent = _read_entries(_seg_path(self.pdir, base, ".index"), _IDX)
         except FileNotFoundError:
             return 0
         i = int(np.searchsorted(ent["rel"], offset - base, side="right")) - 1
@@ -209,10 +215,8 @@ class PartitionLog:
     def _time_pos(self, base: int, ts: int) -> int:
         """A file position at or before the first frame with timestamp >= ts."""
         try:
-            with open(_seg_path(self.pdir, base, ".timeindex"), "rb") as f:
-                tent = np.frombuffer(f.read(), _TIDX)
-            with open(_seg_path(self.pdir, base, ".index"), "rb") as f:
-                ent = np.frombuffer(f.read(), _IDX)
+            tent = _read_entries(_seg_path(self.pdir, base, ".timeindex"), _TIDX)
+            ent = _read_entries(_seg_path(self.pdir, base, ".index"), _IDX)
         except FileNotFoundError:
             return 0
         n = min(len(tent), len(ent))
