@@ -37,7 +37,6 @@ from shmbus.errors import (
     UnknownTopicError,
 )
 from shmbus.kernels import frames as K
-from shmbus.layout import frame as F
 from shmbus.layout import ring as R
 from shmbus.producer import decode_headers
 from shmbus.records import ConsumerRecord, OffsetAndTimestamp, RecordBatch, TopicPartition
@@ -254,7 +253,7 @@ class Consumer:
         for tp, ts in timestamps.items():
             if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
                 raise ValueError(f"timestamp must be an int >= 0 (ms since the epoch): timestamp={ts!r}")
-            out[TopicPartition(*tp)] = self._with_part(tp, lambda p: self._offset_for_time(p, ts))
+            out[TopicPartition(*tp)] = self._with_part(tp, lambda p, ts=ts: self._offset_for_time(p, ts))
         return out
 
     def _offset_for_time(self, p: _Part, ts: int):
@@ -537,4 +536,4 @@ class Consumer:
         self.close()
 
 
-__all__ = ["Consumer", "F"]
+__all__ = ["Consumer"]

@@ -113,7 +113,7 @@ class Supervisor:
     def spill_all(self) -> int:
         moved = 0
         now_ms = int(time.time() * 1000)
-        for key, sp in list(self.spillers.items()):
+        for sp in list(self.spillers.values()):
             if sp.ring.deleted():
                 continue
             try:

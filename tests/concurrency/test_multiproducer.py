@@ -54,7 +54,7 @@ def read_all(consumer, expect, timeout_s):
     got = []
     deadline = time.monotonic() + timeout_s
     while len(got) < expect and time.monotonic() < deadline:
-        for tp, recs in consumer.poll(timeout_ms=200, max_records=1000).items():
+        for recs in consumer.poll(timeout_ms=200, max_records=1000).values():
             got.extend(recs)
     return got
 
