@@ -173,3 +173,71 @@ def as_pointer(typingctx, addr):
         return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
 
     return sig, codegen
+
+
+# --- plain (non-atomic) memory access, for bodies of frames ---
+
+@intrinsic
+def store64(typingctx, arr, idx, val):
+    """A plain 8-byte store at any byte index (x86 allows unaligned)."""
+    sig = types.void(arr, idx, types.int64)
+
+    def codegen(context, builder, signature, args):
+        p = _ptr(context, builder, signature.args[0], args[0], args[1], 64)
+        v = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store(v, p, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def store32(typingctx, arr, idx, val):
+    sig = types.void(arr, idx, types.int64)
+
+    def codegen(context, builder, signature, args):
+        p = _ptr(context, builder, signature.args[0], args[0], args[1], 32)
+        v = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store(builder.trunc(v, _I32), p, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def load64(typingctx, arr, idx):
+    sig = types.int64(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        p = _ptr(context, builder, signature.args[0], args[0], args[1], 64)
+        return builder.load(p, align=1)
+
+    return sig, codegen
+
+
+@intrinsic
+def load32s(typingctx, arr, idx):
+    """A signed 4-byte load, widened to int64."""
+    sig = types.int64(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        p = _ptr(context, builder, signature.args[0], args[0], args[1], 32)
+        return builder.sext(builder.load(p, align=1), _I64)
+
+    return sig, codegen
+
+
+@intrinsic
+def memcpy(typingctx, dst, di, src, si, n):
+    """Copy ``n`` bytes from ``src[si:]`` to ``dst[di:]`` (regions must not overlap)."""
+    sig = types.void(dst, di, src, si, n)
+
+    def codegen(context, builder, signature, args):
+        d = _ptr(context, builder, signature.args[0], args[0], args[1], 8)
+        s = _ptr(context, builder, signature.args[2], args[2], args[3], 8)
+        count = context.cast(builder, args[4], signature.args[4], types.int64)
+        fn = builder.module.declare_intrinsic("llvm.memcpy", [d.type, s.type, _I64])
+        builder.call(fn, [d, s, count, ir.Constant(ir.IntType(1), 0)])
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -22,6 +22,11 @@ from numba import carray
 
 from shmbus.kernels._atomics import (
     as_pointer,
+    load32s,
+    load64,
+    memcpy,
+    store32,
+    store64,
     cas64,
     cas128,
     fetch_add32,
@@ -97,45 +102,35 @@ def _align8(n):
     return (n + 7) & ~7
 
 
-@jit
+@jit(inline="always")
 def _put_i32(buf, i, v):
-    buf[i] = v & 0xFF
-    buf[i + 1] = (v >> 8) & 0xFF
-    buf[i + 2] = (v >> 16) & 0xFF
-    buf[i + 3] = (v >> 24) & 0xFF
+    store32(buf, i, v)
 
 
-@jit
+@jit(inline="always")
 def _put_i64(buf, i, v):
-    for k in range(8):
-        buf[i + k] = (v >> (8 * k)) & 0xFF
+    store64(buf, i, v)
 
 
-@jit
+@jit(inline="always")
 def _get_i32(buf, i):
-    v = np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8) | (np.int64(buf[i + 2]) << 16) | (np.int64(buf[i + 3]) << 24)
-    if v >= 0x80000000:
-        v -= 0x100000000
-    return v
+    return load32s(buf, i)
 
 
-@jit
+@jit(inline="always")
 def _get_u32(buf, i):
-    return np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8) | (np.int64(buf[i + 2]) << 16) | (np.int64(buf[i + 3]) << 24)
+    return load32s(buf, i) & 0xFFFFFFFF
 
 
-@jit
+@jit(inline="always")
 def _get_i64(buf, i):
-    v = np.int64(0)
-    for k in range(8):
-        v |= np.int64(buf[i + k]) << (8 * k)
-    return v
+    return load64(buf, i)
 
 
-@jit
+@jit(inline="always")
 def _copy(dst, di, src, si, n):
-    for k in range(n):
-        dst[di + k] = src[si + k]
+    if n > 0:
+        memcpy(dst, di, src, si, n)
 
 
 @jit
