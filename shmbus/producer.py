@@ -343,13 +343,15 @@ class Producer:
             raise RecordTooLargeError(
                 f"record too large: index={i} bytes={int(sizes[i])} max.message.bytes={limit} "
                 f"topic={topic!r} (nothing of the batch was sent)")
-        # partitions
+        # partitions: contiguous runs where we can (one claim each, no gathering)
+        runs = None  # [(partition, start, stop)] over the batch in order
         if partition is not None:
             partition = _as_partition(partition)
             if not 0 <= partition < h.n:
                 raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
                                  f"(it has {h.n} partitions)")
             parts = np.full(n, partition, np.int64)
+            runs = [(partition, 0, n)]
         elif ks is not None:
             parts = np.empty(n, np.int64)
             cache = h.key_cache
@@ -367,34 +369,33 @@ class Producer:
                 parts[i] = p
             h.rr = rr
         else:
-            # spread evenly: one contiguous run per partition, so each run is one claim
+            # spread evenly: one contiguous run per partition
             p0 = h.rr
             h.rr = (p0 + 1) % h.n
-            parts = (p0 + (np.arange(n, dtype=np.int64) * h.n) // max(n, 1)) % h.n
+            bounds = (np.arange(h.n + 1, dtype=np.int64) * n) // h.n
+            runs = [((p0 + j) % h.n, int(bounds[j]), int(bounds[j + 1])) for j in range(h.n) if bounds[j + 1] > bounds[j]]
+            parts = np.empty(n, np.int64)
+            for p, a, b in runs:
+                parts[a:b] = p
         offsets = np.full(n, -1, np.int64)
         ts = time.time_ns() // 1_000_000
         if n == 0:
             return BatchMetadata(topic, parts, offsets)
-        uniq = np.unique(parts)
-        for p in uniq:
-            p = int(p)
-            if len(uniq) == 1:
-                sel = None
-                d, s_, l_, kd, ks_, kl_ = data, starts, lens, kdata, kstarts, klens
-            else:
+        if runs is not None:
+            for p, a, b in runs:
+                self._append_batch(topic, p, data, starts[a:b], lens[a:b], kdata, kstarts[a:b], klens[a:b], ts,
+                                   offsets[a:b])
+        else:
+            for p in np.unique(parts):
+                p = int(p)
                 sel = np.nonzero(parts == p)[0]
-                d, s_, l_, kd, ks_, kl_ = data, starts[sel], lens[sel], kdata, kstarts[sel], klens[sel]
-            out = np.full(len(s_), -1, np.int64)
-            self._append_batch(topic, p, d, s_, l_, kd, ks_, kl_, ts, out)
-            if sel is None:
-                offsets = out
-            else:
+                out = np.full(len(sel), -1, np.int64)
+                self._append_batch(topic, p, data, starts[sel], lens[sel], kdata, kstarts[sel], klens[sel], ts, out)
                 offsets[sel] = out
         if self.acks == "disk":
-            for p in uniq:
+            for p in np.unique(parts):
                 p = int(p)
-                last = int(offsets[parts == p].max())
-                self._wait_durable(h.rings[p], last, topic, p)
+                self._wait_durable(h.rings[p], int(offsets[parts == p].max()), topic, p)
         return BatchMetadata(topic, parts, offsets)
 
     def _append_batch(self, topic, p, data, starts, lens, kdata, kstarts, klens, ts, out):
