@@ -225,14 +225,12 @@ def open_or_recreate_ring(data_dir: str, bid: str, meta: metadata.TopicMeta, par
 
 
 def partition_start_offset(ring: Ring, log) -> int:
-    """The first offset still readable: on disk, else in the ring, else the end."""
-    s = log.start_offset()
-    if s is not None:
-        return s
-    from shmbus.kernels import frames as K
+    """The first offset still readable: the first on disk, else the ring's base offset.
 
-    rel = ring.reclaiming()
-    low = K.ring_low_offset(ring.buf, rel)
-    if low >= 0 and ring.reclaiming() == rel:
-        return int(low)
-    return ring.next_offset()
+    Every offset from the ring's base (the log end when the ring was made) on
+    is on disk or in the ring, so with an empty disk the base is the start,
+    whatever the spiller is doing meanwhile. (An earlier version looked for the
+    first frame in the ring and raced the spiller moving it to disk.)
+    """
+    s = log.start_offset()
+    return s if s is not None else ring.base_offset()
