@@ -89,22 +89,38 @@ def encode_headers(headers) -> bytes:
     return b"".join(out)
 
 
+_HDR_CACHE: dict = {}
+_unpack_h = struct.Struct("<H").unpack_from
+_unpack_i = struct.Struct("<i").unpack_from
+
+
 def decode_headers(b) -> list:
+    """The frame's header bytes -> [(str, bytes | None), ...] (a new list each call).
+
+    Records of one stream usually carry the same headers, so decoded blocks
+    are remembered (up to 4096 distinct ones).
+    """
+    b = bytes(b)
+    hit = _HDR_CACHE.get(b)
+    if hit is not None:
+        return list(hit)
     out = []
     i = 0
     n = len(b)
     while i < n:
-        (kl,) = struct.unpack_from("<H", b, i)
+        (kl,) = _unpack_h(b, i)
         i += 2
-        k = bytes(b[i: i + kl]).decode()
+        k = b[i: i + kl].decode()
         i += kl
-        (vl,) = struct.unpack_from("<i", b, i)
+        (vl,) = _unpack_i(b, i)
         i += 4
         if vl < 0:
             out.append((k, None))
         else:
-            out.append((k, bytes(b[i: i + vl])))
+            out.append((k, b[i: i + vl]))
             i += vl
+    if len(_HDR_CACHE) < 4096:
+        _HDR_CACHE[b] = tuple(out)
     return out
 
 
