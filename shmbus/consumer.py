@@ -396,23 +396,28 @@ class Consumer:
                 total = int(np.maximum(rows[:, 4], 0).sum())
                 result = RecordBatch(p.tp.topic, p.tp.partition, rows[:, 1].copy(), rows[:, 2].copy(),
                                      self._values[:total].copy(), rows[:, 6].copy(), rows[:, 4].copy())
+                first_pos = int(rows[0, 0])
                 last_off = int(rows[-1, 1])
+                new = int(meta[0, 0])
             else:
-                rows = meta[1: n + 1].tolist()
+                rows = meta[: n + 1].tolist()  # one conversion; row 0 is the scan's state
+                new = rows[0][0]
+                del rows[0]
+                first_pos = rows[0][0]
                 try:
                     result = self._records_from(p, rows, p.mv, False)
                 except Exception:
                     # bytes overwritten while we decoded them (we were lapped): re-read from disk
-                    if rows[0][0] < ring.reclaiming():
+                    if first_pos < ring.reclaiming():
                         p.cursor = -1
                         continue
                     raise
                 last_off = rows[-1][1]
-            if int(meta[1, 0]) < ring.reclaiming():
+            if first_pos < ring.reclaiming():
                 # the spiller released bytes we were copying: drop and re-read (from disk)
                 p.cursor = -1
                 continue
-            p.cursor = int(meta[0, 0])
+            p.cursor = new
             p.position = last_off + 1
             return result
         return None
@@ -431,10 +436,11 @@ class Consumer:
     def _poll(self, timeout_ms, max_records, batch: bool) -> dict:
         if self._closed:
             raise ShmbusError("poll on a closed consumer (make a new one)")
-        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or timeout_ms < 0:
-            raise ValueError(f"timeout_ms must be a number >= 0: timeout_ms={timeout_ms!r}")
+        if timeout_ms.__class__ is not int or timeout_ms < 0:
+            if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or timeout_ms < 0:
+                raise ValueError(f"timeout_ms must be a number >= 0: timeout_ms={timeout_ms!r}")
         budget = max_records if max_records is not None else self.max_poll_records
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        if budget.__class__ is not int or budget < 1:
             raise ValueError(f"max_records must be an int >= 1: max_records={max_records!r}")
         if not batch:
             budget = min(budget, 1024)
