@@ -110,12 +110,11 @@ def environment() -> dict:
         "command": " ".join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(ROOT)
                              else sys.executable] + sys.argv),
     }
-    with contextlib.suppress(Exception):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    env["cpu"] = line.split(":", 1)[1].strip()
-                    break
+    with contextlib.suppress(Exception), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                env["cpu"] = line.split(":", 1)[1].strip()
+                break
     with contextlib.suppress(Exception):
         import numba
         import numpy
@@ -124,9 +123,9 @@ def environment() -> dict:
         env["numba"] = numba.__version__
     with contextlib.suppress(Exception):
         env["git"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, timeout=10).stdout.strip()
+                                    text=True, timeout=10, check=False).stdout.strip()
         dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "shmbus"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+                               text=True, timeout=10, check=False).stdout.strip()
         env["shmbus_tree_dirty"] = bool(dirty)
     return env
 
@@ -243,10 +242,20 @@ class Children:
 
     def join(self, timeout: float) -> None:
         """Wait for all; on timeout kill them and raise; raise if one exited non-zero."""
+        from multiprocessing.connection import wait
+
         deadline = time.monotonic() + timeout
-        for p in self.procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        alive = [p for p in self.procs if p.is_alive()]
+        while True:
+            alive = [p for p in self.procs if p.is_alive()]
+            failed = [p for p in self.procs if p.exitcode not in (None, 0)]
+            left = deadline - time.monotonic()
+            if not alive or failed or left <= 0:
+                break
+            wait([p.sentinel for p in alive], timeout=min(left, 1.0))
+        if failed and alive:  # one side died: the other would wait for it until its own timeout
+            self.kill()
+            raise RuntimeError(f"child processes failed: {[(p.name, p.exitcode) for p in failed]} "
+                               f"(killed the others: {[(p.name, p.pid) for p in alive]})")
         if alive:
             self.kill()
             raise TimeoutError(f"child processes still running after {timeout:.0f} s (killed): "
@@ -275,9 +284,8 @@ def child_fail(out_file: str, exc: BaseException) -> None:
     """Record a child's failure next to its results (the parent reports it)."""
     import traceback
 
-    with contextlib.suppress(Exception):
-        with open(out_file + ".err", "w") as f:
-            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    with contextlib.suppress(Exception), open(out_file + ".err", "w") as f:
+        f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
 
 def read_child_error(out_file: str) -> str:
@@ -303,8 +311,7 @@ def _probe_child(cpu, duration_s, out_file, barrier):
         gap = now - last
         if gap > 20_000:  # a loop turn is ~0.1 us: anything over 20 us is time taken away
             lost += gap
-            if gap > maxgap:
-                maxgap = gap
+            maxgap = max(maxgap, gap)
         last = now
         if now >= end:
             break
@@ -337,6 +344,77 @@ def fmt_probe(i: int, p: dict) -> str:
     if "error" in p:
         return f"r{i}: probe failed"
     return f"r{i}: {p['lost_pct']} max {p['max_gap_us']:.0f}µs"
+
+
+# --- load from other processes -------------------------------------------------------------
+
+def _proc_stat():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = v[0] + v[1] + v[2] + v[5] + v[6]  # user nice system irq softirq
+    steal = v[7] if len(v) > 7 else 0
+    return busy / hz, steal / hz
+
+
+def _tree_cpu(extra_pids=()):
+    """CPU seconds of this process, its reaped children, and ``extra_pids`` (e.g. the supervisor)."""
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for pid in extra_pids:
+        if not pid:
+            continue
+        try:
+            import psutil
+
+            ct = psutil.Process(pid).cpu_times()
+            total += ct.user + ct.system
+        except Exception:
+            pass
+    return total
+
+
+class LoadMonitor:
+    """How much CPU processes that are not ours used during a round (this machine is shared).
+
+    other = system-wide busy CPU - (this process + its reaped children + the supervisor), in cores.
+    Children must be joined (reaped) before ``stop`` for their time to count as ours.
+    """
+
+    def __init__(self, extra_pids=()):
+        self.extra = list(extra_pids)
+        self.t0 = time.monotonic()
+        self.busy0, self.steal0 = _proc_stat()
+        self.mine0 = _tree_cpu(self.extra)
+
+    def stop(self) -> dict:
+        wall = time.monotonic() - self.t0
+        busy, steal = _proc_stat()
+        mine = _tree_cpu(self.extra)
+        other = max(0.0, (busy - self.busy0) - (mine - self.mine0))
+        return {"wall_s": round(wall, 2), "other_cores": round(other / wall, 3) if wall > 0 else None,
+                "steal_cores": round((steal - self.steal0) / wall, 3) if wall > 0 else None,
+                "loadavg1": float(open("/proc/loadavg").read().split()[0])}
+
+
+def wait_quiet(extra_pids=(), threshold_cores: float = 0.25, max_wait_s: float = 20.0, sample_s: float = 0.5) -> dict:
+    """Wait (at most ``max_wait_s``) until other processes use less than ``threshold_cores``.
+
+    The machines here are shared: a round that starts while someone's test suite
+    runs measures that suite. Returns {"waited_s", "other_cores"} (the last sample).
+    """
+    t0 = time.monotonic()
+    while True:
+        m = LoadMonitor(extra_pids)
+        time.sleep(sample_s)
+        other = m.stop()["other_cores"]
+        waited = time.monotonic() - t0
+        if other is None or other < threshold_cores or waited >= max_wait_s:
+            return {"waited_s": round(waited, 1), "other_cores": other}
+
+
+def fmt_load(i: int, m: dict) -> str:
+    return f"r{i}: {m['other_cores']:.2f}"
 
 
 # --- statistics and formatting ------------------------------------------------------------

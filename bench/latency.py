@@ -14,6 +14,8 @@ Transports, same run, interleaved rounds:
   (the main figure: at 20 µs pacing the consumer is inside its spin window);
 * shmbus with ``spin_us=0`` (the consumer sleeps on the doorbell futex at once:
   the cost of a wake-up);
+* shmbus on a bus with no supervisor (a diagnostic row: nothing is spilled, so
+  the consumer is never lapped by the spiller and reads shared memory only);
 * ``multiprocessing.Queue`` put/get of ``bytes``;
 * ``multiprocessing.Pipe(duplex=False)`` send_bytes/recv_bytes.
 
@@ -46,6 +48,8 @@ TRANSPORTS = [
     # key, label, kind, options
     ("shmbus", "shmbus poll (spin_us=100, default)", "shmbus", {"spin_us": 100}),
     ("shmbus_spin0", "shmbus poll (spin_us=0: sleeps at once)", "shmbus", {"spin_us": 0}),
+    # diagnostic: a bus with no supervisor, so nothing is spilled and the consumer is never lapped
+    ("shmbus_nosup", "shmbus poll (spin_us=100), bus without supervisor", "shmbus", {"spin_us": 100, "nosup": True}),
     ("mp_queue", "mp.Queue put/get", "queue", {}),
     ("mp_pipe", "mp.Pipe send_bytes/recv_bytes", "pipe", {}),
 ]
@@ -77,8 +81,9 @@ def producer(kind, chan, n, period_ns, cpu, barrier, out_file):
         pad = b"\0" * (PAYLOAD - HDR.size)
         pc = time.perf_counter_ns
         yld = os.sched_yield
+        barrier.wait(STARTUP_S)  # A: the consumer is positioned (see consumer())
         send(pack(-1, pc()) + pad)  # one record outside the count: first-call costs, consumer warm-up
-        barrier.wait(STARTUP_S)
+        barrier.wait(STARTUP_S)  # B: the consumer has read it
         gc.disable()
         behind = 0
         t_next = pc() + 2_000_000
@@ -121,6 +126,12 @@ def consumer(kind, chan, n, spin_us, cpu, barrier, out_file):
             bus = Bus(data_dir, autostart=False)
             cons = bus.consumer(topic, auto_offset_reset="earliest", spin_us=spin_us)
             poll = cons.poll
+            # Resolve the position (offset 0) on the still-empty topic before the producer starts, as a
+            # subscriber that is up before its producer does (this also keeps the first poll clear of a
+            # start-offset race in shmbus while the supervisor spills; see the bench README notes).
+            if poll(timeout_ms=0):
+                raise AssertionError("topic not empty at start")
+            barrier.wait(STARTUP_S)  # A
             # the producer's record -1: read it before the barrier
             while not poll(timeout_ms=POLL_TIMEOUT_MS):
                 if time.monotonic() > deadline:
@@ -149,11 +160,12 @@ def consumer(kind, chan, n, spin_us, cpu, barrier, out_file):
             bus.close()
         else:
             if kind == "queue":
-                get = functools.partial(chan.get, timeout=60)
+                get = chan.get  # blocking, no timeout (a timeout adds a poll() per get); the parent kills on a hang
             else:
                 get = chan.recv_bytes
+            barrier.wait(STARTUP_S)  # A
             get()  # record -1
-            barrier.wait(STARTUP_S)
+            barrier.wait(STARTUP_S)  # B
             gc.disable()
             while i < n:
                 v = get()
@@ -175,10 +187,11 @@ def consumer(kind, chan, n, spin_us, cpu, barrier, out_file):
 
 # --- orchestration ------------------------------------------------------------------------
 
-def run_trial(tr, bus, n_warm, n_meas, cpus, workdir, tag):
+def run_trial(tr, buses, n_warm, n_meas, cpus, workdir, tag):
     import numpy as np
 
     key, _label, kind, opts = tr
+    bus = buses[1] if opts.get("nosup") else buses[0]
     n = n_warm + n_meas
     pfile = os.path.join(workdir, f"{tag}-{key}-prod.json")
     cfile = os.path.join(workdir, f"{tag}-{key}-cons.json")
@@ -230,6 +243,8 @@ def run_trial(tr, bus, n_warm, n_meas, cpus, workdir, tag):
 def main(argv=None) -> int:
     C.install_sigterm_handler()
     ap = C.arg_parser(NAME, __doc__)
+    ap.add_argument("--max-quiet-wait", type=float, default=60.0,
+                    help="seconds in all to wait for other processes to go quiet before rounds (0: never wait)")
     args = ap.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 7)
     n_warm, n_meas = (200, 2000) if args.quick else (2000, 20000)
@@ -238,20 +253,33 @@ def main(argv=None) -> int:
     results = {k: [] for k, *_ in TRANSPORTS}
     errors = []
     probes = []
+    loads = []
+    waits = []
+    quiet_budget = args.max_quiet_wait
+    from shmbus.supervisor import client
+
     t_start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="shmbus-bench-lat-") as workdir, C.temp_bus() as (bus, _d):
+    with tempfile.TemporaryDirectory(prefix="shmbus-bench-lat-") as workdir, C.temp_bus() as (bus, _d), \
+            C.temp_bus(autostart=False) as (bus_nosup, _d2):
         C.warm_kernels(bus)
+        sup_pid = client.running_pid(bus.data_dir)
         for rnd in range(rounds):
+            if not args.quick and quiet_budget > 0:
+                q = C.wait_quiet([sup_pid], max_wait_s=min(20.0, quiet_budget))
+                quiet_budget -= q["waited_s"]
+                waits.append(q)
+            mon = C.LoadMonitor([sup_pid])
             probes.append(C.noise_probe(cpus, 0.1 if args.quick else 0.3))
             order = TRANSPORTS[rnd % len(TRANSPORTS):] + TRANSPORTS[: rnd % len(TRANSPORTS)]
             for tr in order:
                 try:
-                    res = run_trial(tr, bus, n_warm, n_meas, cpus, workdir, f"r{rnd}")
+                    res = run_trial(tr, (bus, bus_nosup), n_warm, n_meas, cpus, workdir, f"r{rnd}")
                 except Exception as e:
                     errors.append(f"round {rnd} {tr[0]}: {e}")
                     print(f"ERROR round {rnd} {tr[0]}: {e}", file=sys.stderr)
                     res = None
                 results[tr[0]].append(res)
+            loads.append(mon.stop())
             done = results["shmbus"][-1]
             print(f"round {rnd + 1}/{rounds} done ({time.monotonic() - t_start:.0f} s); shmbus p50 "
                   f"{C.fmt_num(done['p50']) if done else '–'} µs", file=sys.stderr, flush=True)
@@ -284,12 +312,18 @@ def main(argv=None) -> int:
           if cpus[0] is not None else "Cells: median over rounds [min–max]; not pinned.")
     print("Noise probe (% wall time lost per vCPU, both spinning; max gap): " +
           "; ".join(C.fmt_probe(i, p) for i, p in enumerate(probes)))
+    if waits:
+        print(f"Before each round the script waited (≤ 20 s, ≤ {args.max_quiet_wait:.0f} s in all) for other "
+              "processes to use < 0.25 cores: waited " + ", ".join(f"{w['waited_s']:.0f} s" for w in waits) + ".")
+    print("CPU used by other processes during each round (cores, of "
+          f"{os.cpu_count()}; this machine is shared): " + "; ".join(C.fmt_load(i, m) for i, m in enumerate(loads)))
     if errors:
         print("\nERRORS:\n" + "\n".join(errors))
     out = C.out_path(NAME, args)
     C.write_json(out, {"benchmark": NAME, "env": env, "quick": args.quick, "rounds": rounds,
                        "payload_bytes": PAYLOAD, "period_us": PERIOD_NS / 1e3, "warmup": n_warm,
-                       "measured": n_meas, "cpus": list(cpus), "noise_probe": probes,
+                       "measured": n_meas, "cpus": list(cpus), "noise_probe": probes, "other_load": loads,
+                       "quiet_waits": waits,
                        "summary": summary, "per_round": results, "errors": errors, "table_markdown": table})
     print(f"\nJSON: {os.path.relpath(out, os.getcwd())}")
     return 1 if errors else 0
