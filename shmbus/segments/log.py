@@ -111,6 +111,9 @@ class SegmentWriter:
         Returns the number of frames written.
         """
         d = rows[rows[:, 4] == F.DATA]
+        if self.next_offset >= 0:
+            # frames already on disk (a supervisor restarted between writing and releasing them)
+            d = d[d[:, 2] >= self.next_offset]
         written = 0
         while len(d):
             if self.fd < 0 or (self.size > 0 and (self.size + d[0, 1] > self.segment_bytes or self.should_roll(now_ms))):

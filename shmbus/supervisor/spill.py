@@ -1,15 +1,19 @@
 """The spiller: copies published frames from a ring to its segments, then frees the ring.
 
-For each ring, in order: scan the published frames after RELEASED
-(``spill_scan``), append the DATA frames to the active segment (padding is
-not kept on disk), fsync if an ``acks="disk"`` producer waits, zero the ring
-bytes and publish the new RELEASED (``release``). Producers may reuse ring
-space only after that, so nothing is overwritten before it is on disk.
+For each ring, in order: scan the published frames after the spilled
+position (``spill_scan``), append the DATA frames to the active segment
+(padding is not kept on disk), fsync if an ``acks="disk"`` producer waits;
+then, when the ring passes half full, zero the oldest spilled bytes and
+publish the new RELEASED (``release``, policy in :func:`release_to`).
+Producers may reuse ring space only after that, so nothing is overwritten
+before it is on disk; and records stay readable in the ring for a while
+after they are on disk.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 
@@ -17,6 +21,31 @@ from shmbus.kernels import frames as K
 from shmbus.ring import Ring
 from shmbus.segments.log import SegmentWriter
 from shmbus.supervisor import unblock
+
+
+def release_to(released: int, claim: int, boundaries, ring_bytes: int) -> int | None:
+    """Where RELEASED should move now, or None (a pure policy).
+
+    Freeing ring space is needed only for producers, and it pushes readers
+    that are a little behind onto the disk path, so: nothing while at most
+    half the ring is in use; past that, free up to the last spilled frame
+    boundary that still leaves the newest quarter of the ring for readers
+    (or, failing one, the first boundary there is).
+    """
+    if claim - released <= ring_bytes // 2:
+        return None
+    keep_from = claim - ring_bytes // 4
+    best = None
+    for b in boundaries:
+        if b <= released:
+            continue
+        if b <= keep_from:
+            best = b
+        elif best is None:
+            return b
+        else:
+            break
+    return best
 
 
 class PartitionSpiller:
@@ -30,6 +59,10 @@ class PartitionSpiller:
         self.meta = np.zeros((4097, K.META_COLS), np.int64)
         self.blocked_pos = -1
         self.blocked_since = 0.0
+        # frames below spilled_pos are on disk; RELEASED (<= spilled_pos) lags on purpose so
+        # that readers a little behind still find recent records in the ring
+        self.spilled_pos = ring.released()
+        self.boundaries: deque[int] = deque()  # frame boundaries RELEASED may move to
         self.config = config
         self.spilled_frames = 0
         self.spilled_bytes = 0
@@ -40,29 +73,40 @@ class PartitionSpiller:
         self.mv.release()
 
     def spill(self, max_bytes: int) -> int:
-        """Move published frames to disk; returns the ring bytes released."""
+        """Copy newly published frames to disk; free ring space when the ring passes half full.
+
+        Returns the bytes spilled (work done).
+        """
         ring = self.ring
-        rel = ring.released()
-        n = K.spill_scan(ring.buf, rel, max_bytes, self.meta)
+        frm = self.spilled_pos
+        # never past RELEASED + ring: in an exactly full ring the next word is the oldest frame
+        max_bytes = min(max_bytes, ring.released() + ring.ring_bytes - frm)
+        n = K.spill_scan(ring.buf, frm, max_bytes, self.meta)
         new = int(self.meta[0, 0])
         if n:
             rows = self.meta[1: n + 1]
-            # ring indexes -> indexes into the ring's data area of the memoryview
             now_ms = int(time.time() * 1000)
-            self.writer.append(self.mv, rows, now_ms)
+            self.writer.append(self.mv, rows, now_ms)  # skips what is on disk already (a restart)
             self.spilled_frames += n
-            self.spilled_bytes += new - rel
+            self.spilled_bytes += new - frm
+        if new > frm:
+            self.spilled_pos = new
+            self.boundaries.append(new)
+            self.blocked_pos = -1
         want = ring.durable_want()
         if want > ring.durable():
             self.writer.fsync()
             if self.writer.next_offset >= 0:
                 ring.set_durable(self.writer.next_offset)
-        if new > rel:
-            K.release(ring.buf, rel, new)
-            self.blocked_pos = -1
+        rel = ring.released()
+        to = release_to(rel, ring.claim_position(), self.boundaries, ring.ring_bytes)
+        if to is not None:
+            K.release(ring.buf, rel, to)
+            while self.boundaries and self.boundaries[0] <= to:
+                self.boundaries.popleft()
         if int(self.meta[0, 2]) == K.STOP_EMPTY and ring.claim_position() > new:
             self._maybe_unblock(new, int(self.meta[0, 3]))
-        return new - rel
+        return new - frm
 
     def _maybe_unblock(self, pos: int, header: int) -> None:
         now = time.monotonic()

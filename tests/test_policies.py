@@ -1,0 +1,59 @@
+"""The supervisor's pure policy functions, with the clock and liveness passed in."""
+
+from __future__ import annotations
+
+from shmbus.layout import frame as F
+from shmbus.supervisor import unblock
+from shmbus.supervisor.spill import release_to
+
+RING = 1000
+
+
+def test_release_nothing_while_at_most_half_full():
+    assert release_to(0, 500, [100, 200, 300], RING) is None
+
+
+def test_release_keeps_the_newest_quarter_for_readers():
+    # claim 900: keep from 650; the last boundary at or below it is 600
+    assert release_to(0, 900, [100, 300, 600, 700, 850], RING) == 600
+
+
+def test_release_at_least_the_first_boundary_when_all_are_recent():
+    assert release_to(0, 900, [700, 850], RING) == 700
+
+
+def test_release_ignores_boundaries_already_released():
+    # released 600, claim 1200: keep from 950; 100 and 600 are behind us
+    assert release_to(600, 1200, [100, 600, 800, 950, 1100], RING) == 950
+
+
+def test_release_with_nothing_spilled_yet():
+    assert release_to(0, 900, [], RING) is None
+
+
+def hdr(t, pid=0, length=64):
+    return length | (t << 32) | (pid << 40)
+
+
+def test_unblock_reserved_only_for_a_dead_pid_after_a_while():
+    dead = lambda pid: False  # noqa: E731
+    alive = lambda pid: True  # noqa: E731
+    h = hdr(F.RESERVED, pid=1234)
+    assert unblock.decide(h, True, 0, dead) == unblock.WAIT
+    assert unblock.decide(h, True, unblock.DEAD_AFTER_MS, dead) == unblock.PAD_RESERVED
+    assert unblock.decide(h, True, 10_000, alive) == unblock.WAIT
+    assert unblock.header_pid(h) == 1234
+
+
+def test_unblock_free_only_behind_the_claim_tail_after_a_while():
+    h = 0
+    never = lambda pid: False  # noqa: E731
+    assert unblock.decide(h, True, unblock.FREE_AFTER_MS - 1, never) == unblock.WAIT
+    assert unblock.decide(h, True, unblock.FREE_AFTER_MS, never) == unblock.PAD_FREE
+    assert unblock.decide(h, False, 10_000, never) == unblock.WAIT  # nobody claimed it: just no data
+
+
+def test_published_frames_are_never_unblocked():
+    never = lambda pid: False  # noqa: E731
+    for t in (F.DATA, F.PADDING):
+        assert unblock.decide(hdr(t), True, 10_000, never) == unblock.WAIT
