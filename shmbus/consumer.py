@@ -115,14 +115,23 @@ class Consumer:
         self._meta = np.zeros((4097, K.META_COLS), np.int64)
         self._meta_addr = self._meta.ctypes.data
         self._meta_rows = self._meta.shape[0]
-        fast = K.fast()
-        self._scan_ring = fast["scan_ring"]
-        self._scan_copy_ring = fast["scan_copy_ring"]
+        self._scan_ring = self._lazy("scan_ring")
+        self._scan_copy_ring = self._lazy("scan_copy_ring")
         self._values = np.empty(1 << 20, np.uint8)
         self._iter_buf: list = []
         self._closed = False
         if topics:
             self.subscribe(list(topics))
+
+    def _lazy(self, name):
+        """Load kernel ``name`` on first use (tens of ms), then call it directly."""
+
+        def first_call(*args):
+            f = K.entry(name)
+            setattr(self, "_" + name, f)
+            return f(*args)
+
+        return first_call
 
     # --- assignment ---
     def _make_part(self, tp: TopicPartition) -> _Part:

@@ -35,14 +35,24 @@ _KEY_CACHE_MAX = 65536
 _time_ns = time.time_ns
 _new_tuple = tuple.__new__
 _NO_KEYS = np.frombuffer(b"", np.uint8)
-_append_v = _append_kv = _append_any = None
 
 
-def _load_kernels():
-    global _append_v, _append_kv, _append_any
-    if _append_v is None:
-        f = K.fast()
-        _append_v, _append_kv, _append_any = f["append_v"], f["append_kv"], f["append_any"]
+def _lazy_kernel(name: str):
+    """A stand-in that loads kernel ``name`` on its first call, then puts it in its place."""
+
+    def first_call(*args):
+        f = K.entry(name)
+        globals()["_" + name] = f
+        return f(*args)
+
+    return first_call
+
+
+# the single-record kernels, called by their compiled entry points (see kernels/frames.py)
+_append_v = _lazy_kernel("append_v")
+_append_kv = _lazy_kernel("append_kv")
+_append_any = _lazy_kernel("append_any")
+
 _ACKS = ("memory", "disk")
 
 
@@ -156,7 +166,6 @@ class Producer:
         for name, f in (("key_serializer", key_serializer), ("value_serializer", value_serializer)):
             if f is not None and not callable(f):
                 raise InvalidConfigError(f"{name} must be callable: {name}={f!r}")
-        _load_kernels()
         self._own_bus = _bus is None
         self._bus = _bus if _bus is not None else Bus(data_dir)
         self.acks = acks

@@ -604,23 +604,38 @@ def claim_and_abandon(buf, value_len, reserve, pid):
 _FAST = {}
 
 
-def fast():
-    """Entry points of the hot kernels, compiled (or loaded from the cache) once.
+def _signatures():
+    from numba import types as t
 
-    Calling a compiled entry point skips numba's dispatcher (typing every
-    argument on every call): ~0.35 us instead of ~0.6-1 us per call here.
-    Returns a dict name -> callable with the kernel's exact argument types.
+    b = t.Bytes(t.uint8, 1, "C", readonly=True)
+    i = t.int64
+    return {
+        "append_v": (append_v, (i, b, i, i)),
+        "append_kv": (append_kv, (i, b, b, i, i)),
+        "append_any": (append_any, (i, b, i, b, i, b, i, i)),
+        "scan_ring": (scan_ring, (i, i, i, i, i, i)),
+        "scan_copy_ring": (scan_copy_ring, (i, i, i, i, i, i, i, i)),
+    }
+
+
+def entry(name: str):
+    """The compiled entry point of one hot kernel (loaded from the cache on first use).
+
+    Calling it skips numba's dispatcher, which types every argument on every
+    call: ~0.35 us instead of ~0.6-1 us per call here. Loading one costs tens
+    of ms, so each is loaded when first needed.
     """
-    if not _FAST:
-        from numba import types as t
+    f = _FAST.get(name)
+    if f is None:
+        disp, sig = _signatures()[name]
+        f = _FAST[name] = disp.compile(sig)
+    return f
 
-        b = t.Bytes(t.uint8, 1, "C", readonly=True)
-        i = t.int64
-        _FAST["append_v"] = append_v.compile((i, b, i, i))
-        _FAST["append_kv"] = append_kv.compile((i, b, b, i, i))
-        _FAST["append_any"] = append_any.compile((i, b, i, b, i, b, i, i))
-        _FAST["scan_ring"] = scan_ring.compile((i, i, i, i, i, i))
-        _FAST["scan_copy_ring"] = scan_copy_ring.compile((i, i, i, i, i, i, i, i))
+
+def fast():
+    """All hot entry points, by name (see :func:`entry`)."""
+    for name in _signatures():
+        entry(name)
     return _FAST
 
 
