@@ -117,3 +117,11 @@ def test_demo_runs_and_reports(data_dir):
     assert r.returncode == 0, r.stderr
     assert "OK: every record arrived exactly once, in order" in r.stdout, r.stdout
     assert "latency" in r.stdout
+
+
+@pytest.mark.timeout(240)
+def test_bench_runs_and_prints_percentiles(data_dir):
+    r = sh(data_dir, "bench", "--records", "500", timeout=200)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip().splitlines()[-1]
+    assert line.startswith("one-way latency, 500 records:") and "p99.9" in line and "max" in line, r.stdout
