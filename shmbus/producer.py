@@ -169,13 +169,13 @@ class Producer:
         self._own_bus = _bus is None
         self._bus = _bus if _bus is not None else Bus(data_dir)
         self.acks = acks
+        self._durable = acks == "disk"  # read on every send: a bool, not a string compare
         self.max_block_ms = max_block_ms
         self._key_ser = key_serializer
         self._value_ser = value_serializer
         self._topics: dict[str, _TopicHandle] = {}
         self._closed = False
         self._ctl = self._bus.ctl
-        self._pending_durable: dict = {}
 
     # --- topics ---
     def _topic(self, topic: str) -> _TopicHandle:
@@ -250,7 +250,7 @@ class Producer:
             r, h = self._send_slow(topic, p, key, value, headers, ts, r)
         if r & 3:
             self._after(r)
-        if self.acks == "disk":
+        if self._durable:
             self._wait_durable(h.rings[p], r >> 2, topic, p)
         return _new_tuple(RecordMetadata, (topic, p, r >> 2, ts))  # a NamedTuple without its Python __new__
 
