@@ -9,6 +9,15 @@ with one hash over *all* of ``shmbus/kernels/*.py`` and
 ``shmbus/layout/*.py`` (the byte layouts kernels bake in) plus the numba and llvmlite
 versions: change any kernel source and every kernel recompiles once.
 
+The heap. Importing numba and loading kernels leaves ~50-100k objects that
+live as long as the process; every full pass of Python's cyclic garbage
+collector walks them all (25-50 ms here), a pause that lands on whatever
+send or poll runs at that moment. :func:`freeze_heap` moves the objects alive
+at that point into the collector's permanent generation (``gc.freeze``):
+reference counting still frees them, only cycle detection skips them. It runs
+after numba's import and after each kernel load; ``SHMBUS_GC_FREEZE=0`` turns
+it off.
+
 The directory is, in order: ``$NUMBA_CACHE_DIR`` if the user set one;
 ``shmbus/kernels/__pycache__`` if the package dir is writable; else
 ``$XDG_CACHE_HOME/shmbus/numba`` (``~/.cache/shmbus/numba``), a dir the user owns.
@@ -16,12 +25,19 @@ The directory is, in order: ``$NUMBA_CACHE_DIR`` if the user set one;
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import tempfile
 
 import numba
 from numba.core import caching as _caching
+
+
+def freeze_heap() -> None:
+    """Hide the objects alive now from the cyclic GC's full passes (see the module doc)."""
+    if os.environ.get("SHMBUS_GC_FREEZE", "1") != "0":
+        gc.freeze()
 
 _KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -99,6 +115,9 @@ class _ShmbusCacheLocator(_caching._CacheLocator):
 _IMPL = getattr(_caching, "CacheImpl", None) or getattr(_caching, "_CacheImpl")
 if _ShmbusCacheLocator not in _IMPL._locator_classes:
     _IMPL._locator_classes.insert(0, _ShmbusCacheLocator)
+
+
+freeze_heap()
 
 
 def jit(*args, **kwargs):

@@ -35,7 +35,7 @@ from shmbus.kernels._atomics import (
     store_release64,
     store_seqcst64,
 )
-from shmbus.kernels._jit import jit
+from shmbus.kernels._jit import freeze_heap, jit
 from shmbus.kernels.crc32c import crc32c_update
 from shmbus.layout import frame as _F
 from shmbus.layout import ring as _R
@@ -629,6 +629,7 @@ def entry(name: str):
     if f is None:
         disp, sig = _signatures()[name]
         f = _FAST[name] = disp.compile(sig)
+        freeze_heap()
     return f
 
 

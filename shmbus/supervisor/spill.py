@@ -59,8 +59,12 @@ class PartitionSpiller:
         self.meta = np.zeros((4097, K.META_COLS), np.int64)
         self.blocked_pos = -1
         self.blocked_since = 0.0
+        self.stuck = False
         # frames below spilled_pos are on disk; RELEASED (<= spilled_pos) lags on purpose so
         # that readers a little behind still find recent records in the ring
+        if ring.reclaiming() > ring.released():
+            # a supervisor died while zeroing: what it was freeing is on disk; finish the job
+            K.release(ring.buf, ring.released(), ring.reclaiming())
         self.spilled_pos = ring.released()
         self.boundaries: deque[int] = deque()  # frame boundaries RELEASED may move to
         self.config = config
@@ -93,6 +97,7 @@ class PartitionSpiller:
             self.spilled_pos = new
             self.boundaries.append(new)
             self.blocked_pos = -1
+            self.stuck = False
         want = ring.durable_want()
         if want > ring.durable():
             self.writer.fsync()
@@ -114,6 +119,7 @@ class PartitionSpiller:
             self.blocked_pos = pos
             self.blocked_since = now
             return
+        self.stuck = True  # the same claim blocks the ring a second round: judge it soon again
         action = unblock.decide(header, self.ring.claim_position() > pos, (now - self.blocked_since) * 1000.0,
                                 unblock.pid_alive)
         done = False
@@ -128,5 +134,4 @@ class PartitionSpiller:
 
     def roll_if_old(self, now_ms: int) -> None:
         if self.writer.should_roll(now_ms):
-            self.writer.close()
-            self.writer.fd = -1
+            self.writer.roll()  # fsynced: recovery checks only the newest segment
