@@ -48,6 +48,16 @@ _RESETS = ("earliest", "latest", "none")
 _STRATEGIES = ("range", "roundrobin", "sticky")
 
 
+def _known_assignor(name) -> bool:
+    from shmbus import assignors
+
+    try:
+        assignors.get(name)
+        return True
+    except KeyError:
+        return False
+
+
 class _Part:
     """Read state of one assigned partition."""
 
@@ -85,7 +95,7 @@ class Consumer:
             strategies = [strategies]
         for s in strategies:
             name = s if isinstance(s, str) else getattr(s, "name", None)
-            if name not in _STRATEGIES:
+            if name not in _STRATEGIES and not _known_assignor(name):
                 raise InvalidConfigError(f"unknown partition_assignment_strategy: {s!r} "
                                          f"(one of {', '.join(_STRATEGIES)})")
         for name, v, lo in (("max_poll_records", max_poll_records, 1), ("auto_commit_interval_ms", auto_commit_interval_ms, 1),
@@ -95,10 +105,7 @@ class Consumer:
                 raise InvalidConfigError(f"{name} must be an int >= {lo}: {name}={v!r}")
         if consumer_timeout_ms is not None and (not isinstance(consumer_timeout_ms, (int, float)) or consumer_timeout_ms < 0):
             raise InvalidConfigError(f"consumer_timeout_ms must be a number >= 0 or None: consumer_timeout_ms={consumer_timeout_ms!r}")
-        if group_id is not None:
-            raise ShmbusError(
-                f"consumer groups are not available in this version: group_id={group_id!r} "
-                f"(read without group_id, with assign() or subscribe())")
+        self._member = None  # group membership (shmbus/group_member.py) when group_id is set
         self._own_bus = _bus is None
         self._bus = _bus if _bus is not None else Bus(data_dir)
         self.group_id = group_id
@@ -120,6 +127,16 @@ class Consumer:
         self._values = np.empty(1 << 20, np.uint8)
         self._iter_buf: list = []
         self._closed = False
+        if group_id is not None:
+            from shmbus.group_member import GroupMember
+
+            try:
+                self._member = GroupMember(self, group_id, strategies, session_timeout_ms, max_poll_interval_ms,
+                                           enable_auto_commit, auto_commit_interval_ms)
+            except BaseException:
+                if self._own_bus:
+                    self._bus.close()
+                raise
         if topics:
             self.subscribe(list(topics))
 
@@ -160,6 +177,8 @@ class Consumer:
         topics = list(topics)
         for t in topics:
             validate_topic_name(t)
+        if self._member is not None:  # the group's coordinator assigns the partitions
+            return self._member.subscribe(self, topics, pattern, listener)
         tps = []
         for t in topics:
             meta = self._bus.topic_meta(t)
@@ -171,6 +190,8 @@ class Consumer:
         return set(self._subscription) if self._subscription is not None else None
 
     def unsubscribe(self) -> None:
+        if self._member is not None:
+            return self._member.unsubscribe(self)
         self._subscription = None
         self._set_assignment([])
 
@@ -181,6 +202,9 @@ class Consumer:
                 raise TypeError(f"assign takes TopicPartition(topic, partition) items: got {tp!r}")
             validate_topic_name(tp[0])
             tps.append(TopicPartition(tp[0], int(tp[1])))
+        if self._member is not None:
+            raise ShmbusError(f"assign() is for consumers without a group: group_id={self.group_id!r} (subscribe() "
+                              f"to let the group share the partitions, or make a Consumer without group_id)")
         self._subscription = None
         self._set_assignment(tps)
 
@@ -288,9 +312,13 @@ class Consumer:
         return None
 
     def committed(self, tp, metadata=False):
+        if self._member is not None:
+            return self._member.committed(tp)
         return None
 
     def commit(self, offsets=None) -> None:
+        if self._member is not None:
+            return self._member.commit(self, offsets)
         raise CommitFailedError("commit needs a consumer group: group_id=None (create the Consumer with group_id=...)")
 
     def commit_async(self, offsets=None, callback=None) -> None:
@@ -454,7 +482,10 @@ class Consumer:
         if not batch:
             budget = min(budget, 1024)
         deadline = None
+        member = self._member
         while True:
+            if member is not None:
+                member.before_poll(self)  # rebalances and auto-commit; keeps _solo None (group_member.py)
             out = {}
             parts = self._order
             n = len(parts)
@@ -534,6 +565,11 @@ class Consumer:
     def close(self, autocommit=True) -> None:
         if self._closed:
             return
+        if self._member is not None:
+            try:
+                self._member.close(self, autocommit)  # commit, on_partitions_revoked, leave the group
+            except ShmbusError:
+                pass
         self._closed = True
         for p in self._order:
             p.qwords.release()

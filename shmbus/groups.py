@@ -1,13 +1,21 @@
-"""Consumer-group descriptions (the coordinator itself is issue 4's work).
+"""Consumer-group descriptions for ``Bus.list_groups`` / ``Bus.describe_group`` and the CLI.
 
-Until the coordinator exists no group can be joined, so every group is
-described as Kafka describes one that does not exist: state "Dead", no
-members, no offsets.
+The coordinator (``supervisor/coordinator.py``) knows members, assignments,
+states and committed offsets; end offsets and lag are read here, from the
+rings. With no supervisor running, the groups' checkpoints on disk
+(``data_dir/groups/*.json``) answer: committed offsets, no members, state
+``Empty`` (or ``Dead`` when the group has no offsets), as Kafka describes a
+group nobody is in. Safe in any process; one request per call.
 """
 
 from __future__ import annotations
 
+import os
+import urllib.parse
 from typing import NamedTuple
+
+from shmbus.errors import SupervisorNotRunningError, UnknownTopicError
+from shmbus.records import TopicPartition
 
 
 class OffsetInfo(NamedTuple):
@@ -30,11 +38,72 @@ class GroupDescription(NamedTuple):
     offsets: dict
 
 
+def _ask(bus, msg: dict) -> dict | None:
+    """The coordinator's answer, or None if no supervisor runs."""
+    from shmbus.group_member import request
+
+    try:
+        return request(bus.data_dir, msg)
+    except SupervisorNotRunningError:
+        return None
+
+
 def list_groups(bus) -> list[str]:
-    return []
+    resp = _ask(bus, {"op": "list"})
+    if resp is not None:
+        return resp["groups"]
+    from shmbus.supervisor.coordinator import groups_dir, read_checkpoint
+
+    d = groups_dir(bus.data_dir)
+    try:
+        names = sorted(n for n in os.listdir(d) if n.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        ck = read_checkpoint(os.path.join(d, n))
+        if ck and ck.get("offsets"):
+            out.append(ck.get("group_id") or urllib.parse.unquote(n[:-5]))
+    return sorted(out)
+
+
+def describe_raw(bus, group_id: str) -> dict:
+    """The coordinator's description (plus ``strategy`` and recent ``rebalances``), or the checkpoint's."""
+    if not isinstance(group_id, str) or not group_id:
+        raise ValueError(f"group_id must be a non-empty str: group_id={group_id!r}")
+    resp = _ask(bus, {"op": "describe", "group": group_id})
+    if resp is not None:
+        return resp
+    from shmbus.supervisor.coordinator import (
+        checkpoint_path,
+        flat_offsets,
+        read_checkpoint,
+    )
+
+    ck = read_checkpoint(checkpoint_path(bus.data_dir, group_id)) or {}
+    offsets = flat_offsets(ck.get("offsets"))
+    return {"group_id": group_id, "state": "Empty" if offsets else "Dead",
+            "generation": int(ck.get("generation", 0)), "members": [], "offsets": offsets}
 
 
 def describe_group(bus, group_id: str) -> GroupDescription:
-    if not isinstance(group_id, str) or not group_id:
-        raise ValueError(f"group_id must be a non-empty str: group_id={group_id!r}")
-    return GroupDescription(group_id, "Dead", 0, [], {})
+    d = describe_raw(bus, group_id)
+    members = [MemberDescription(m["member_id"], int(m["pid"]), {TopicPartition(t, int(p)) for t, p in m["assignment"]})
+               for m in d["members"]]
+    committed = {TopicPartition(t, int(p)): int(o) for t, p, o in d["offsets"]}
+    tps = set(committed)
+    for m in members:
+        tps |= m.assignment
+    offsets = {}
+    metas = {}
+    for tp in sorted(tps):
+        try:
+            meta = metas.get(tp.topic) or metas.setdefault(tp.topic, bus.topic_meta(tp.topic))
+            if tp.partition >= meta.partitions:
+                continue
+            end = bus.ring(meta, tp.partition).next_offset()
+        except UnknownTopicError:
+            continue  # offsets of a deleted topic are kept, not shown
+        c = committed.get(tp)
+        offsets[tp] = OffsetInfo(c, end, None if c is None else max(0, end - c))
+    return GroupDescription(d["group_id"], d["state"], int(d["generation"]), members, offsets)

@@ -315,6 +315,9 @@ def consume(topic, group, from_beginning, max_messages, partition, offset, timeo
 
     if offset is not None and partition is None:
         fail("--offset needs --partition")
+    if group is not None and partition is not None:
+        fail(f"--partition and --group do not go together: group={group!r} partition={partition} (a group "
+             f"shares the topic's partitions among its members; drop one of them)")
     with Bus(data_dir) as bus:
         meta = bus.topic_meta(topic)
         c = bus.consumer(group_id=group, auto_offset_reset="earliest" if from_beginning else "latest",
@@ -397,6 +400,20 @@ def groups_describe(group, data_dir, as_json):
         }, indent=1))
         return
     click.echo(f"group: {d.group_id}  state: {d.state}  generation: {d.generation}  members: {len(d.members)}")
+    owner = {tp: m for m in d.members for tp in m.assignment}
+    if d.offsets:  # as kafka-consumer-groups --describe: one row per partition
+        rows = [("TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER", "PID")]
+        for tp in sorted(d.offsets):
+            o, m = d.offsets[tp], owner.get(tp)
+            rows.append((tp.topic, str(tp.partition), "-" if o.committed is None else str(o.committed),
+                         str(o.end_offset), "-" if o.lag is None else str(o.lag),
+                         m.member_id if m else "-", str(m.pid) if m else "-"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    for m in d.members:
+        if not m.assignment:
+            click.echo(f"idle member: {m.member_id} pid {m.pid} (more members than partitions)")
 
 
 # --- bench and demo ---

@@ -1,7 +1,8 @@
 """The supervisor daemon (``shmbus serve``): one per data dir.
 
 Jobs, each in its own module: spilling rings to segments (``spill.py``),
-unblocking dead writers' claims (``unblock.py``); and answering the control
+unblocking dead writers' claims (``unblock.py``), coordinating consumer groups
+(``coordinator.py``, its own socket and thread); and answering the control
 socket (status, stop). It holds an exclusive ``flock`` on ``supervisor.lock``
 for its whole life, so a second one for the same data dir exits at once.
 
@@ -55,6 +56,7 @@ class Supervisor:
         self.stopping = threading.Event()
         self.started = time.time()
         self.sock = None
+        self.coordinator = None  # the consumer-group coordinator (coordinator.py), its own socket and thread
         self.lock = threading.Lock()
         self._stamp = None
 
@@ -128,6 +130,10 @@ class Supervisor:
 
         K.warm()  # compile or load every kernel now: clients that autostarted us then find a warm cache
         self.rescan()
+        from shmbus.supervisor.coordinator import Coordinator
+
+        self.coordinator = Coordinator(self.data_dir, log)
+        self.coordinator.start()  # before the control socket: a client that sees us answer can join a group
         self.start_control()
         last_scan = time.monotonic()
         while not self.stopping.is_set():
@@ -222,6 +228,8 @@ class Supervisor:
         }
 
     def close(self) -> None:
+        if self.coordinator is not None:
+            self.coordinator.close()  # writes every group's checkpoint
         if self.sock is not None:
             self.sock.close()
             try:
