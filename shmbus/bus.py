@@ -199,7 +199,13 @@ class Bus:
 
 
 def open_or_recreate_ring(data_dir: str, bid: str, meta: metadata.TopicMeta, partition: int) -> Ring:
-    from shmbus.segments.log import PartitionLog, list_segments
+    """The partition's ring; if its shared memory is gone (a reboot), a new empty one at the log end.
+
+    The log end is the offset after the last record on disk whose checksum
+    holds: where the supervisor's recovery cuts a torn tail, whoever gets
+    here first.
+    """
+    from shmbus.segments.recovery import log_end_offset
 
     name = _paths.ring_name(bid, meta.id, partition)
     try:
@@ -209,14 +215,8 @@ def open_or_recreate_ring(data_dir: str, bid: str, meta: metadata.TopicMeta, par
     pdir = _paths.partition_dir(data_dir, meta.name, partition)
     if not os.path.isdir(pdir):
         raise UnknownTopicError(f"topic does not exist: topic={meta.name!r} partition={partition}")
-    base = 0
-    segs = list_segments(pdir)
-    if segs:
-        log = PartitionLog(pdir, verify=False)
-        try:
-            base = log.end_of_segment(segs[-1])
-        finally:
-            log.close()
+    end = log_end_offset(pdir)
+    base = 0 if end is None else end
     try:
         return Ring.create(name, meta.config["ring.bytes"], base, meta.id_int, partition,
                            meta.config["max.message.bytes"])

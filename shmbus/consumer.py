@@ -362,9 +362,13 @@ class Consumer:
         return None
 
     def _start_if_gone(self, p: _Part, rel0: int) -> int:
-        """The start offset, looked up only when the disk had nothing at all."""
+        """The start offset, looked up only when the disk had nothing at all.
+
+        With segments listed, the disk had nothing at or after the position:
+        below the first segment's base means retention deleted it.
+        """
         if p.log.segs:
-            return 0
+            return p.log.segs[0]
         return self._start(p)
 
     def _records_from(self, p: _Part, rows, mv, batch: bool, chunk=None):

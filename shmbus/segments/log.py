@@ -21,6 +21,7 @@ file as not there yet.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -74,6 +75,7 @@ class SegmentWriter:
         self.next_offset = self._scan_end() if segs else -1
 
     def _open(self, base: int, now_ms: int) -> None:
+        self.fsync_all()  # a closed segment is on disk whole: recovery checks only the newest one
         self.close()
         self.base = base
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
@@ -101,6 +103,31 @@ class SegmentWriter:
             if fd >= 0:
                 os.close(fd)
                 setattr(self, name, -1)
+
+    def start_empty(self, now_ms: int) -> None:
+        """Make an empty active segment at ``next_offset`` (retention is deleting the last one).
+
+        It keeps the partition's start offset (its base) when every older
+        segment is gone.
+        """
+        if self.next_offset >= 0 and (self.fd < 0 or self.size > 0):
+            self._open(self.next_offset, now_ms)
+
+    def active_base(self) -> int | None:
+        """The base of the segment being appended to, or None (rolled, nothing new yet)."""
+        return self.base if self.fd >= 0 else None
+
+    def fsync_all(self) -> None:
+        """fsync the active segment and its indexes (on roll and before a clean stop)."""
+        for fd in (self.fd, self.ifd, self.tfd):
+            if fd >= 0:
+                os.fsync(fd)
+        self.dirty = False
+
+    def roll(self) -> None:
+        """Close the active segment (fsynced); the next append starts a new one."""
+        self.fsync_all()
+        self.close()
 
     def should_roll(self, now_ms: int) -> bool:
         return self.fd >= 0 and self.size > 0 and now_ms - self.created_ms >= self.segment_ms
@@ -176,9 +203,22 @@ class SegmentWriter:
 
 
 class PartitionLog:
-    """Reads a partition's segments by offset or by time. One per reader; not thread-safe."""
+    """Reads a partition's segments by offset or by time. One per reader; not thread-safe.
+
+    Segments may vanish (retention) or be replaced by a compacted copy (the
+    cleaner renames a new file over the old one) while this reads. An open fd
+    keeps reading the file it opened, so a read in progress stays consistent;
+    file positions (the cursor) are only ever used with the fd they came
+    from. Fds of deleted or replaced files are dropped when the reader
+    catches up with the disk, and at least every ``CHECK_S`` while it reads,
+    so their disk space is not held for long. An index entry is trusted only
+    if the frame it points at carries the entry's offset (an index may
+    belong to the other side of a swap, or be damaged): else the scan starts
+    at the segment's first frame.
+    """
 
     CHUNK = 1 << 20
+    CHECK_S = 1.0
 
     def __init__(self, pdir: str, verify: bool = True):
         self.pdir = pdir
@@ -188,17 +228,32 @@ class PartitionLog:
         self.chunk = np.empty(self.CHUNK + F.HEADER_BYTES, np.uint8)
         self._fds: dict[int, int] = {}
         self.cursor = None  # (base, file pos, next offset) after the last read
+        self._checked = time.monotonic()
 
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self.cursor = None
+
+    release = close  # drop every fd (the reader moves to the ring); reopened on the next read
 
     def refresh(self) -> None:
+        """Re-list the segments; drop fds of files deleted or replaced since they were opened."""
         self.segs = list_segments(self.pdir)
         live = set(self.segs)
-        for base in [b for b in self._fds if b not in live]:
+        for base in list(self._fds):
+            fd = self._fds[base]
+            if base in live:
+                try:
+                    if os.fstat(fd).st_ino == os.stat(_seg_path(self.pdir, base)).st_ino:
+                        continue
+                except FileNotFoundError:
+                    pass
             os.close(self._fds.pop(base))
+        if self.cursor is not None and self.cursor[0] not in self._fds:
+            self.cursor = None  # its positions belong to the file that is gone
+        self._checked = time.monotonic()
 
     def _fd(self, base: int) -> int:
         fd = self._fds.get(base)
@@ -207,13 +262,23 @@ class PartitionLog:
             self._fds[base] = fd
         return fd
 
+    def _entry_pos(self, base: int, rel: int, pos: int) -> int:
+        """``pos`` if the frame there has offset ``base + rel``, else 0 (scan from the start)."""
+        try:
+            hdr = os.pread(self._fd(base), 16, pos)
+        except OSError:
+            return 0
+        if len(hdr) == 16 and hdr[4] == F.DATA and int.from_bytes(hdr[8:16], "little", signed=True) == base + rel:
+            return pos
+        return 0
+
     def _index_pos(self, base: int, offset: int) -> int:
         try:
             ent = _read_entries(_seg_path(self.pdir, base, ".index"), _IDX)
         except FileNotFoundError:
             return 0
         i = int(np.searchsorted(ent["rel"], offset - base, side="right")) - 1
-        return int(ent["pos"][i]) if i >= 0 else 0
+        return self._entry_pos(base, int(ent["rel"][i]), int(ent["pos"][i])) if i >= 0 else 0
 
     def _time_pos(self, base: int, ts: int) -> int:
         """A file position at or before the first frame with timestamp >= ts."""
@@ -224,7 +289,7 @@ class PartitionLog:
             return 0
         n = min(len(tent), len(ent))
         i = int(np.searchsorted(tent["ts"][:n], ts, side="left")) - 1
-        return int(ent["pos"][i]) if i >= 0 else 0
+        return self._entry_pos(base, int(ent["rel"][i]), int(ent["pos"][i])) if i >= 0 else 0
 
     def _read_chunk(self, base: int, pos: int) -> int:
         fd = self._fd(base)
@@ -250,6 +315,8 @@ class PartitionLog:
         ``offset`` (yet). Valid until the next call.
         """
         max_n = min(max_n, self.meta.shape[0] - 1)
+        if self._fds and time.monotonic() - self._checked > self.CHECK_S:
+            self.refresh()  # a long read: let go of files deleted or replaced meanwhile
         if self.cursor is not None and self.cursor[2] == offset:
             base, pos = self.cursor[0], self.cursor[1]
         else:
@@ -285,17 +352,35 @@ class PartitionLog:
             self.refresh()
             later = [b for b in self.segs if b > base]
             if not later:
-                self.cursor = (base, pos, offset)
+                # caught up with the disk: the reader goes to the ring; hold no file open
+                # (a segment deleted or replaced meanwhile would keep its disk space)
+                self.release()
                 return 0, self.meta, self.chunk
             base, pos = later[0], 0
 
     def start_offset(self) -> int | None:
-        """The first offset on disk, or None if there are no records on disk."""
-        self.refresh()
-        for base in self.segs:
-            got = self._read_chunk(base, 0)
-            if got and self._scan_chunk(base, 0, got, 1, 0, False):
-                return int(self.meta[1, 1])
+        """The first offset on disk (the first segment's first frame, else its base), or None.
+
+        One directory listing and one 16-byte read. An empty first segment
+        (retention deleted everything before the active one) gives its base:
+        the offset the next record on disk will have.
+        """
+        for _ in range(8):
+            self.refresh()
+            if not self.segs:
+                return None
+            base = self.segs[0]
+            try:
+                fd = os.open(_seg_path(self.pdir, base), os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # deleted by retention meanwhile: list again
+            try:
+                hdr = os.pread(fd, 16, 0)
+            finally:
+                os.close(fd)
+            if len(hdr) < 16:
+                return base
+            return int.from_bytes(hdr[8:16], "little", signed=True)
         return None
 
     def end_of_segment(self, base: int) -> int:
@@ -318,9 +403,15 @@ class PartitionLog:
         """(offset, timestamp) of the first record with timestamp >= ts, or None."""
         self.refresh()
         for base in self.segs:
-            pos = self._time_pos(base, ts)
+            try:
+                pos = self._time_pos(base, ts)
+            except FileNotFoundError:
+                continue  # deleted by retention meanwhile
             while True:
-                got = self._read_chunk(base, pos)
+                try:
+                    got = self._read_chunk(base, pos)
+                except FileNotFoundError:
+                    break
                 if not got:
                     break
                 n = self._scan_chunk(base, pos, got, self.meta.shape[0] - 1, 0, False)
@@ -328,9 +419,11 @@ class PartitionLog:
                 hit = np.nonzero(rows[:, 2] >= ts)[0]
                 if len(hit):
                     r = rows[hit[0]]
+                    self.release()
                     return int(r[1]), int(r[2])
                 adv = int(self.meta[0, 0])
                 if adv == 0:
                     break
                 pos += adv
+        self.release()
         return None

@@ -27,10 +27,13 @@ import psutil
 from shmbus import _paths, metadata
 from shmbus.bus import open_or_recreate_ring
 from shmbus.ring import ControlBlock
+from shmbus.segments import recovery
+from shmbus.supervisor import cleaner, retention
 from shmbus.supervisor.spill import PartitionSpiller
 
 IDLE_WAIT_S = 0.05  # the spiller's longest sleep; producers ring the spill bell when a ring passes half full
 RESCAN_S = 0.2  # how often the topic list is re-read
+KEEP_S = 0.5  # how often retention and compaction look at the partitions
 
 
 class AlreadyRunning(Exception):
@@ -59,6 +62,7 @@ class Supervisor:
         self.coordinator = None  # the consumer-group coordinator (coordinator.py), its own socket and thread
         self.lock = threading.Lock()
         self._stamp = None
+        self.cleaner = cleaner.Cleaner()
 
     # --- topics ---
     def _topics_stamp(self):
@@ -93,6 +97,7 @@ class Supervisor:
                 sp = self.spillers.get(key)
                 if sp is None:
                     try:
+                        self.recover(_paths.partition_dir(self.data_dir, name, p))
                         ring = open_or_recreate_ring(self.data_dir, self.id, meta, p)
                     except Exception as e:  # deleted meanwhile
                         log(f"cannot open ring topic={name} partition={p}: {e}")
@@ -110,6 +115,29 @@ class Supervisor:
             sp = self.spillers.pop(key)
             sp.close()
             sp.ring.close()
+
+    # --- the log keeper: recovery, retention, compaction (each job in its own module) ---
+    def recover(self, pdir: str) -> None:
+        """Before the first spill into a partition: cut a torn tail, rebuild bad indexes."""
+        rep = recovery.recover_partition(pdir)
+        for path, old, new, why in rep.truncated:
+            log(f"recovery: cut a bad tail ({why}) file={path} size={old} -> {new}")
+        for what in rep.swaps + [f"rebuilt {p}" for p in rep.rebuilt]:
+            log(f"recovery: {what} dir={pdir}")
+
+    def keep_logs(self) -> None:
+        """Retention and compaction, every KEEP_S; runs in the spill thread."""
+        now_ms = int(time.time() * 1000)
+        for sp in list(self.spillers.values()):
+            if sp.ring.deleted():
+                continue
+            try:
+                retention.enforce(sp.writer, sp.config, now_ms)
+                self.cleaner.maybe_clean(sp.writer, sp.config, now_ms)
+            except FileNotFoundError:
+                continue  # the topic is being deleted
+            except (OSError, ValueError) as e:
+                log(f"log keeping failed dir={sp.writer.pdir}: {type(e).__name__}: {e}")
 
     # --- the spill loop ---
     def spill_all(self) -> int:
@@ -135,7 +163,7 @@ class Supervisor:
         self.coordinator = Coordinator(self.data_dir, log)
         self.coordinator.start()  # before the control socket: a client that sees us answer can join a group
         self.start_control()
-        last_scan = time.monotonic()
+        last_scan = last_keep = time.monotonic()
         while not self.stopping.is_set():
             seen = self.ctl.spill_bell()
             moved = self.spill_all()
@@ -143,6 +171,9 @@ class Supervisor:
             if now - last_scan > RESCAN_S:
                 self.rescan(force=False)
                 last_scan = now
+            if now - last_keep > KEEP_S:
+                self.keep_logs()
+                last_keep = now
             if moved == 0:
                 self.ctl.spiller_sleep(seen, IDLE_WAIT_S)
         # a last spill so that what is published is on disk

@@ -1,0 +1,140 @@
+"""Crashes: the supervisor SIGKILLed mid-spill, and a "reboot" (shared memory gone) with a garbage tail.
+
+- A producer process pushes numbered records through a 64 KiB ring while
+  the test SIGKILLs the supervisor (the one its own Bus autostarted) at
+  random moments and starts a new one: the producer blocks on the full
+  ring meanwhile and continues; every record is read back exactly once, in
+  order, intact.
+- Stop the bus, unlink its /dev/shm objects, append garbage (or a torn
+  frame) to the newest segment, reopen: every acks="disk" record reads
+  back, the garbage is cut, and the next record gets the next offset.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import struct
+import time
+
+import pytest
+
+from conftest import bus_shm_names
+from shmbus import Bus, TopicPartition
+from shmbus.segments.log import list_segments
+from shmbus.supervisor import client
+
+TOPIC = "crash"
+_V = struct.Struct("<q")
+
+
+def value_for(seq: int) -> bytes:
+    return _V.pack(seq) + bytes([seq & 0xFF]) * (100 + seq % 200)
+
+
+def producer_main(data_dir, stop, sent):
+    """Sends numbered records until ``stop``; then reports how many in ``sent``."""
+    with Bus(data_dir, autostart=False) as bus, bus.producer(max_block_ms=120_000) as prod:
+        seq = 0
+        while not stop.is_set():
+            for _ in range(100):
+                prod.send(TOPIC, value_for(seq))
+                seq += 1
+    sent.value = seq
+
+
+def read_from(bus, topic, start, end, timeout_s=60):
+    tp = TopicPartition(topic, 0)
+    out = []
+    with bus.consumer(auto_offset_reset="none") as c:
+        c.assign([tp])
+        c.seek(tp, start)
+        deadline = time.monotonic() + timeout_s
+        while c.position(tp) < end and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=100, max_records=5000).values():
+                out.extend(recs)
+    return out
+
+
+def kill_supervisor(data_dir) -> int:
+    pid = client.running_pid(data_dir)
+    assert pid and pid > 0, "no supervisor to kill"
+    os.kill(pid, signal.SIGKILL)  # the supervisor this test's Bus autostarted
+    deadline = time.monotonic() + 10
+    while client.running_pid(data_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.running_pid(data_dir) is None
+    return pid
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_of_the_supervisor_mid_spill_loses_nothing(bus, procs):
+    from conftest import SPAWN
+
+    bus.create_topic(TOPIC, config={"ring.bytes": 64 * 1024, "segment.bytes": 256 * 1024})
+    stop, sent = SPAWN.Event(), SPAWN.Value("q", -1)
+    prod = procs.start(producer_main, bus.data_dir, stop, sent)
+    ring = bus.ring(bus.topic_meta(TOPIC), 0)
+    rng = random.Random(7)
+    for _ in range(4):
+        time.sleep(rng.uniform(0.2, 0.8))  # mid-spill: the producer keeps the spiller busy
+        before = ring.next_offset()
+        kill_supervisor(bus.data_dir)
+        time.sleep(0.3)  # no supervisor: the producer fills the ring and waits
+        stalled = ring.next_offset()
+        time.sleep(0.3)
+        assert ring.next_offset() == stalled, "records went in with no supervisor to free the ring"
+        with Bus(bus.data_dir):  # autostart: a new supervisor adopts the ring
+            pass
+        assert prod.is_alive()
+    stop.set()
+    procs.join_all(120)
+    assert prod.exitcode == 0
+    n = sent.value
+    assert n > before > 0
+    got = read_from(bus, TOPIC, 0, n)
+    assert [r.offset for r in got] == list(range(n))
+    bad = [r.offset for r in got if r.value != value_for(r.offset)]
+    assert not bad, f"damaged or misplaced records at offsets {bad[:10]}"
+
+
+def garbage_tail(kind: str, next_offset: int) -> bytes:
+    from test_log_keeping import frame
+
+    if kind == "random":
+        return random.Random(3).randbytes(333)
+    if kind == "torn":
+        return frame(next_offset, 1, None, b"t" * 200)[:150]
+    raise ValueError(kind)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["random", "torn"])
+def test_reboot_with_a_garbage_tail_keeps_every_acked_record(data_dir, kind):
+    with Bus(data_dir) as bus:
+        bus.create_topic("g", partitions=2, config={"segment.bytes": 16 * 1024, "ring.bytes": 64 * 1024})
+        with bus.producer(acks="disk", max_block_ms=30_000) as p:
+            for i in range(300):
+                p.send("g", b"rec-%05d" % i + b"#" * 100, partition=0)
+            p.send_batch("g", [b"b-%d" % i for i in range(50)], partition=1)
+    client.stop(data_dir, wait_s=30)
+    for name in bus_shm_names(data_dir):  # a reboot
+        os.unlink(os.path.join("/dev/shm", name))
+    pdir = os.path.join(data_dir, "topics", "g", "0")
+    newest = os.path.join(pdir, f"{list_segments(pdir)[-1]:020d}.log")
+    good_size = os.path.getsize(newest)
+    with open(newest, "ab") as f:
+        f.write(garbage_tail(kind, 300))
+    with Bus(data_dir) as bus:  # autostart: recovery runs before the rings are made again
+        assert os.path.getsize(newest) == good_size
+        with open(os.path.join(data_dir, "supervisor.log")) as f:
+            assert "cut a bad tail" in f.read()
+        d = bus.describe_topic("g")
+        assert [(x.start_offset, x.end_offset) for x in d.partitions] == [(0, 300), (0, 50)]
+        with bus.producer(acks="disk") as p:
+            assert p.send("g", b"after", partition=0).offset == 300
+            assert p.send("g", b"after", partition=1).offset == 50
+        got = read_from(bus, "g", 0, 301)
+        assert [r.offset for r in got] == list(range(301))
+        assert [r.value for r in got] == [b"rec-%05d" % i + b"#" * 100 for i in range(300)] + [b"after"]

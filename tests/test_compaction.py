@@ -1,0 +1,111 @@
+"""Compaction on a running bus: the latest value per key, tombstones that go, offsets that only grow."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from shmbus import TopicPartition
+from shmbus.segments.log import list_segments
+
+KIB = 1024
+KEYS, VERSIONS, TOMBSTONED = 100, 150, 10
+
+
+def key(k: int) -> bytes:
+    return b"key-%03d" % k
+
+
+def val(k: int, v: int) -> bytes:
+    return b"key-%03d=v%03d|" % (k, v) + b"." * 40
+
+
+def read_all(bus, topic, timeout_s=20):
+    tp = TopicPartition(topic, 0)
+    with bus.consumer(auto_offset_reset="earliest") as c:
+        c.assign([tp])
+        end = c.end_offsets([tp])[tp]
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while c.position(tp) < end and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=100, max_records=5000).values():
+                out.extend(recs)
+        assert c.position(tp) >= end, "could not read to the end"
+    return out
+
+
+def compacted(recs, filler: int) -> tuple[bool, str]:
+    keyed = [r for r in recs if r.key is not None]
+    seen = {}
+    for r in keyed:
+        seen.setdefault(r.key, []).append(r)
+    live = {key(k) for k in range(TOMBSTONED, KEYS)}
+    if set(seen) != live:
+        return False, f"keys present: {len(seen)} (tombstoned ones left: {len(set(seen) - live)})"
+    many = [k for k, rs in seen.items() if len(rs) != 1]
+    if many:
+        return False, f"{len(many)} keys still have older versions"
+    return True, ""
+
+
+@pytest.mark.timeout(120)
+def test_compaction_keeps_the_latest_value_per_key_and_drops_tombstones(bus):
+    bus.create_topic("c", config={"cleanup.policy": "compact", "segment.bytes": 64 * KIB,
+                                  "delete.retention.ms": 1000, "ring.bytes": 256 * KIB})
+    filler = 2000
+    with bus.producer() as p:
+        for v in range(VERSIONS):
+            p.send_batch("c", [val(k, v) for k in range(KEYS)], keys=[key(k) for k in range(KEYS)])
+        for k in range(TOMBSTONED):
+            md = p.send("c", None, key=key(k))
+        tomb_offset = md.offset
+        for i in range(0, filler, 100):  # no key: pushes the tombstones out of the active segment
+            p.send_batch("c", [b"filler-%05d" % j + b"_" * 80 for j in range(i, i + 100)])
+    total = KEYS * VERSIONS + TOMBSTONED + filler
+    deadline = time.monotonic() + 60
+    why = "never read"
+    while time.monotonic() < deadline:
+        recs = read_all(bus, "c")
+        offsets = [r.offset for r in recs]
+        assert offsets == sorted(set(offsets)), "offsets must strictly increase"
+        assert offsets[-1] == total - 1
+        # what is read is never garbage: each record is a version of its key, or filler
+        for r in recs:
+            if r.key is not None and r.value is not None:
+                assert r.value.startswith(r.key + b"=v")
+        ok, why = compacted(recs, filler)
+        if ok:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"not compacted within 60 s: {why}")
+    latest = {r.key: r.value for r in recs if r.key is not None}
+    assert latest == {key(k): val(k, VERSIONS - 1) for k in range(TOMBSTONED, KEYS)}
+    assert [r.value for r in recs if r.key is None] == [b"filler-%05d" % j + b"_" * 80 for j in range(filler)]
+    assert all(r.offset > tomb_offset for r in recs if r.key is None)
+    # offsets unchanged: key k's last version was written at offset (VERSIONS - 1) * KEYS + k
+    assert all(r.offset == (VERSIONS - 1) * KEYS + int(r.key[4:]) for r in recs if r.key is not None)
+    # and the files shrank: far fewer segments than were written
+    pdir = os.path.join(bus.data_dir, "topics", "c", "0")
+    assert sum(os.path.getsize(os.path.join(pdir, f"{b:020d}.log")) for b in list_segments(pdir)) < 400 * KIB
+
+
+@pytest.mark.timeout(120)
+def test_min_compaction_lag_keeps_young_records_and_compaction_can_be_turned_on_live(bus):
+    bus.create_topic("lag", config={"segment.bytes": 4 * KIB, "ring.bytes": 64 * KIB})
+    with bus.producer() as p:
+        for v in range(20):
+            p.send_batch("lag", [b"v%d" % v] * 10, keys=[b"k%d" % k for k in range(10)])
+        p.send_batch("lag", [b"f" * 500] * 20)
+    time.sleep(1.2)  # cleanup.policy=delete: nothing is compacted
+    assert len(read_all(bus, "lag")) == 220
+    bus.alter_topic_config("lag", {"cleanup.policy": "compact", "min.compaction.lag.ms": 3_600_000})
+    time.sleep(1.5)  # everything is younger than an hour: nothing goes
+    assert len(read_all(bus, "lag")) == 220
+    bus.alter_topic_config("lag", {"cleanup.policy": "compact", "min.compaction.lag.ms": 0})
+    deadline = time.monotonic() + 30
+    while len(recs := read_all(bus, "lag")) != 30 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [(r.key, r.value) for r in recs[:10]] == [(b"k%d" % k, b"v19") for k in range(10)]
