@@ -26,6 +26,7 @@ EXPECTED = {
                    "shmbus send → poll", "shmbus send_batch(1000) → poll_batch", "mp.Queue put/get"],
     "import_time": ["| step | ms (median [min–max]) |", "first send()"],
     "idle_cpu": ["| blocked receiver (idle) | CPU % of one core |", "shmbus poll(timeout_ms=100)"],
+    "disk": ["### Disk (a)", "| read, poll_batch(100000) |", "### Disk (b)", "| 4 producers |"],
     "groups": ["| event (6 partitions, range) |", "a member is SIGKILLed", "commit() of 6 partitions"],
 }
 

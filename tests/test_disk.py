@@ -115,3 +115,22 @@ def test_corrupt_record_on_disk_raises_naming_file_and_position(bus):
             read_n(c, 300)
     msg = str(e.value)
     assert seg in msg and "position=" in msg
+
+
+def test_poll_batch_from_disk_gives_the_values_back_to_back(bus):
+    bus.create_topic("d", config={"ring.bytes": 8192})
+    values = [None if i % 17 == 5 else b"%05d" % i + b"v" * (i % 50) for i in range(3000)]
+    with bus.producer() as p:
+        for i, v in enumerate(values):
+            p.send("d", v, key=b"k" if v is None else None)
+    wait_spilled(bus, "d", 0, 2999)
+    with bus.consumer(auto_offset_reset="earliest") as c:
+        c.assign([TP])
+        got, offsets = [], []
+        deadline = time.monotonic() + 20
+        while len(got) < 3000 and time.monotonic() < deadline:
+            for b in c.poll_batch(timeout_ms=100, max_records=700).values():
+                got.extend(b.values())
+                offsets.extend(b.offsets.tolist())
+    assert offsets == list(range(3000))
+    assert got == values

@@ -224,7 +224,7 @@ class PartitionLog:
         self.pdir = pdir
         self.verify = verify
         self.segs = list_segments(pdir)
-        self.meta = np.zeros((1025, K.META_COLS), np.int64)
+        self.meta = np.zeros((4097, K.META_COLS), np.int64)  # up to 4096 records per read
         self.chunk = np.empty(self.CHUNK + F.HEADER_BYTES, np.uint8)
         self._fds: dict[int, int] = {}
         self.cursor = None  # (base, file pos, next offset) after the last read

@@ -138,3 +138,42 @@ def test_reboot_with_a_garbage_tail_keeps_every_acked_record(data_dir, kind):
         got = read_from(bus, "g", 0, 301)
         assert [r.offset for r in got] == list(range(301))
         assert [r.value for r in got] == [b"rec-%05d" % i + b"#" * 100 for i in range(300)] + [b"after"]
+
+
+@pytest.mark.timeout(60)
+def test_a_supervisor_killed_while_zeroing_ring_space_is_finished_by_the_next(bus_nosup):
+    """RECLAIMING past RELEASED with half the range zeroed: the next spiller completes the release."""
+    from shmbus.layout import ring as R
+    from shmbus.supervisor.spill import PartitionSpiller
+
+    bus = bus_nosup
+    bus.create_topic("z", config={"ring.bytes": 8192})
+    meta = bus.topic_meta("z")
+    ring = bus.ring(meta, 0)
+    pdir = os.path.join(bus.data_dir, "topics", "z", "0")
+    with bus.producer() as p:
+        for i in range(30):
+            p.send("z", b"%04d" % i + b"." * 60)  # 104-byte frames, ~3 KiB: under half the ring
+    sp = PartitionSpiller(ring, pdir, meta.config, int(time.time() * 1000))
+    sp.spill(ring.ring_bytes)  # all 40 on disk; nothing released (under half full)
+    assert ring.released() == 0 and sp.writer.next_offset == 30
+    to = sp.boundaries[-1]
+    # the dying supervisor: RECLAIMING stored, then killed halfway through zeroing
+    words = ring.memoryview().cast("q")
+    words[R.OFF_RECLAIMING // 8] = to
+    half = (to // 2) & ~7
+    ring.buf[R.HEADER_BYTES: R.HEADER_BYTES + half] = 0
+    words.release()
+    sp.writer.close()
+    sp.mv.release()
+    sp2 = PartitionSpiller(ring, pdir, meta.config, int(time.time() * 1000))
+    assert ring.released() == to == ring.reclaiming()
+    with bus.producer() as p:
+        for i in range(30, 200):  # wraps the ring: only possible if the release was finished
+            p.send("z", b"%04d" % i + b"." * 60)
+            sp2.spill(ring.ring_bytes)
+    sp2.spill(ring.ring_bytes)
+    sp2.writer.close()
+    sp2.mv.release()
+    got = read_from(bus, "z", 0, 200, timeout_s=20)
+    assert [r.value[:4] for r in got] == [b"%04d" % i for i in range(200)]
