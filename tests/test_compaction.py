@@ -109,3 +109,41 @@ def test_min_compaction_lag_keeps_young_records_and_compaction_can_be_turned_on_
     while len(recs := read_all(bus, "lag")) != 30 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [(r.key, r.value) for r in recs[:10]] == [(b"k%d" % k, b"v19") for k in range(10)]
+
+
+@pytest.mark.timeout(120)
+def test_readers_during_cleaning_never_see_garbage_or_go_backwards(bus):
+    """Small segments, cleaned over and over while readers read them from the start in small steps."""
+    bus.create_topic("rc", config={"cleanup.policy": "compact", "segment.bytes": 4 * KIB, "ring.bytes": 64 * KIB})
+    tp = TopicPartition("rc", 0)
+    seq = 0
+    passes = 0
+    deadline = time.monotonic() + 8
+    with bus.producer() as p:
+        while time.monotonic() < deadline:
+            vals, keys = [], []
+            for _ in range(300):
+                keys.append(b"k%02d" % (seq % 20))
+                vals.append(keys[-1] + b":%07d:" % seq + b"x" * (seq % 64))
+                seq += 1
+            p.send_batch("rc", vals, keys=keys)
+            with bus.consumer(auto_offset_reset="earliest") as c:
+                c.assign([tp])
+                end = c.end_offsets([tp])[tp]
+                last_off, last_seq = -1, {}
+                stop = time.monotonic() + 20
+                while c.position(tp) < end and time.monotonic() < stop:
+                    for recs in c.poll(timeout_ms=100, max_records=37).values():
+                        for r in recs:
+                            assert r.offset > last_off
+                            k, s, _ = r.value.split(b":", 2)
+                            assert k == r.key and int(s) == r.offset  # the record at its own offset
+                            assert int(s) > last_seq.get(k, -1)
+                            last_off, last_seq[k] = r.offset, int(s)
+                assert c.position(tp) >= end
+            passes += 1
+    assert passes >= 3
+    deadline = time.monotonic() + 30  # and the cleaner did run meanwhile
+    while len(read_all(bus, "rc")) > seq // 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(read_all(bus, "rc")) <= seq // 2

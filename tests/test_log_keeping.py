@@ -15,7 +15,14 @@ import pytest
 
 from shmbus.layout import frame as F
 from shmbus.segments import recovery, swap
-from shmbus.segments.log import _IDX, _TIDX, INDEX_INTERVAL, PartitionLog, SegmentWriter, list_segments
+from shmbus.segments.log import (
+    _IDX,
+    _TIDX,
+    INDEX_INTERVAL,
+    PartitionLog,
+    SegmentWriter,
+    list_segments,
+)
 from shmbus.supervisor import cleaner, retention
 from shmbus.supervisor.retention import SegmentInfo, segments_to_delete
 
@@ -43,6 +50,11 @@ def write_segment(pdir: str, base: int, frames: list[bytes], index: bool = True)
     if index:
         recovery.rebuild_indexes(pdir, base)
     return path
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def read_all(pdir: str, offset: int = 0):
@@ -169,7 +181,7 @@ def test_clean_partition_rewrites_closed_segments_keeps_offsets_and_the_active_o
     assert [(o, k, v) for o, _, k, v in got] == [(37, b"k1", b"v37"), (38, b"k2", b"v38"),
                                                  (40, b"k0", b"v40"), (41, b"k0", b"v41")]
     assert recovery.indexes_ok(pdir, 30)
-    assert open(os.path.join(pdir, f"{40:020d}.log"), "rb").read() == b"".join(active)
+    assert read_bytes(os.path.join(pdir, f"{40:020d}.log")) == b"".join(active)
 
 
 def test_clean_partition_never_deletes_the_last_file(tmp_path):
@@ -292,10 +304,10 @@ def test_reader_ignores_an_index_that_does_not_match_its_log(tmp_path):
 def test_interrupted_swap_before_the_commit_keeps_the_old_segment(tmp_path):
     pdir = str(tmp_path / "p")
     old = write_segment(pdir, 0, [frame(i, 1, b"k", b"%d" % i) for i in range(10)])
-    before = open(old, "rb").read()
+    before = read_bytes(old)
     swap.write_cleaned(pdir, 0, [frame(9, 1, b"k", b"9")], b"", b"")
     done = swap.resolve_leftovers(pdir)
-    assert len(done) == 3 and open(old, "rb").read() == before
+    assert len(done) == 3 and read_bytes(old) == before
     assert sorted(os.listdir(pdir)) == [f"{0:020d}{e}" for e in (".index", ".log", ".timeindex")]
 
 

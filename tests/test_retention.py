@@ -159,7 +159,7 @@ def test_a_reader_on_a_deleted_segment_reads_on_then_lets_go_of_it(bus):
     tp = TopicPartition("fd", 0)
     with bus.consumer(auto_offset_reset="earliest") as c:
         c.assign([tp])
-        got = list(c.poll(timeout_ms=2000, max_records=10).values())[0]
+        got = next(iter(c.poll(timeout_ms=2000, max_records=10).values()))
         assert got[0].offset == 0
         bus.alter_topic_config("fd", {"retention.bytes": 0})  # everything closed goes
         wait_for(lambda: list_segments(pdir)[0] > 0, what="the first segment deleted")

@@ -19,8 +19,8 @@ import struct
 import time
 
 import pytest
-
 from conftest import bus_shm_names
+
 from shmbus import Bus, TopicPartition
 from shmbus.segments.log import list_segments
 from shmbus.supervisor import client
@@ -57,6 +57,13 @@ def read_from(bus, topic, start, end, timeout_s=60):
     return out
 
 
+def wait_until(cond, what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
 def kill_supervisor(data_dir) -> int:
     pid = client.running_pid(data_dir)
     assert pid and pid > 0, "no supervisor to kill"
@@ -77,11 +84,13 @@ def test_sigkill_of_the_supervisor_mid_spill_loses_nothing(bus, procs):
     prod = procs.start(producer_main, bus.data_dir, stop, sent)
     ring = bus.ring(bus.topic_meta(TOPIC), 0)
     rng = random.Random(7)
+    wait_until(lambda: ring.next_offset() > 2000, "the producer never started")
     for _ in range(4):
         time.sleep(rng.uniform(0.2, 0.8))  # mid-spill: the producer keeps the spiller busy
         before = ring.next_offset()
         kill_supervisor(bus.data_dir)
-        time.sleep(0.3)  # no supervisor: the producer fills the ring and waits
+        # no supervisor: the producer fills the ring, then waits (nothing is overwritten)
+        wait_until(lambda: ring.fill() > ring.ring_bytes - 1024, "the ring never filled up")
         stalled = ring.next_offset()
         time.sleep(0.3)
         assert ring.next_offset() == stalled, "records went in with no supervisor to free the ring"
