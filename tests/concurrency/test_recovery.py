@@ -186,3 +186,49 @@ def test_a_supervisor_killed_while_zeroing_ring_space_is_finished_by_the_next(bu
     sp2.mv.release()
     got = read_from(bus, "z", 0, 200, timeout_s=20)
     assert [r.value[:4] for r in got] == [b"%04d" % i for i in range(200)]
+
+
+def disk_producer_main(data_dir, who, n, barrier):
+    with Bus(data_dir, autostart=False) as bus, bus.producer(acks="disk", max_block_ms=60_000) as prod:
+        pdir = os.path.join(data_dir, "topics", "acks", "0")
+        barrier.wait(60)
+        for seq in range(n):
+            value = b"<%d:%d>" % (who, seq)
+            prod.send("acks", value, partition=0)
+            if seq % 5 == 0:  # when send returns, the record is in a segment file already
+                on_disk = b""
+                for base in list_segments(pdir):
+                    with open(os.path.join(pdir, f"{base:020d}.log"), "rb") as f:
+                        on_disk += f.read()
+                assert value in on_disk, f"acked record not in a segment: {value!r}"
+
+
+@pytest.mark.timeout(120)
+def test_acks_disk_from_four_producers_every_acked_record_is_in_a_segment(bus, procs):
+    """Group commit: the fsyncs are shared, and each send still returns only once its record is on disk."""
+    from conftest import SPAWN
+
+    from shmbus.segments.log import PartitionLog
+
+    bus.create_topic("acks")
+    n = 60
+    barrier = SPAWN.Barrier(4)
+    for who in range(4):
+        procs.start(disk_producer_main, bus.data_dir, who, n, barrier)
+    procs.join_all(90)
+    assert all(p.exitcode == 0 for p in procs.procs)
+    # every send returned: read the segment files alone (not the ring), while the supervisor still runs
+    log = PartitionLog(os.path.join(bus.data_dir, "topics", "acks", "0"))
+    got, off = [], 0
+    try:
+        while True:
+            k, meta, chunk = log.read(off, 1000)
+            if not k:
+                break
+            for row in meta[1: k + 1]:
+                bi, kl, vl = int(row[6]), max(int(row[3]), 0), int(row[4])
+                got.append(bytes(chunk[bi + kl: bi + kl + vl]))
+            off = int(meta[k, 1]) + 1
+    finally:
+        log.close()
+    assert sorted(got) == sorted(b"<%d:%d>" % (w, s) for w in range(4) for s in range(n))
