@@ -245,7 +245,10 @@ def main(argv=None) -> int:
     ap = C.arg_parser(NAME, __doc__)
     ap.add_argument("--max-quiet-wait", type=float, default=60.0,
                     help="seconds in all to wait for other processes to go quiet before rounds (0: never wait)")
+    ap.add_argument("--only", action="append", choices=[k for k, *_ in TRANSPORTS],
+                    help="run only this transport (repeatable; for quick experiments)")
     args = ap.parse_args(argv)
+    transports = [t for t in TRANSPORTS if not args.only or t[0] in args.only]
     rounds = args.rounds or (1 if args.quick else 7)
     n_warm, n_meas = (200, 2000) if args.quick else (2000, 20000)
     cpus = C.cpus_for(args)
@@ -270,7 +273,7 @@ def main(argv=None) -> int:
                 waits.append(q)
             mon = C.LoadMonitor([sup_pid])
             probes.append(C.noise_probe(cpus, 0.1 if args.quick else 0.3))
-            order = TRANSPORTS[rnd % len(TRANSPORTS):] + TRANSPORTS[: rnd % len(TRANSPORTS)]
+            order = transports[rnd % len(transports):] + transports[: rnd % len(transports)]
             for tr in order:
                 try:
                     res = run_trial(tr, (bus, bus_nosup), n_warm, n_meas, cpus, workdir, f"r{rnd}")
@@ -280,8 +283,9 @@ def main(argv=None) -> int:
                     res = None
                 results[tr[0]].append(res)
             loads.append(mon.stop())
-            done = results["shmbus"][-1]
-            print(f"round {rnd + 1}/{rounds} done ({time.monotonic() - t_start:.0f} s); shmbus p50 "
+            k0 = transports[0][0]
+            done = results[k0][-1]
+            print(f"round {rnd + 1}/{rounds} done ({time.monotonic() - t_start:.0f} s); {k0} p50 "
                   f"{C.fmt_num(done['p50']) if done else '–'} µs", file=sys.stderr, flush=True)
 
     def col(key, field):
@@ -291,7 +295,7 @@ def main(argv=None) -> int:
               "pacer behind"]
     rows = []
     summary = {}
-    for key, label, _kind, _o in TRANSPORTS:
+    for key, label, _kind, _o in transports:
         ratio = C.per_round_ratio(col(key, "p50"), col(REFERENCE, "p50"), invert=True)
         rows.append([label, C.cell(col(key, "p50"))] +
                     [C.fmt_num(C.median(col(key, f))) for f in ("p90", "p99", "p99.9", "max")] +

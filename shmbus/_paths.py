@@ -87,6 +87,15 @@ def bus_id(data_dir: str) -> str:
         return json.load(f)["id"]
 
 
+def existing_bus_id(data_dir: str) -> str | None:
+    """The bus id of ``data_dir`` if it has one (never makes one)."""
+    try:
+        with open(os.path.join(data_dir, "bus.json")) as f:
+            return json.load(f)["id"]
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError):
+        return None
+
+
 def ctl_name(bid: str) -> str:
     return f"/shmbus-{bid}-ctl"
 

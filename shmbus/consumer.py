@@ -22,6 +22,7 @@ ends: an idle consumer uses no CPU.
 
 from __future__ import annotations
 
+import struct
 import time
 
 import numpy as np
@@ -45,6 +46,11 @@ from shmbus.segments.log import PartitionLog
 _BIG = 1 << 62
 _new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (faster)
 _RESETS = ("earliest", "latest", "none")
+_EMPTY = ()  # _take1: nothing published at the cursor
+# header words read from Python (a ring's int64 view starts with its 4096-byte header)
+_W_RELEASED = R.OFF_RELEASED // 8
+_W_RECLAIMING = R.OFF_RECLAIMING // 8
+_unpack_frame = struct.Struct("<qqiii").unpack_from  # offset, timestamp, key len, value len, headers len at +8
 _STRATEGIES = ("range", "roundrobin", "sticky")
 
 
@@ -61,7 +67,7 @@ def _known_assignor(name) -> bool:
 class _Part:
     """Read state of one assigned partition."""
 
-    __slots__ = ("tp", "ring", "log", "position", "cursor", "paused", "qwords", "mv", "hq")
+    __slots__ = ("tp", "ring", "log", "position", "cursor", "paused", "qwords", "mv", "hq", "mask", "ring_bytes")
 
     def __init__(self, tp, ring, log):
         self.tp = tp
@@ -73,6 +79,8 @@ class _Part:
         self.mv = ring.memoryview()
         self.qwords = self.mv.cast("q")
         self.hq = R.HEADER_BYTES // 8
+        self.mask = ring.mask
+        self.ring_bytes = ring.ring_bytes
 
 
 class Consumer:
@@ -117,6 +125,7 @@ class Consumer:
         self._spin_s = spin_us / 1e6
         self._parts: dict[TopicPartition, _Part] = {}
         self._order: list[_Part] = []
+        self._solo: _Part | None = None  # the only assigned partition, if there is one: poll's short path
         self._rr = 0
         self._subscription: list[str] | None = None
         self._meta = np.zeros((4097, K.META_COLS), np.int64)
@@ -170,6 +179,7 @@ class Consumer:
                 p.log.close()
         self._parts = new
         self._order = list(new.values())
+        self._solo = self._order[0] if len(self._order) == 1 else None
 
     def subscribe(self, topics=(), pattern=None, listener=None) -> None:
         if isinstance(topics, str):
@@ -475,6 +485,73 @@ class Consumer:
             return result
         return None
 
+    def _take1(self, p: _Part, budget: int):
+        """The short path: one record at the cursor, decoded in Python (no kernel call).
+
+        Returns [record]; or ``_EMPTY`` when nothing is published at the
+        cursor; or None when the general path must decide (more than one
+        record ready, padding, a seek below the frame, the reader lapped, an
+        exactly full ring). Reads are plain loads, which x86-64 keeps in
+        program order (the producer publishes the header word last); the copy
+        is checked against RECLAIMING afterwards, like every ring read.
+        """
+        c = p.cursor
+        if c < 0 or p.paused:
+            return None
+        q = p.qwords
+        w = q[p.hq + ((c & p.mask) >> 3)]
+        t = (w >> 32) & 0xFF
+        if t != 1:  # not DATA
+            if (t == 0 or t == 3) and q[_W_RECLAIMING] <= c:  # FREE or RESERVED, and not lapped
+                return _EMPTY
+            return None
+        if c >= q[_W_RELEASED] + p.ring_bytes:
+            return _EMPTY  # an exactly full ring: this is the oldest frame, not a new one
+        nxt = c + (w & 0xFFFFFFFF)
+        if budget > 1 and (q[p.hq + ((nxt & p.mask) >> 3)] >> 32) & 0xFF == 1:
+            return None  # more records are ready: one kernel call reads them all
+        mv = p.mv
+        i = R.HEADER_BYTES + (c & p.mask)
+        off, ts, kl, vl, hl = _unpack_frame(mv, i + 8)
+        if off < p.position or 40 + kl + vl + hl > (w & 0xFFFFFFFF):
+            return None
+        b = i + 40
+        if kl >= 0:
+            key = mv[b: b + kl].tobytes()
+            b += kl
+        else:
+            key = None
+        if vl >= 0:
+            value = mv[b: b + vl].tobytes()
+            b += vl
+        else:
+            value = None
+        try:
+            headers = decode_headers(mv[b: b + hl]) if hl else []
+        except Exception:
+            if q[_W_RECLAIMING] > c:
+                return None  # bytes being zeroed under us (lapped): the general path reads the disk
+            raise
+        if q[_W_RECLAIMING] > c:
+            return None  # the spiller reclaimed these bytes while we copied them
+        p.cursor = nxt
+        p.position = off + 1
+        if key is not None and self._kdes is not None:
+            key = self._kdes(key)
+        if self._vdes is not None:
+            value = self._vdes(value)
+        tp = p.tp
+        return [_new_tuple(ConsumerRecord, (tp.topic, tp.partition, off, ts, key, value, headers))]
+
+    def _idle(self, p: _Part) -> bool:
+        """Nothing published at a known cursor (checked in Python: an empty partition costs no kernel call)."""
+        c = p.cursor
+        if c < 0:
+            return False
+        q = p.qwords
+        t = (q[p.hq + ((c & p.mask) >> 3)] >> 32) & 0xFF
+        return (t == 0 or t == 3) and q[_W_RECLAIMING] <= c
+
     def _ready(self, p: _Part) -> bool:
         c = p.cursor
         if c < 0:
@@ -498,10 +575,25 @@ class Consumer:
         if not batch:
             budget = min(budget, 1024)
         deadline = None
+        solo = self._solo
         member = self._member
         while True:
             if member is not None:
                 member.before_poll(self)  # rebalances and auto-commit; keeps _solo None (group_member.py)
+            if solo is not None and not batch:
+                got = self._take1(solo, budget)
+                if got:
+                    return {solo.tp: got}
+                if got is not None:  # nothing there
+                    if timeout_ms == 0:
+                        return {}
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + timeout_ms / 1000.0
+                    if now >= deadline:
+                        return {}
+                    self._wait(deadline)
+                    continue
             out = {}
             parts = self._order
             n = len(parts)
@@ -510,7 +602,14 @@ class Consumer:
                 p = parts[(self._rr + k) % n]
                 if p.paused:
                     continue
-                got = self._fetch(p, left, batch)
+                if batch:
+                    if self._idle(p):
+                        continue
+                    got = self._fetch(p, left, batch)
+                else:
+                    got = self._take1(p, left)  # one record, or nothing there, without a kernel call
+                    if got is None:
+                        got = self._fetch(p, left, batch)
                 if got:
                     out[p.tp] = got
                     left -= len(got)
@@ -531,6 +630,21 @@ class Consumer:
         active = [p for p in self._order if not p.paused]
         now = time.monotonic()
         spin_end = min(deadline, now + self._spin_s)
+        solo = self._solo
+        if solo is not None and solo.cursor >= 0 and not solo.paused:
+            # one partition: spin on its header word alone (a few loads per turn)
+            q = solo.qwords
+            c = solo.cursor
+            i = solo.hq + ((c & solo.mask) >> 3)
+            rb = solo.ring_bytes
+            while now < spin_end:
+                for _ in range(16):
+                    w = q[i]
+                    if w and (w >> 32) & 0xFF != 3 and c < q[_W_RELEASED] + rb:  # published (not RESERVED)
+                        return
+                if q[_W_RECLAIMING] > c:
+                    return  # lapped: the general path reads the disk
+                now = time.monotonic()
         while now < spin_end:
             for p in active:
                 if self._ready(p):
@@ -551,6 +665,11 @@ class Consumer:
 
     def poll(self, timeout_ms=0, max_records=None, update_offsets=True) -> dict:
         """{TopicPartition: [ConsumerRecord, ...]}; waits up to ``timeout_ms`` for the first record."""
+        solo = self._solo
+        if solo is not None and max_records is None and timeout_ms.__class__ is int and timeout_ms >= 0:
+            got = self._take1(solo, self.max_poll_records)  # one record waiting: no further checks
+            if got:
+                return {solo.tp: got}
         return self._poll(timeout_ms, max_records, False)
 
     def poll_batch(self, timeout_ms=0, max_records=None) -> dict:
@@ -593,6 +712,7 @@ class Consumer:
             p.log.close()
         self._parts = {}
         self._order = []
+        self._solo = None
         if self._own_bus:
             self._bus.close()
 

@@ -121,7 +121,11 @@ def test_demo_runs_and_reports(data_dir):
 
 @pytest.mark.timeout(240)
 def test_bench_runs_and_prints_percentiles(data_dir):
-    r = sh(data_dir, "bench", "--records", "500", timeout=200)
+    r = sh(data_dir, "bench", "--records", "500", "--throughput-records", "5000", timeout=200)
     assert r.returncode == 0, r.stderr
-    line = r.stdout.strip().splitlines()[-1]
-    assert line.startswith("one-way latency, 500 records:") and "p99.9" in line and "max" in line, r.stdout
+    out = r.stdout.strip().splitlines()
+    assert out[0] == "one-way latency, 500 records of 100 B (HDR histogram, 3 digits):", r.stdout
+    assert all(f" {k} " in out[1] for k in ("p50", "p90", "p99", "p99.9", "p99.99", "max")), r.stdout
+    assert out[2].startswith("throughput send -> poll: ") and "5,000 records in" in out[2], r.stdout
+    assert out[3].startswith("throughput send_batch -> poll_batch: "), r.stdout
+    assert "latency: 500 x 100 B" in r.stderr  # the progress bars go to stderr

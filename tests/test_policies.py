@@ -57,3 +57,14 @@ def test_published_frames_are_never_unblocked():
     never = lambda pid: False  # noqa: E731
     for t in (F.DATA, F.PADDING):
         assert unblock.decide(hdr(t), True, 10_000, never) == unblock.WAIT
+
+
+def test_spiller_sleeps_between_rounds_unless_a_ring_fills():
+    from shmbus.supervisor.daemon import BLOCKED_WAIT_S, IDLE_WAIT_S, next_round_wait
+
+    ring = 1 << 20
+    assert next_round_wait([], False) == IDLE_WAIT_S  # no rings
+    assert next_round_wait([(0, ring), (4096, ring)], False) == IDLE_WAIT_S  # a trickle: sleep, spill later
+    assert next_round_wait([(0, ring), (ring // 4, ring)], False) == 0.0  # a quarter unspilled: go again now
+    assert next_round_wait([(100, ring)], True) == BLOCKED_WAIT_S  # a stuck claim: judge it again soon
+    assert next_round_wait([(ring, ring)], True) == 0.0

@@ -195,12 +195,4 @@ def _paced_latency(data_dir, n: int, size: int, progress: bool = False) -> np.nd
     return lat
 
 
-def run_bench(data_dir, n: int, size: int) -> None:
-    """One producer, one consumer process; paced one-way latency percentiles."""
-    lat = _paced_latency(data_dir, n, size, progress=True)
-    pcts = [50, 90, 99, 99.9, 99.99]
-    click.echo(f"one-way latency, {len(lat)} records: " +
-               "  ".join(f"p{p} {_pct(lat, p):.2f} us" for p in pcts) + f"  max {lat.max() / 1000:.1f} us")
-
-
-__all__ = ["run_demo", "run_bench"]
+__all__ = ["run_demo"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import click
 
@@ -418,19 +419,29 @@ def groups_describe(group, data_dir, as_json):
 
 # --- bench and demo ---
 @cli.command()
-@click.option("--records", type=int, default=200_000, show_default=True)
-@click.option("--size", type=int, default=100, show_default=True, help="Value bytes per record.")
+@click.option("--records", type=int, default=100_000, show_default=True, help="Paced records for the latency run.")
+@click.option("--size", type=int, default=100, show_default=True, help="Value bytes per record (>= 8).")
+@click.option("--throughput-records", type=int, default=500_000, show_default=True,
+              help="Records for each throughput run (send, send_batch).")
+@click.option("--histogram", "picture", type=click.Path(dir_okay=False), default=None,
+              help="Write latency by percentile to this .svg (or .png, with matplotlib) file.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
 @data_dir_option
-def bench(records, size, data_dir):
+def bench(records, size, throughput_records, picture, as_json, data_dir):
     """Latency and throughput between two processes, with percentiles.
 
     \b
     Example:
       shmbus bench --records 100000 --size 100
+      shmbus bench --histogram latency.svg
     """
-    from shmbus.cli.demo import run_bench
+    from shmbus.cli import bench as B
 
-    run_bench(data_dir, records, size)
+    for name, v in (("--records", records), ("--throughput-records", throughput_records)):
+        if v < 2:
+            fail(f"{name} must be >= 2: {name}={v}")
+    res = B.run(data_dir, records, size, throughput_records, picture, as_json)
+    click.echo(json.dumps(res) if as_json else B.render(res))
 
 
 @cli.command()
@@ -448,6 +459,118 @@ def demo(records, producers, partitions, data_dir):
     from shmbus.cli.demo import run_demo
 
     run_demo(data_dir, records, producers, partitions)
+
+
+@cli.command()
+@data_dir_option
+@click.option("--yes", "-y", is_flag=True, help="Remove without asking.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report (removes only with --yes).")
+def doctor(data_dir, yes, as_json):
+    """Find and remove what dead buses left in /dev/shm; check /dev/shm's size.
+
+    A bus whose supervisor runs or whose objects a process maps is left alone.
+    A dead bus's rings are first spilled into its data dir (if it still
+    exists), then removed. Stale supervisor sockets go too.
+
+    \b
+    Example:
+      shmbus doctor          # shows what it found, asks before removing
+      shmbus doctor --yes    # for scripts
+    """
+    from shmbus import shm
+    from shmbus._paths import resolve_data_dir
+    from shmbus.cli import doctor as D
+
+    d = resolve_data_dir(data_dir)
+    findings = [D.judge(b) for b in shm.inventory()]
+    dirs = {d} | {f.bus.data_dir for f in findings if f.bus.data_dir_exists}
+    stale = sorted(p for dd in dirs for p in D.stale_files(dd))
+    act = [f for f in findings if f.action != "keep"]
+    advice = D.shm_advice(d)
+    if as_json:
+        click.echo(json.dumps({
+            "buses": [{"bus_id": f.bus.bus_id, "data_dir": f.bus.data_dir, "objects": f.bus.names,
+                       "bytes": f.bus.bytes, "action": f.action, "why": f.why} for f in findings],
+            "stale_files": stale, "shm": advice, "removed": bool(yes and (act or stale))}, indent=2))
+    else:
+        for line in advice:
+            click.echo(line)
+        if not findings:
+            click.echo("no shmbus objects in /dev/shm")
+        for f in findings:
+            click.echo(f"bus {f.bus.bus_id}: {len(f.bus.names)} objects, {f.bus.bytes / 2**20:.1f} MiB: "
+                       f"{f.action.upper()} ({f.why})")
+        for p in stale:
+            click.echo(f"stale file: {p}: REMOVE")
+        if not act and not stale:
+            click.echo("nothing to clean")
+            return
+        if not yes:
+            try:
+                ok = click.confirm(f"Remove {len(act)} dead bus(es) and {len(stale)} stale file(s)?", default=False)
+            except click.Abort:
+                fail("no answer on stdin, nothing removed (pass --yes to remove without asking)")
+            if not ok:
+                click.echo("nothing removed")
+                return
+    if not yes and as_json:
+        return
+    removed = 0
+    for f in act:
+        if f.action == "spill+remove":
+            try:
+                D.spill_dead_bus(f.bus.data_dir)
+            except Exception as e:  # noqa: BLE001 (a live supervisor appeared, or a damaged dir: keep it)
+                click.echo(f"bus {f.bus.bus_id}: kept, could not spill it first: {type(e).__name__}: {e}", err=True)
+                continue
+        # (the spill pass may have made rings a topic lacked: those go too)
+        names = set(f.bus.names) | (set(shm.bus_names(f.bus.data_dir)) if f.bus.data_dir_exists else set())
+        removed += shm.unlink_names(sorted(names))
+    for p in stale:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    if not as_json:
+        click.echo(f"removed {removed} shared-memory object(s) and {len(stale)} stale file(s)")
+
+
+@cli.command()
+@data_dir_option
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="One snapshot (rates over --interval), then exit.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object per snapshot).")
+def stats(data_dir, interval, once, as_json):
+    """A live view: produce and consume rates, ring fill, spill lag, disk use, group lag, supervisor.
+
+    \b
+    Example:
+      shmbus stats                  # refreshes every second until Ctrl-C
+      shmbus stats --once --json    # for scripts
+    """
+    from shmbus.cli import stats as S
+
+    if not interval > 0:
+        fail(f"--interval must be > 0: interval={interval}")
+    bus = _bus(data_dir)
+    try:
+        prev = S.snapshot(bus)
+        while True:
+            time.sleep(interval)
+            cur = S.with_rates(prev, S.snapshot(bus))
+            if as_json:
+                out = dict(cur, data_dir=bus.data_dir)
+                del out["t"]
+                click.echo(json.dumps(out))
+            else:
+                if not once:
+                    click.clear()
+                click.echo(S.render(cur, bus.data_dir))
+            if once:
+                return
+            prev = cur
+    finally:
+        bus.close()
 
 
 def main():

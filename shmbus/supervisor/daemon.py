@@ -32,8 +32,26 @@ from shmbus.supervisor import cleaner, retention
 from shmbus.supervisor.spill import PartitionSpiller
 
 IDLE_WAIT_S = 0.05  # the spiller's longest sleep; producers ring the spill bell when a ring passes half full
+BLOCKED_WAIT_S = 0.01  # the sleep while a claim blocks a ring (the unblocker judges it on the next rounds)
 RESCAN_S = 0.2  # how often the topic list is re-read
 KEEP_S = 0.5  # how often retention and compaction look at the partitions
+
+
+def next_round_wait(backlogs, blocked: bool) -> float:
+    """How long the spiller sleeps after a round (a pure policy).
+
+    ``backlogs``: (bytes published or claimed but not spilled, ring bytes) per
+    ring. A round spills everything published, so what is left is what came
+    in during the round. Going again at once while records trickle in would
+    keep a third process runnable on a 2-core machine, taking the CPU from
+    spinning producers and consumers for milliseconds at a time; so: sleep
+    (a producer rings the spill bell when its ring passes half full, an
+    ``acks="disk"`` producer at once), unless a ring is a quarter full of
+    unspilled bytes already. A blocked claim is looked at again soon.
+    """
+    if any(b * 4 >= rb for b, rb in backlogs):
+        return 0.0
+    return BLOCKED_WAIT_S if blocked else IDLE_WAIT_S
 
 
 class AlreadyRunning(Exception):
@@ -63,6 +81,9 @@ class Supervisor:
         self.lock = threading.Lock()
         self._stamp = None
         self.cleaner = cleaner.Cleaner()
+        self.rounds = 0  # spill rounds, the time they took, and the longest
+        self.busy_s = 0.0
+        self.round_max_s = 0.0
 
     # --- topics ---
     def _topics_stamp(self):
@@ -140,18 +161,22 @@ class Supervisor:
                 log(f"log keeping failed dir={sp.writer.pdir}: {type(e).__name__}: {e}")
 
     # --- the spill loop ---
-    def spill_all(self) -> int:
-        moved = 0
+    def spill_all(self) -> float:
+        """One spill round over every ring; returns how long to sleep before the next (seconds)."""
         now_ms = int(time.time() * 1000)
+        backlogs = []
+        blocked = False
         for sp in list(self.spillers.values()):
             if sp.ring.deleted():
                 continue
             try:
-                moved += sp.spill(sp.ring.ring_bytes)
+                sp.spill(sp.ring.ring_bytes)
                 sp.roll_if_old(now_ms)
             except FileNotFoundError:
-                pass  # the topic is being deleted; the next rescan drops it
-        return moved
+                continue  # the topic is being deleted; the next rescan drops it
+            backlogs.append((sp.ring.claim_position() - sp.spilled_pos, sp.ring.ring_bytes))
+            blocked = blocked or sp.stuck
+        return next_round_wait(backlogs, blocked)
 
     def run(self) -> None:
         from shmbus.kernels import frames as K
@@ -166,16 +191,20 @@ class Supervisor:
         last_scan = last_keep = time.monotonic()
         while not self.stopping.is_set():
             seen = self.ctl.spill_bell()
-            moved = self.spill_all()
+            t0 = time.monotonic()
+            wait = self.spill_all()
             now = time.monotonic()
+            self.rounds += 1
+            self.busy_s += now - t0
+            self.round_max_s = max(self.round_max_s, now - t0)
             if now - last_scan > RESCAN_S:
                 self.rescan(force=False)
                 last_scan = now
             if now - last_keep > KEEP_S:
                 self.keep_logs()
                 last_keep = now
-            if moved == 0:
-                self.ctl.spiller_sleep(seen, IDLE_WAIT_S)
+            if wait > 0:
+                self.ctl.spiller_sleep(seen, wait)
         # a last spill so that what is published is on disk
         self.spill_all()
         for sp in self.spillers.values():
@@ -250,11 +279,14 @@ class Supervisor:
                 "ring_bytes": sp.ring.ring_bytes, "ring_used": max(sp.ring.fill(), 0),
                 "spilled_frames": sp.spilled_frames, "spilled_bytes": sp.spilled_bytes,
                 "unblocked": sp.unblocked,
+                "spill_lag_bytes": max(sp.ring.claim_position() - sp.spilled_pos, 0),
             })
         return {
             "pid": os.getpid(), "data_dir": self.data_dir, "bus_id": self.id,
             "uptime_s": round(time.time() - self.started, 3),
             "cpu_percent": proc.cpu_percent(interval=None), "rss_bytes": proc.memory_info().rss,
+            "spill_rounds": self.rounds, "spill_busy_s": round(self.busy_s, 6),
+            "spill_round_max_ms": round(self.round_max_s * 1000, 3),
             "partitions": parts,
         }
 

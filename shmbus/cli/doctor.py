@@ -1,0 +1,127 @@
+"""``shmbus doctor``: leftovers in /dev/shm and in data dirs, and a /dev/shm too small.
+
+What it looks at (see ``shmbus/shm.py`` for how a bus is found and judged):
+
+- a bus whose supervisor runs or whose objects some process maps is *live*:
+  never touched;
+- a dead bus whose data dir is gone: its objects are *orphans*, removed;
+- a dead bus whose data dir is still there (every process of it was killed):
+  its rings may hold records not yet on disk, so doctor first spills them
+  into the data dir (one supervisor pass, which also cuts torn tails), then
+  removes the objects; the next ``Bus()`` starts the rings again at the log
+  end;
+- a stale ``supervisor.sock`` (nobody holds the lock) is removed.
+
+Nothing is removed without a yes (``--yes`` for scripts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from shmbus import _paths, metadata, shm
+
+DOCKER_DEFAULT = 64 << 20
+
+
+@dataclasses.dataclass
+class Finding:
+    bus: shm.BusObjects
+    action: str  # "keep", "remove", "spill+remove"
+    why: str
+
+
+def judge(b: shm.BusObjects) -> Finding:
+    """What to do with one bus's objects (a pure policy)."""
+    if b.supervisor_pid is not None:
+        return Finding(b, "keep", f"live: supervisor pid={b.supervisor_pid}")
+    if b.users:
+        return Finding(b, "keep", f"live: mapped by pids={','.join(map(str, b.users[:8]))}")
+    if not b.data_dir:
+        return Finding(b, "remove", "no data dir recorded (a bus that never finished starting)")
+    if not b.data_dir_exists:
+        return Finding(b, "remove", f"orphan: data dir is gone ({b.data_dir})")
+    return Finding(b, "spill+remove", f"dead bus (no supervisor, no process maps it); data dir {b.data_dir}")
+
+
+def spill_dead_bus(data_dir: str, timeout_s: float = 30.0) -> None:
+    """Copy what a dead bus's rings hold to its segments (a supervisor pass without a daemon)."""
+    from shmbus.supervisor.daemon import Supervisor
+
+    sup = Supervisor(data_dir)  # raises AlreadyRunning if a supervisor appeared meanwhile
+    try:
+        sup.rescan()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            sup.spill_all()
+            left = [sp for sp in sup.spillers.values() if sp.ring.claim_position() > sp.spilled_pos]
+            if not left or all(sp.stuck for sp in left):
+                # what is left is a dead writer's unpublished claim: nothing acknowledged is in it
+                break
+            time.sleep(0.02)
+        for sp in sup.spillers.values():
+            sp.writer.fsync()
+            sp.close()
+            sp.ring.close()
+        sup.spillers.clear()
+    finally:
+        sup.close()
+
+
+def stale_files(data_dir: str) -> list[str]:
+    """Files of a supervisor that is not running (its socket)."""
+    if shm.supervisor_pid(data_dir) is not None:
+        return []
+    out = []
+    for path in (_paths.socket_path(data_dir),):
+        if os.path.exists(path):
+            out.append(path)
+    gdir = os.path.join(data_dir, "groups")
+    if os.path.isdir(gdir):
+        out.extend(os.path.join(gdir, n) for n in os.listdir(gdir) if n.endswith(".sock"))
+    return out
+
+
+def ring_bytes_needed(data_dir: str) -> int:
+    """/dev/shm bytes the topics of ``data_dir`` take when all their rings exist."""
+    total = 0
+    try:
+        names = metadata.list_topics(data_dir)
+    except OSError:
+        return 0
+    for name in names:
+        try:
+            meta = metadata.read_topic(data_dir, name)
+        except Exception:  # noqa: BLE001 (a topic being deleted: skip it)
+            continue
+        total += meta.partitions * (meta.config["ring.bytes"] + 4096)
+    return total
+
+
+def shm_advice(data_dir: str) -> list[str]:
+    """Lines about /dev/shm's size; a warning where it is too small for this data dir's topics."""
+    size, free = shm.shm_space()
+    if size < 0:
+        return ["WARNING: no /dev/shm on this machine: shmbus needs POSIX shared memory (Linux)."]
+    lines = [f"/dev/shm: size={_mib(size)} free={_mib(free)}"]
+    need = ring_bytes_needed(data_dir) if os.path.isdir(data_dir) else 0
+    mine = sum(b.bytes for b in shm.inventory(with_users=False) if b.data_dir == data_dir)
+    if need:
+        lines.append(f"topics in {data_dir} need {_mib(need)} of rings ({_mib(mine)} exist now)")
+    if size <= DOCKER_DEFAULT:
+        lines.append(f"WARNING: /dev/shm is only {_mib(size)} (Docker's default is 64 MiB): start the container "
+                     f"with --shm-size=1g (or larger), or use small ring.bytes")
+    if need - mine > free:
+        lines.append(f"WARNING: /dev/shm has {_mib(free)} free but the missing rings need {_mib(need - mine)}: "
+                     f"creating them will fail with 'no room in /dev/shm'; free space (shmbus doctor), delete "
+                     f"topics, lower ring.bytes or enlarge /dev/shm")
+    return lines
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+__all__ = ["Finding", "judge", "shm_advice", "spill_dead_bus", "stale_files"]

@@ -1,0 +1,166 @@
+"""What shmbus has in /dev/shm, by bus, and who uses it: for ``shmbus doctor``, tests and tools.
+
+Every object is named ``shmbus-<bus id>-...`` (see ``_paths.py``); the bus's
+control block ``shmbus-<bus id>-ctl`` records its data dir. A bus is *live*
+while its supervisor holds the data dir's lock or any process maps one of its
+objects (``/proc/<pid>/maps``, through psutil's pid list); otherwise its
+objects are leftovers: of a bus whose processes were all killed (the data dir
+still there: what its rings hold can still be spilled) or of a data dir that
+is gone (nothing to save).
+
+Nothing here creates an object: the control block is read as a plain file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import struct
+
+import psutil
+
+from shmbus import _paths
+from shmbus.layout import ring as R
+
+SHM_DIR = "/dev/shm"
+PREFIX = "shmbus-"
+
+
+@dataclasses.dataclass
+class BusObjects:
+    """One bus's objects in /dev/shm."""
+
+    bus_id: str
+    names: list[str]  # file names in /dev/shm (no leading slash)
+    bytes: int
+    data_dir: str | None  # from the control block; None if it has none or it is unreadable
+    supervisor_pid: int | None = None
+    users: list[int] = dataclasses.field(default_factory=list)  # pids that map any of the objects
+
+    @property
+    def data_dir_exists(self) -> bool:
+        return bool(self.data_dir) and os.path.isdir(self.data_dir)
+
+    @property
+    def live(self) -> bool:
+        return self.supervisor_pid is not None or bool(self.users)
+
+
+def read_ctl_data_dir(bid: str) -> str | None:
+    """The data dir recorded in a bus's control block, read without opening it as shared memory."""
+    try:
+        with open(os.path.join(SHM_DIR, f"{PREFIX}{bid}-ctl"), "rb") as f:
+            head = f.read(8)
+            f.seek(R.CTL_OFF_DATA_DIR)
+            raw = f.read(4)
+            if len(head) < 8 or struct.unpack("<Q", head)[0] != R.CTL_MAGIC or len(raw) < 4:
+                return None
+            (n,) = struct.unpack("<I", raw)
+            if not 0 < n <= R.CTL_BYTES - R.CTL_OFF_DATA_DIR - 4:
+                return None
+            return f.read(n).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def supervisor_pid(data_dir: str) -> int | None:
+    """The pid of the supervisor holding ``data_dir``'s lock, or None (probes the flock, changes nothing)."""
+    path = _paths.lock_path(data_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return int(os.pread(fd, 32, 0).split()[0])
+            except (ValueError, IndexError):
+                return -1  # held, pid not written yet
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _mappers() -> dict[str, set[int]]:
+    """/dev/shm file name -> pids that map it (every process we may read)."""
+    out: dict[str, set[int]] = {}
+    tag = f"{SHM_DIR}/{PREFIX}"
+    for pid in psutil.pids():
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    i = line.find(tag)
+                    if i >= 0:
+                        name = line[i + len(SHM_DIR) + 1:].split()[0]
+                        out.setdefault(name, set()).add(pid)
+        except OSError:
+            continue  # gone, or not ours to read
+    return out
+
+
+def inventory(with_users: bool = True) -> list[BusObjects]:
+    """Every bus with objects in /dev/shm, sorted by bus id."""
+    by_bus: dict[str, list[str]] = {}
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    for n in names:
+        if n.startswith(PREFIX) and n.count("-") >= 2:
+            by_bus.setdefault(n.split("-")[1], []).append(n)
+    maps = _mappers() if with_users else {}
+    out = []
+    for bid in sorted(by_bus):
+        objs = sorted(by_bus[bid])
+        size = 0
+        for n in objs:
+            try:
+                size += os.stat(os.path.join(SHM_DIR, n)).st_blocks * 512
+            except OSError:
+                pass
+        data_dir = read_ctl_data_dir(bid)
+        b = BusObjects(bid, objs, size, data_dir)
+        if data_dir:
+            b.supervisor_pid = supervisor_pid(data_dir)
+        b.users = sorted({pid for n in objs for pid in maps.get(n, ())} - {os.getpid()})
+        out.append(b)
+    return out
+
+
+def bus_names(data_dir: str) -> list[str]:
+    """/dev/shm names of the bus of ``data_dir`` (empty if it never had an id)."""
+    bid = _paths.existing_bus_id(data_dir)
+    if bid is None:
+        return []
+    try:
+        return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(f"{PREFIX}{bid}-"))
+    except OSError:
+        return []
+
+
+def unlink_names(names) -> int:
+    """Unlink these /dev/shm objects; returns how many were removed."""
+    k = 0
+    for n in names:
+        try:
+            os.unlink(os.path.join(SHM_DIR, n))
+            k += 1
+        except FileNotFoundError:
+            pass
+    return k
+
+
+def shm_space() -> tuple[int, int]:
+    """(/dev/shm size, free bytes), or (-1, -1) if there is no /dev/shm."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return -1, -1
+    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+
+__all__ = ["BusObjects", "bus_names", "inventory", "read_ctl_data_dir", "shm_space", "supervisor_pid", "unlink_names"]
