@@ -85,6 +85,8 @@ def test_topics_produce_consume_roundtrip(data_dir):
     (("topics", "delete", "missing"), None, "missing"),
     (("produce", "missing"), "x\n", "missing"),
     (("consume", "missing", "--max-messages", "1"), None, "missing"),
+    (("consume", "t", "--format", "{nope}"), None, "--format"),
+    (("consume", "t", "--format", "{value"), None, "--format"),
 ])
 def test_user_errors_are_one_line_exit_1(data_dir, args, stdin, needle):
     line = one_line_error(sh(data_dir, *args, stdin=stdin))
@@ -105,7 +107,7 @@ def test_click_usage_error_is_exit_2(data_dir):
 def test_every_command_has_help_with_an_example(data_dir):
     for args in (["serve"], ["stop"], ["status"], ["topics", "create"], ["topics", "list"], ["topics", "describe"],
                  ["topics", "delete"], ["topics", "alter"], ["produce"], ["consume"], ["groups", "list"],
-                 ["groups", "describe"], ["bench"], ["demo"]):
+                 ["groups", "describe"], ["bench"], ["demo"], ["doctor"], ["stats"]):
         r = sh(data_dir, *args, "--help")
         assert r.returncode == 0, (args, r.stderr)
         assert "Example" in r.stdout, args
@@ -129,3 +131,13 @@ def test_bench_runs_and_prints_percentiles(data_dir):
     assert out[2].startswith("throughput send -> poll: ") and "5,000 records in" in out[2], r.stdout
     assert out[3].startswith("throughput send_batch -> poll_batch: "), r.stdout
     assert "latency: 500 x 100 B" in r.stderr  # the progress bars go to stderr
+
+
+def test_produce_with_no_stdin_at_all_is_a_user_error(data_dir):
+    sh(data_dir, "topics", "create", "t")
+    env = dict(os.environ, SHMBUS_DATA_DIR=data_dir)
+    r = subprocess.run(["bash", "-c", f"{sys.executable} -m shmbus produce t <&-"], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert "no stdin" in one_line_error(r)
+    r = sh(data_dir, "produce", "t", stdin="")  # an empty stdin is no error: nothing to send, as Kafka's tool
+    assert r.returncode == 0 and "sent 0 record(s)" in r.stderr

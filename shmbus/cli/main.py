@@ -316,6 +316,11 @@ def consume(topic, group, from_beginning, max_messages, partition, offset, timeo
 
     if offset is not None and partition is None:
         fail("--offset needs --partition")
+    try:
+        fmt.format(topic="t", partition=0, offset=0, timestamp=0, key="k", value="v", headers="")
+    except (KeyError, IndexError, ValueError, AttributeError) as e:
+        fail(f"bad --format: {type(e).__name__}: {e} format={fmt!r} (fields: topic partition offset timestamp key "
+             f"value headers, e.g. '{{partition}}:{{offset}} {{key}}={{value}}')")
     if group is not None and partition is not None:
         fail(f"--partition and --group do not go together: group={group!r} partition={partition} (a group "
              f"shares the topic's partitions among its members; drop one of them)")
