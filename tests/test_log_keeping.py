@@ -346,3 +346,62 @@ def test_start_offset_reads_one_header_and_an_empty_first_segment_gives_its_base
     write_segment(pdir, 9, [])
     assert log.start_offset() == 9
     log.close()
+
+
+def _garbage_tail(path: str) -> None:
+    with open(path, "ab") as f:
+        f.write(b"\xde\xad\xbe\xef" * 20)
+
+
+def test_rolls_are_fsynced_in_the_background_and_move_the_recovery_point(tmp_path):
+    from shmbus.segments.log import read_recovery_point
+
+    pdir = str(tmp_path / "p")
+    w = SegmentWriter(pdir, segment_bytes=4096, segment_ms=10**9, now_ms=0)
+    ring = np.zeros(1 << 16, np.uint8)
+    frames = b"".join(frame(i, 1, None, b"x" * 200) for i in range(100))
+    ring[: len(frames)] = np.frombuffer(frames, np.uint8)
+    ln = F.frame_length(-1, 200, 0)
+    rows = np.array([(i * ln, ln, i, 1, F.DATA) for i in range(100)], np.int64)
+    w.append(memoryview(ring), rows, now_ms=1)
+    bases = list_segments(pdir)
+    assert len(bases) > 3  # rolled by size several times
+    assert w.wait_flushed(30)
+    assert read_recovery_point(pdir) == bases[-1]  # every rolled segment is fsynced
+    w.fsync_all()
+    assert read_recovery_point(pdir) == 100  # a clean stop: everything
+    w.close()
+
+
+def test_recover_checks_rolled_segments_past_the_recovery_point_and_keeps_a_prefix(tmp_path):
+    pdir = str(tmp_path / "p")
+    for b in (0, 100, 200):
+        write_segment(pdir, b, [frame(b + i, 1, None, b"x" * 100) for i in range(100)])
+    with open(os.path.join(pdir, "recovery-point"), "w") as f:
+        f.write("100\n")  # segment 0 is fsynced; 100 was rolled but the machine died before its fsync
+    mid = os.path.join(pdir, f"{100:020d}.log")
+    good = os.path.getsize(mid)
+    _garbage_tail(mid)
+    rep = recovery.recover_partition(pdir)
+    assert os.path.getsize(mid) == good  # cut back to its last good frame
+    assert list_segments(pdir) == [0, 100]  # what came after a torn segment was never durable either
+    assert any("after a torn segment" in t[3] for t in rep.truncated)
+    offs = [r[0] for r in read_all(pdir)]
+    assert offs == list(range(200))
+
+
+def test_recover_trusts_segments_below_the_recovery_point(tmp_path):
+    pdir = str(tmp_path / "p")
+    for b in (0, 100, 200):
+        write_segment(pdir, b, [frame(b + i, 1, None, b"x" * 100) for i in range(100)])
+    with open(os.path.join(pdir, "recovery-point"), "w") as f:
+        f.write("200\n")
+    mid = os.path.join(pdir, f"{100:020d}.log")
+    _garbage_tail(mid)  # damage in a fsynced segment is not a torn write: readers report it, nothing is cut
+    size = os.path.getsize(mid)
+    recovery.recover_partition(pdir)
+    assert os.path.getsize(mid) == size and list_segments(pdir) == [0, 100, 200]
+    # no recovery point (older data dirs, or a lost file): everything is checked
+    os.unlink(os.path.join(pdir, "recovery-point"))
+    recovery.recover_partition(pdir)
+    assert list_segments(pdir) == [0, 100]

@@ -62,7 +62,7 @@ def spill_dead_bus(data_dir: str, timeout_s: float = 30.0) -> None:
                 break
             time.sleep(0.02)
         for sp in sup.spillers.values():
-            sp.writer.fsync()
+            sp.writer.fsync_all()
             sp.close()
             sp.ring.close()
         sup.spillers.clear()

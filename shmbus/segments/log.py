@@ -21,6 +21,8 @@ file as not there yet.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 
 import numpy as np
@@ -55,6 +57,67 @@ def _read_entries(path: str, dtype) -> np.ndarray:
     return np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype)
 
 
+RECOVERY_POINT = "recovery-point"  # in a partition dir: every segment ending below this offset is fsynced
+
+
+def read_recovery_point(pdir: str) -> int:
+    """The partition's recovery point: records below it are fsynced (0 if unknown: check everything)."""
+    try:
+        with open(os.path.join(pdir, RECOVERY_POINT)) as f:
+            return max(int(f.read().strip() or 0), 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_recovery_point(pdir: str, offset: int) -> None:
+    tmp = os.path.join(pdir, f"{RECOVERY_POINT}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{offset}\n")
+        os.replace(tmp, os.path.join(pdir, RECOVERY_POINT))
+    except OSError:
+        pass  # (a partition being deleted) a stale point only makes recovery check more
+
+
+class _Flusher:
+    """One background thread that fsyncs and closes rolled segments, oldest first (as Kafka's
+    flush on roll): a roll costs the spill loop nothing. Each job then moves its partition's
+    recovery point, so a crash of the machine before the fsync makes recovery check that
+    segment too (segments/recovery.py)."""
+
+    def __init__(self):
+        self.q: queue.Queue = queue.Queue()
+        self.thread = None
+        self.lock = threading.Lock()
+
+    def submit(self, fds, pdir: str, point: int) -> threading.Event:
+        done = threading.Event()
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="segment-flusher", daemon=True)
+                self.thread.start()
+        self.q.put((fds, pdir, point, done))
+        return done
+
+    def _run(self) -> None:
+        while True:
+            fds, pdir, point, done = self.q.get()
+            try:
+                for fd in fds:
+                    try:
+                        os.fsync(fd)
+                    except OSError:
+                        pass
+                    finally:
+                        os.close(fd)
+                _write_recovery_point(pdir, point)
+            finally:
+                done.set()
+
+
+_FLUSHER = _Flusher()
+
+
 class SegmentWriter:
     """Appends spilled frames to a partition's active segment; rolls by size and age.
 
@@ -70,13 +133,32 @@ class SegmentWriter:
         self.fd = -1
         self.ifd = -1
         self.tfd = -1
+        self._flushing: list[threading.Event] = []  # rolled segments whose fsync is under way
+        self.next_offset = -1
         if segs:
             self._open(segs[-1], now_ms)
         self.next_offset = self._scan_end() if segs else -1
 
+    def _retire(self) -> None:
+        """Hand the active segment to the flusher (fsync, close, then the recovery point moves)."""
+        if self.fd < 0:
+            return
+        fds = (self.fd, self.ifd, self.tfd)
+        self.fd = self.ifd = self.tfd = -1
+        self._flushing = [e for e in self._flushing if not e.is_set()]
+        self._flushing.append(_FLUSHER.submit(fds, self.pdir, max(self.next_offset, 0)))
+        self.dirty = False
+
+    def wait_flushed(self, timeout: float | None = None) -> bool:
+        """Wait for the fsyncs of rolled segments (acks='disk' waits for these too)."""
+        for e in self._flushing:
+            if not e.wait(timeout):
+                return False
+        self._flushing = []
+        return True
+
     def _open(self, base: int, now_ms: int) -> None:
-        self.fsync_all()  # a closed segment is on disk whole: recovery checks only the newest one
-        self.close()
+        self._retire()  # fsynced in the background; recovery checks it until that is done
         self.base = base
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         self.fd = os.open(_seg_path(self.pdir, base), flags, 0o600)
@@ -98,6 +180,8 @@ class SegmentWriter:
             log.close()
 
     def close(self) -> None:
+        """Close the active segment's files (not fsynced: see fsync_all) after the rolled ones are flushed."""
+        self.wait_flushed()
         for name in ("fd", "ifd", "tfd"):
             fd = getattr(self, name, -1)
             if fd >= 0:
@@ -118,16 +202,18 @@ class SegmentWriter:
         return self.base if self.fd >= 0 else None
 
     def fsync_all(self) -> None:
-        """fsync the active segment and its indexes (on roll and before a clean stop)."""
+        """fsync everything written (before a clean stop): rolled segments, the active one and its indexes."""
+        self.wait_flushed()
         for fd in (self.fd, self.ifd, self.tfd):
             if fd >= 0:
                 os.fsync(fd)
         self.dirty = False
+        if self.next_offset >= 0:
+            _write_recovery_point(self.pdir, self.next_offset)
 
     def roll(self) -> None:
-        """Close the active segment (fsynced); the next append starts a new one."""
-        self.fsync_all()
-        self.close()
+        """Close the active segment (fsynced in the background); the next append starts a new one."""
+        self._retire()
 
     def should_roll(self, now_ms: int) -> bool:
         return self.fd >= 0 and self.size > 0 and now_ms - self.created_ms >= self.segment_ms
@@ -197,6 +283,8 @@ class SegmentWriter:
         self.dirty = True
 
     def fsync(self) -> None:
+        """Make every record written so far durable (acks='disk'): rolled segments too."""
+        self.wait_flushed()
         if self.fd >= 0 and self.dirty:
             os.fsync(self.fd)
             self.dirty = False

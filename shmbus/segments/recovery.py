@@ -5,12 +5,16 @@ opens (or recreates) the partition's ring and starts spilling. In order:
 
 1. Finish or undo an interrupted swap (``swap.resolve_leftovers``): a clean
    that crashed leaves the old segment or the new one, never neither.
-2. The newest segment: scan every frame with its checksum; cut the file
-   after the last good frame (a torn write, garbage, zeros from a crash
-   that extended the file, or a frame whose offset does not grow); rebuild
-   its ``.index`` and ``.timeindex`` from the scan.
-3. Older segments (closed, fsynced when they were rolled): keep their data;
-   rebuild an index that is missing or damaged (:func:`index_ok`).
+2. The segments that may hold records not known to be fsynced: the newest,
+   and any rolled at or after the partition's recovery point (rolled
+   segments are fsynced in the background, then the point moves past them;
+   see ``log.py``). Scan every frame with its checksum; cut the file after
+   the last good frame (a torn write, garbage, zeros from a crash that
+   extended the file, or a frame whose offset does not grow), and delete the
+   segments after a cut one (the log stays a prefix, as Kafka's recovery
+   does); rebuild their ``.index`` and ``.timeindex`` from the scan.
+3. Older segments (fsynced): keep their data; rebuild an index that is
+   missing or damaged (:func:`index_ok`).
 
 Indexes are derived data (``log.py``): rebuilding one only costs a scan.
 Older segments are not truncated: a corrupt record in the middle of the log
@@ -35,6 +39,7 @@ from shmbus.segments.log import (
     _read_entries,
     _seg_path,
     list_segments,
+    read_recovery_point,
 )
 
 
@@ -230,24 +235,38 @@ def recover_partition(pdir: str) -> Report:
     segs = list_segments(pdir)
     if not segs:
         return rep
-    for base in segs[:-1]:
+    rp = read_recovery_point(pdir)
+    # the first segment that may hold an offset >= the recovery point (all of them if it is 0)
+    first = max([i for i, b in enumerate(segs) if b <= rp] or [0])
+    for base in segs[:first]:
         if not indexes_ok(pdir, base):
             rebuild_indexes(pdir, base)
             rep.rebuilt.append(_seg_path(pdir, base, ".index"))
-    base = segs[-1]
-    path = _seg_path(pdir, base)
-    sc = scan_segment(path, verify=True)
-    if sc.good_end < sc.size:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, sc.good_end)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        rep.truncated.append((path, sc.size, sc.good_end, _REASONS.get(sc.stop, str(sc.stop))))
-    if not indexes_ok(pdir, base) or sc.good_end < sc.size:
-        rep.rebuilt.append(_seg_path(pdir, base, ".index"))
-    rebuild_indexes(pdir, base, sc)  # always: cheap after the scan, and entries past a cut must go
+    for k, base in enumerate(segs[first:], start=first):
+        path = _seg_path(pdir, base)
+        sc = scan_segment(path, verify=True)
+        cut = sc.good_end < sc.size
+        if cut:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, sc.good_end)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            rep.truncated.append((path, sc.size, sc.good_end, _REASONS.get(sc.stop, str(sc.stop))))
+        if not indexes_ok(pdir, base) or cut:
+            rep.rebuilt.append(_seg_path(pdir, base, ".index"))
+        rebuild_indexes(pdir, base, sc)  # always: cheap after the scan, and entries past a cut must go
+        if cut and k + 1 < len(segs):
+            # records after a torn one were never fsynced either: the log must stay a prefix
+            for later in segs[k + 1:]:
+                for suffix in (".log", ".index", ".timeindex"):
+                    try:
+                        os.unlink(_seg_path(pdir, later, suffix))
+                    except FileNotFoundError:
+                        pass
+                rep.truncated.append((_seg_path(pdir, later), -1, 0, "after a torn segment"))
+            break
     _fsync_dir(pdir)
     return rep
 

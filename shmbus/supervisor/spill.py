@@ -134,4 +134,4 @@ class PartitionSpiller:
 
     def roll_if_old(self, now_ms: int) -> None:
         if self.writer.should_roll(now_ms):
-            self.writer.roll()  # fsynced: recovery checks only the newest segment
+            self.writer.roll()  # fsynced in the background (log.py _Flusher)
