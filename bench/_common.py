@@ -142,38 +142,19 @@ def write_json(path: str, obj) -> None:
 # --- buses --------------------------------------------------------------------------------
 
 def bus_shm_names(data_dir: str) -> list:
-    try:
-        with open(os.path.join(data_dir, "bus.json")) as f:
-            bid = json.load(f)["id"]
-    except (OSError, ValueError, KeyError):
-        return []
-    try:
-        return [n for n in os.listdir("/dev/shm") if n.startswith(f"shmbus-{bid}-")]
-    except FileNotFoundError:
-        return []
+    from shmbus import shm
+
+    return shm.bus_names(data_dir)
 
 
 def cleanup_data_dir(data_dir: str) -> None:
     """Stop the data dir's supervisor, unlink its shared memory, remove the dir. Never raises."""
     try:
-        from shmbus.supervisor import client
+        from shmbus import shm
 
-        pid = client.running_pid(data_dir)
-        if pid:
-            try:
-                client.stop(data_dir, wait_s=15)
-            except Exception:
-                if pid > 0:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 5
-                while client.running_pid(data_dir) and time.monotonic() < deadline:
-                    time.sleep(0.01)
+        shm.remove_bus(data_dir)
     except Exception as e:  # cleanup must go on
-        print(f"warning: stopping the supervisor of {data_dir} failed: {e!r}", file=sys.stderr)
-    for n in bus_shm_names(data_dir):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join("/dev/shm", n))
+        print(f"warning: removing the bus of {data_dir} failed: {e!r}", file=sys.stderr)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

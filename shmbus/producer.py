@@ -76,10 +76,31 @@ def _as_partition(p) -> int:
     return int(p)
 
 
+_ENC_CACHE: dict = {}
+
+
 def encode_headers(headers) -> bytes:
-    """[(str, bytes | None), ...] -> the frame's header bytes (layout/frame.py)."""
+    """[(str, bytes | None), ...] -> the frame's header bytes (layout/frame.py).
+
+    Records of one stream usually carry the same headers: encoded blocks are
+    remembered by the headers' value (up to 4096 distinct ones).
+    """
     if not headers:
         return b""
+    try:
+        key = tuple(headers)
+        hit = _ENC_CACHE.get(key)
+    except (TypeError, ValueError):  # unhashable items (lists, bytearrays, writable views): not remembered
+        key = hit = None
+    if hit is not None:
+        return hit
+    out = _encode_headers(headers)
+    if key is not None and len(_ENC_CACHE) < 4096:
+        _ENC_CACHE[key] = out
+    return out
+
+
+def _encode_headers(headers) -> bytes:
     out = []
     for item in headers:
         try:

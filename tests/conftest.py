@@ -7,10 +7,7 @@ shared-memory object whose name carries the test bus's id.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
-import os
-import signal
 import time
 
 import pytest
@@ -19,35 +16,15 @@ SPAWN = mp.get_context("spawn")
 
 
 def bus_shm_names(data_dir: str) -> list[str]:
-    try:
-        with open(os.path.join(data_dir, "bus.json")) as f:
-            bid = json.load(f)["id"]
-    except (FileNotFoundError, ValueError):
-        return []
-    return [n for n in os.listdir("/dev/shm") if n.startswith(f"shmbus-{bid}-")]
+    from shmbus import shm
+
+    return shm.bus_names(data_dir)
 
 
 def cleanup_bus(data_dir: str) -> None:
-    from shmbus.supervisor import client
+    from shmbus import shm
 
-    pid = client.running_pid(data_dir)
-    if pid:
-        try:
-            client.stop(data_dir, wait_s=15)
-        except Exception:
-            if pid > 0:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + 5
-            while client.running_pid(data_dir) and time.monotonic() < deadline:
-                time.sleep(0.01)
-    for n in bus_shm_names(data_dir):
-        try:
-            os.unlink(os.path.join("/dev/shm", n))
-        except FileNotFoundError:
-            pass
+    shm.remove_bus(data_dir)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -127,72 +127,11 @@ def run_demo(data_dir, records: int, producers: int, partitions: int) -> None:
     click.echo("OK: every record arrived exactly once, in order" if ok
                else "PROBLEM: records missing or out of order")
     click.echo("paced latency: 1 producer (this process) -> 1 consumer process, one 100 B record every 20 us")
-    lat = _paced_latency(data_dir, 5000, 100)
+    from shmbus.cli.bench import latency
+
+    lat = latency(data_dir, 5000, 100)
     click.echo("  one-way latency: " + "  ".join(f"p{p} {_pct(lat, p):.2f} us" for p in (50, 90, 99, 99.9))
                + f"  ({len(lat)} records)")
-
-
-def _bench_consumer(data_dir, topic, n, ready, out_q):
-    from shmbus.bus import Bus
-
-    lat = np.empty(n, np.int64)
-    got = 0
-    _load_kernels("scan_ring")
-    with Bus(data_dir) as bus, bus.consumer(topic, auto_offset_reset="earliest") as c:
-        ready.set()
-        t_end = time.monotonic() + 120
-        while got < n and time.monotonic() < t_end:
-            for recs in c.poll(timeout_ms=100).values():
-                now = time.perf_counter_ns()
-                for r in recs:
-                    lat[got] = now - int.from_bytes(r.value[:8], "little")
-                    got += 1
-    out_q.put(lat[:got])
-
-
-def _paced_latency(data_dir, n: int, size: int, progress: bool = False) -> np.ndarray:
-    """One-way latencies (ns) of ``n`` paced records, producer here, consumer in another process."""
-    from shmbus.bus import Bus
-    from shmbus.errors import UnknownTopicError
-
-    topic = "shmbus-latency"
-    with Bus(data_dir) as bus:
-        try:
-            bus.delete_topic(topic)
-        except UnknownTopicError:
-            pass
-        bus.create_topic(topic, partitions=1)
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        ready = ctx.Event()
-        proc = ctx.Process(target=_bench_consumer, args=(bus.data_dir, topic, n, ready, q))
-        proc.start()
-        try:
-            ready.wait(120)
-            time.sleep(0.3)
-            pad = b"x" * max(size - 8, 0)
-            _load_kernels("append_v")
-            with bus.producer() as prod:
-                def run(items):
-                    nxt = time.perf_counter_ns()
-                    for _ in items:
-                        while time.perf_counter_ns() < nxt:
-                            pass
-                        prod.send(topic, time.perf_counter_ns().to_bytes(8, "little") + pad)
-                        nxt += 20_000
-
-                if progress:
-                    with click.progressbar(range(n), label=f"sending {n} x {size} B, one every 20 us") as bar:
-                        run(bar)
-                else:
-                    run(range(n))
-            lat = q.get(timeout=180)
-        finally:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-        bus.delete_topic(topic)
-    return lat
 
 
 __all__ = ["run_demo"]
