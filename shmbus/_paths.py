@@ -15,6 +15,7 @@ Shared memory (``/dev/shm``), all mode 0600::
 
     shmbus-<bus id>-ctl                       wake-up words (layout/ring.py)
     shmbus-<bus id>-<topic id>-<partition>    one ring per partition
+    shmbus-<bus id>-g-<sha1(group id), 12 hex>  a group's committed offsets (layout/groups.py)
 
 A topic id is new for every incarnation of a topic, so a deleted and
 recreated topic never meets its old rings.
@@ -22,6 +23,7 @@ recreated topic never meets its old rings.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -102,6 +104,11 @@ def ctl_name(bid: str) -> str:
 
 def ring_name(bid: str, topic_id: str, partition: int) -> str:
     return f"/shmbus-{bid}-{topic_id}-{partition}"
+
+
+def group_table_name(bid: str, group_id: str) -> str:
+    """The group's offsets table (made by the coordinator only)."""
+    return f"/shmbus-{bid}-g-{hashlib.sha1(group_id.encode()).hexdigest()[:12]}"
 
 
 def segment_name(base_offset: int, suffix: str = ".log") -> str:

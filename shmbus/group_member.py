@@ -28,8 +28,18 @@ thread is stuck is removed after ``max_poll_interval_ms``; a process that is
 stuck as a whole (no heartbeats) after ``session_timeout_ms``; a process that
 died, as soon as the kernel closes its socket.
 
-Commits and ``committed()`` are request/response on the member's connection
-(~50-100 µs here; offsets are not in shared memory yet).
+Commits go through the group's offsets table in shared memory
+(``group_table.py``, ``layout/groups.py``): each ``assign`` names, per
+partition, a slot of the table and this member's owner token there; a commit
+is one kernel call per partition (``kernels/groups.py`` ``commit_offset``: a
+128-bit CAS that writes the offset only while the slot's token is still
+ours), a few µs for several partitions, no socket round trip. A fenced member
+(the coordinator moved the token on: a rebalance, a timeout) gets
+``CommitFailedError`` and writes nothing for that partition. ``committed()``
+of an owned partition reads its slot; of any other, asks the coordinator.
+Partitions without a slot (the coordinator's table full or missing) are
+committed over the connection, as are all commits with
+``SHMBUS_GROUP_COMMIT=socket`` (for comparison; ~0.4 ms here).
 
 Safe for the consumer's one thread plus the member's own background thread.
 If the process forks, the child must not use the parent's consumer.
@@ -46,6 +56,7 @@ import socket
 import threading
 import time
 
+from shmbus import _paths
 from shmbus.errors import (
     CommitFailedError,
     InvalidConfigError,
@@ -128,6 +139,11 @@ class GroupMember:
         self._retry_at = 0.0
         self._want_join = False
         self._closed = False
+        self._slots: dict = {}  # TopicPartition -> (slot, owner token) in the offsets table, while we own it
+        self._table = None  # the group's offsets table, mapped (group_table.GroupTable)
+        self._commit_fn = None  # kernels/groups.py commit_offset's compiled entry point (loaded on first commit)
+        self._bus_id = consumer._bus.id
+        self._shm_commits = os.environ.get("SHMBUS_GROUP_COMMIT", "shm") != "socket"
         # fail early, with the how-to, when no supervisor runs
         self._connect()
 
@@ -290,6 +306,8 @@ class GroupMember:
                 if gone:
                     self._callback("on_partitions_revoked", set(gone))
                 _assign(consumer, [tp for tp in consumer._parts if tp not in set(gone)])
+                for tp in map(_tp, msg["partitions"]):
+                    self._slots.pop(tp, None)
                 self._try_send({"op": "revoked", "gen": msg["gen"], "partitions": msg["partitions"]})
             elif op == "assign":
                 add = [_tp(x) for x in msg["add"]]
@@ -299,12 +317,14 @@ class GroupMember:
                         p = consumer._parts[tp]
                         p.position = off
                         p.cursor = -1
+                    self._take_slots(add, msg)
                 self.generation = msg["gen"]
                 if add:
                     self._callback("on_partitions_assigned", set(add))
                 self._try_send({"op": "applied", "gen": msg["gen"]})
             elif op in ("removed", "lost"):
                 self._drop_all(consumer, msg.get("reason", op), lost=True)
+                self._slots.clear()
                 self.member_id = None
                 if op == "lost":
                     self._close_socket()
@@ -358,6 +378,36 @@ class GroupMember:
             t.join(2)
 
     # --- offsets ---
+    def _take_slots(self, add, msg) -> None:
+        """Remember the table slots and token of newly assigned partitions (mapping the table if new)."""
+        slots = msg.get("slots") or ()
+        if not any(s >= 0 for s in slots):
+            return
+        inc = msg.get("table")
+        if self._table is None or self._table.incarnation != inc:
+            self._close_table()
+            from shmbus.group_table import GroupTable
+
+            try:
+                t = GroupTable.open(_paths.group_table_name(self._bus_id, self.group_id))
+            except Exception as e:  # noqa: BLE001 (commits of these partitions go over the socket)
+                log.warning("group %s: cannot map the offsets table, committing over the socket: %s", self.group_id, e)
+                return
+            if t.incarnation != inc:  # made again since this assign was sent: the next assign names it
+                t.close()
+                return
+            self._table = t
+        tok = int(msg["token"])
+        for tp, s in zip(add, slots):
+            if s >= 0:
+                self._slots[tp] = (int(s), tok)
+
+    def _close_table(self) -> None:
+        t, self._table = self._table, None
+        self._slots.clear()
+        if t is not None:
+            t.close()
+
     def _positions(self, consumer, tps=None) -> dict:
         parts = consumer._parts
         return {tp: parts[tp].position for tp in (tps if tps is not None else parts)
@@ -380,6 +430,32 @@ class GroupMember:
             raise CommitFailedError(
                 f"commit refused: this consumer is not a member of its group right now: group={self.group_id!r} "
                 f"(it was removed or lost the coordinator; poll() rejoins; commit what you read after that)")
+        slots = self._slots
+        if slots and self._shm_commits:
+            fn = self._commit_fn
+            if fn is None:
+                from shmbus.kernels import groups as KG
+
+                fn = self._commit_fn = KG.entry("commit_offset")
+            addr = self._table.address
+            rest = {}
+            fenced = None
+            for tp, off in offsets.items():
+                s = slots.get(tp)
+                if s is None:
+                    rest[tp] = off
+                elif fn(addr, s[0], s[1], off) != 0 and fenced is None:
+                    fenced = tp
+            if fenced is not None:
+                s = slots[fenced]
+                raise CommitFailedError(
+                    f"commit refused: the partition is no longer owned by this member: group={self.group_id!r} "
+                    f"member_id={self.member_id} topic={fenced.topic!r} partition={fenced.partition} "
+                    f"generation={s[1] >> 32} (the coordinator moved it in a rebalance or removed this member; "
+                    f"nothing was written for it; poll() applies the change, and commit only what you read after it)")
+            if not rest:
+                return
+            offsets = rest
         try:
             resp = self._call({"op": "commit", "gen": self.generation,
                                "offsets": [[tp.topic, tp.partition, off] for tp, off in offsets.items()]})
@@ -397,6 +473,10 @@ class GroupMember:
 
     def committed(self, tp):
         tp = TopicPartition(*tp)
+        s = self._slots.get(tp)
+        if s is not None and self._shm_commits:
+            off = self._table.offset(s[0])
+            return None if off < 0 else off
         msg = {"op": "committed", "group": self.group_id, "partitions": [list(tp)]}
         if self._sock is not None:
             try:
@@ -414,6 +494,7 @@ class GroupMember:
         if consumer._parts:
             self._callback("on_partitions_revoked", set(consumer._parts))
         _assign(consumer, [])
+        self._slots.clear()
         if self.member_id is not None and self._sock is not None:
             try:
                 self._call({"op": "leave"}, timeout=5.0)
@@ -431,6 +512,7 @@ class GroupMember:
         finally:
             self._closed = True
             self._close_socket()
+            self._close_table()
 
 
 def _tp(x) -> TopicPartition:

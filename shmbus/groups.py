@@ -5,7 +5,9 @@ states and committed offsets; end offsets and lag are read here, from the
 rings. With no supervisor running, the groups' checkpoints on disk
 (``data_dir/groups/*.json``) answer: committed offsets, no members, state
 ``Empty`` (or ``Dead`` when the group has no offsets), as Kafka describes a
-group nobody is in. Safe in any process; one request per call.
+group nobody is in; offsets still in a group's shared-memory table (its
+supervisor was killed after they were committed) are newer and win. Safe in
+any process; one request per call.
 """
 
 from __future__ import annotations
@@ -81,9 +83,35 @@ def describe_raw(bus, group_id: str) -> dict:
     )
 
     ck = read_checkpoint(checkpoint_path(bus.data_dir, group_id)) or {}
-    offsets = flat_offsets(ck.get("offsets"))
+    offsets = _with_table(bus, group_id, flat_offsets(ck.get("offsets")))
     return {"group_id": group_id, "state": "Empty" if offsets else "Dead",
             "generation": int(ck.get("generation", 0)), "members": [], "offsets": offsets}
+
+
+def _with_table(bus, group_id: str, offsets: list) -> list:
+    """``offsets`` ([[topic, partition, offset], ...]) overlaid with the group's table, if one is left in /dev/shm."""
+    import posix_ipc
+
+    from shmbus import _paths
+    from shmbus.errors import ShmbusError
+    from shmbus.group_table import GroupTable
+    from shmbus.layout import groups as GL
+
+    try:
+        t = GroupTable.open(_paths.group_table_name(bus.id, group_id))
+    except (posix_ipc.Error, ShmbusError, OSError, ValueError):
+        return offsets
+    try:
+        names = {GL.topic_key(x): x for x in set(bus.list_topics()) | {o[0] for o in offsets}}
+        out = {(o[0], int(o[1])): int(o[2]) for o in offsets}
+        for s in range(min(t.used(), t.slots)):
+            key, part, flags = t.slot_meta(s)
+            off = t.offset(s)
+            if flags & GL.FLAG_USED and off >= 0 and key in names:
+                out[(names[key], int(part))] = off
+        return [[tp, p, o] for (tp, p), o in sorted(out.items())]
+    finally:
+        t.close()
 
 
 def describe_group(bus, group_id: str) -> GroupDescription:

@@ -674,3 +674,6 @@ def warm() -> None:
     release(buf, 0, 0)
     unblock_reserved(buf, 0, 0)
     unblock_free(buf, 0)
+    from shmbus.kernels import groups as G
+
+    G.warm()  # the group offsets table's kernels (commits)

@@ -24,8 +24,11 @@ Protocol (one JSON object per line; ``id`` marks a request that gets a
       revoked    {gen, partitions}          the member stopped reading these
       applied    {gen}                      the member applied an ``assign``
       commit     {gen, offsets}             (reply) refused unless the member owns each partition
+                                            (partitions without a slot; see "Committed offsets")
     coordinator -> member
-      assign     {gen, add, committed}      start reading ``add`` at ``committed`` (or the reset)
+      assign     {gen, add, committed, slots, token, table}
+                                            start reading ``add`` at ``committed`` (or the reset);
+                                            commit them into table slots ``slots`` with ``token``
       revoke     {gen, partitions}          stop reading these, then answer ``revoked``
       removed    {reason}                   no longer a member (timeouts); poll() rejoins
     admin (any connection)
@@ -43,9 +46,31 @@ partition is granted to its new owner only when its old owner answered
 ``revoked``, left, or its connection closed. So a partition never has two
 owners, and partitions that do not move are read throughout.
 
-Committed offsets live in memory here and are checkpointed to
-``data_dir/groups/<group, %-quoted>.json`` (written to a temporary file,
-fsynced, renamed) at most ``CHECKPOINT_S`` after a change, and at stop.
+Committed offsets. Each group has an offsets table in shared memory
+(``group_table.py``, bytes in ``layout/groups.py``), made here on the group's
+first grant: one slot per (topic, partition) the group was ever granted,
+holding (owner token, committed offset) as one 128-bit word. Granting a
+partition moves the slot's token to the new owner's (generation << 32 |
+member number) with a 128-bit CAS that also reads the committed offset;
+a revoke acknowledged, a member removed or its death moves it to 0 the same
+way. Members commit into their slots with a CAS that requires their token
+(``kernels/groups.py``): no socket round trip, and a fenced member's commit
+fails without writing. Partitions without a slot (the table is full, or it
+could not be made) are committed over the socket (``commit``), as are
+commits of members told to (``SHMBUS_GROUP_COMMIT=socket``); those also land
+in the slot, if any, so the table stays the truth for every slot.
+
+The offsets are read from the table every ``CHECKPOINT_S`` and before any
+answer that shows them (``committed``, ``describe``, ``list``), and
+checkpointed to ``data_dir/groups/<group, %-quoted>.json`` (written to a
+temporary file, fsynced, renamed) when they changed, and at stop. A clean
+stop first moves every token to 0 (so no commit lands after the last
+checkpoint), writes the checkpoints, then unlinks the tables. A coordinator
+that finds a table at start (its predecessor was killed; the machine did not
+reboot) adopts its offsets, which are newer than the checkpoint, and moves
+every token to 0 at once, fencing the old members; its generations start
+above every generation in the table, so no new token equals an old one.
+After a reboot the tables are gone and the checkpoints answer.
 The checkpoint also lists the members' pids: a restarted coordinator grants
 nothing in a group until those processes rejoined or died (or a session
 timeout passed), so a member of the old coordinator cannot still be reading
@@ -65,10 +90,14 @@ import threading
 import time
 import urllib.parse
 
+import numpy as np
+import posix_ipc
 import psutil
 
 from shmbus import _paths, assignors, metadata
-from shmbus.errors import UnknownTopicError
+from shmbus.errors import ShmbusError, UnknownTopicError
+from shmbus.group_table import GroupTable
+from shmbus.layout import groups as GL
 from shmbus.records import TopicPartition
 
 TICK_S = 0.05  # timeouts and topic changes are checked this often
@@ -119,6 +148,7 @@ class _Member:
         "id",
         "last_hb",
         "max_poll_interval_ms",
+        "num",
         "owned",
         "pattern",
         "pid",
@@ -131,8 +161,9 @@ class _Member:
         "unapplied",
     )
 
-    def __init__(self, mid, group, conn, msg, now):
+    def __init__(self, mid, num, group, conn, msg, now):
         self.id = mid
+        self.num = num  # the member number in its owner tokens
         self.group = group
         self.conn = conn
         self.pid = int(msg.get("pid", 0))
@@ -174,6 +205,12 @@ class _Group:
         self.rebalances: list = []  # [(reason, ms), ...] newest last
         self.hold_until = None  # after a restart: grant nothing until the old members are back or gone
         self.hold_pids: set = set()
+        self.table: GroupTable | None = None  # the offsets table (made on the first grant)
+        self.table_error = None  # why there is none (then commits go over the socket)
+        self.slots: dict[TopicPartition, int] = {}
+        self.slot_tp: list = []  # slot -> TopicPartition (None: a slot of a topic we cannot name)
+        self.tokens: dict[TopicPartition, int] = {}  # owner tokens now in the table
+        self.seen = np.zeros(0, np.int64)  # the slots' offsets at the last read
 
     def state(self) -> str:
         if not self.members:
@@ -191,6 +228,7 @@ class Coordinator:
 
     def __init__(self, data_dir: str, log=None):
         self.data_dir = data_dir
+        self.bus_id = _paths.bus_id(data_dir)
         self.log = log or (lambda msg: print(f"shmbus coordinator: {msg}", file=sys.stderr, flush=True))
         self.groups: dict[str, _Group] = {}
         self.topics: dict[str, tuple[str, int]] = {}  # name -> (id, partitions)
@@ -204,13 +242,15 @@ class Coordinator:
         self._thread = None
         self._writes: queue.Queue = queue.Queue()
         self._writer = None
+        self._write_failed = False
         assignors.load_plugins()
 
     # --- life ---
     def start(self) -> None:
         os.makedirs(groups_dir(self.data_dir), mode=0o700, exist_ok=True)
-        self._load()
         self._refresh_topics()
+        self._load()
+        self._adopt_tables()
         path = socket_path(self.data_dir)
         try:
             os.unlink(path)
@@ -246,11 +286,22 @@ class Coordinator:
             os.unlink(socket_path(self.data_dir))
         except FileNotFoundError:
             pass
+        for g in self.groups.values():
+            if g.table is not None:
+                for tp in list(g.tokens):  # no commit lands after the last checkpoint
+                    self._release(g, tp)
+                self._refresh(g)
         for g in self.groups.values():  # members are gone with the socket: keep their pids for the hold
             self._write(g)
         self._writes.put(None)
         if self._writer is not None:
             self._writer.join(10)
+        for g in self.groups.values():
+            if g.table is not None:
+                if not self._write_failed and (self._writer is None or not self._writer.is_alive()):
+                    g.table.unlink()  # every offset is in the checkpoint now
+                g.table.close()
+                g.table = None
 
     def _loop(self) -> None:
         next_tick = 0.0
@@ -367,6 +418,7 @@ class Coordinator:
                 for tp in map(_tp, msg.get("partitions", ())):
                     if g.owner.get(tp) == m.id:
                         del g.owner[tp]
+                        self._release(g, tp)
                     m.owned.discard(tp)
                     m.revoking.discard(tp)
                 self._push(g)
@@ -382,7 +434,7 @@ class Coordinator:
             g = self._group(msg.get("group"))
             self._check_topics()  # a topic made just before the join is in the first assignment
             self._seq += 1
-            m = _Member(f"{g.id}-{self._seq}-{int(msg.get('pid', 0))}", g, c, msg, now)
+            m = _Member(f"{g.id}-{self._seq}-{int(msg.get('pid', 0))}", self._seq, g, c, msg, now)
             g.members[m.id] = m
             c.member = m
             c.removed_reason = None
@@ -404,8 +456,12 @@ class Coordinator:
         elif op == "committed":
             g = self.groups.get(msg.get("group"))
             tps = [_tp(x) for x in msg.get("partitions", ())]
+            if g is not None:
+                self._refresh(g)
             self._reply(c, msg, offsets=[g.offsets.get(tp) if g else None for tp in tps])
         elif op == "list":
+            for g in self.groups.values():
+                self._refresh(g)
             self._reply(c, msg, groups=sorted(gid for gid, g in self.groups.items() if g.members or g.offsets))
         elif op == "describe":
             self._reply(c, msg, **self.describe(msg.get("group")))
@@ -438,6 +494,13 @@ class Coordinator:
                 raise ValueError(f"offset must be >= 0: offset={off}")
         for tp, off in offsets:
             g.offsets[tp] = off
+            if tp in g.tokens:  # the table is the truth for its slots: write there too
+                from shmbus.kernels import groups as KG
+
+                st = KG.commit_offset(g.table.address, g.slots[tp], g.tokens[tp], off)
+                if st != KG.OK:
+                    self.log(f"commit into the offsets table failed: status={st} group={g.id!r} "
+                             f"topic={tp.topic!r} partition={tp.partition}")
         g.dirty = True
         self._reply(c, msg)
 
@@ -450,6 +513,7 @@ class Coordinator:
         for tp in m.owned:
             if g.owner.get(tp) == m.id:
                 del g.owner[tp]
+                self._release(g, tp)  # fenced: its commits fail from now on
         m.owned.clear()
         m.revoking.clear()
         c = m.conn
@@ -507,14 +571,18 @@ class Coordinator:
                 continue  # dropped while sending
             add = [] if held else sorted(tp for tp, mid in g.target.items() if mid == m.id and tp not in g.owner)
             if add or m.sent_gen != gen:
+                slots = []
                 for tp in add:
                     g.owner[tp] = m.id
                     g.grant_gen[tp] = gen
                     m.owned.add(tp)
+                    slots.append(self._grant(g, tp, GL.token(gen, m.num)))
                 m.sent_gen = gen
                 m.unapplied += 1
                 self._send(m.conn, {"op": "assign", "gen": gen, "add": add,
-                                    "committed": [g.offsets.get(tp) for tp in add]})
+                                    "committed": [g.offsets.get(tp) for tp in add],
+                                    "slots": slots, "token": GL.token(gen, m.num),
+                                    "table": g.table.incarnation if g.table is not None else None})
         if g.excluded and not any(tp.topic in g.excluded for tp in g.owner):
             g.excluded = set()
             self._rebalance(g, "topic recreated")
@@ -559,6 +627,7 @@ class Coordinator:
         if now >= self._next_checkpoint:
             self._next_checkpoint = now + CHECKPOINT_S
             for g in self.groups.values():
+                self._refresh(g)
                 if g.dirty:
                     self._write(g)
 
@@ -603,6 +672,125 @@ class Coordinator:
         new = sorted({t for t, _, _ in sig} - set(old))
         self._rebalance(g, f"topics changed: new={new} deleted={gone} recreated={sorted(recreated)}")
 
+    # --- the offsets table ---
+    def _table(self, g: _Group) -> GroupTable | None:
+        """The group's table, made now if it has none (None if it cannot be made: socket commits then)."""
+        if g.table is None and g.table_error is None:
+            name = _paths.group_table_name(self.bus_id, g.id)
+            try:
+                try:
+                    g.table = GroupTable.create(name, g.id, GL.SLOTS)
+                except posix_ipc.ExistentialError:  # a leftover nobody adopted (a group id cut in its header?)
+                    _unlink_shm(name)
+                    g.table = GroupTable.create(name, g.id, GL.SLOTS)
+            except (ShmbusError, OSError, posix_ipc.Error) as e:
+                g.table_error = str(e)
+                self.log(f"no offsets table for the group, its commits go over the socket: group={g.id!r}: {e}")
+        return g.table
+
+    def _grant(self, g: _Group, tp: TopicPartition, tok: int) -> int:
+        """Make ``tok`` the owner of tp's slot (a slot is given on first use); returns the slot, or -1."""
+        t = self._table(g)
+        if t is None:
+            return -1
+        from shmbus.kernels import groups as KG
+
+        slot = g.slots.get(tp)
+        if slot is None:
+            slot = t.publish_slot(tp.topic, tp.partition, g.offsets.get(tp, GL.NO_OFFSET))
+            if slot < 0:
+                if g.table_error is None:
+                    g.table_error = f"the offsets table is full: slots={t.slots}"
+                    self.log(f"the group's offsets table is full, commits of partitions without a slot go over "
+                             f"the socket: group={g.id!r} slots={t.slots}")
+                return -1
+            g.slots[tp] = slot
+            g.slot_tp.append(tp)
+        off = KG.set_owner(t.address, slot, KG.ANY, tok)
+        self._take_offset(g, tp, off)
+        g.tokens[tp] = tok
+        return slot
+
+    def _release(self, g: _Group, tp: TopicPartition) -> None:
+        """tp has no owner now: its slot's token goes to 0 (the offset it held is kept)."""
+        tok = g.tokens.pop(tp, None)
+        if tok is None or g.table is None:
+            return
+        from shmbus.kernels import groups as KG
+
+        self._take_offset(g, tp, KG.set_owner(g.table.address, g.slots[tp], KG.ANY, GL.NO_OWNER))
+
+    def _take_offset(self, g: _Group, tp: TopicPartition, off: int) -> None:
+        if off >= 0 and g.offsets.get(tp) != off:
+            g.offsets[tp] = off
+            g.dirty = True
+
+    def _refresh(self, g: _Group) -> None:
+        """Bring the offsets committed into the table into ``g.offsets`` (marks the group dirty if any changed)."""
+        if g.table is None or not g.slot_tp:
+            return
+        from shmbus.kernels import groups as KG
+
+        n = len(g.slot_tp)
+        now = np.empty(n, np.int64)
+        KG.snapshot(g.table.address, n, now)
+        old = g.seen
+        if len(old) == n:
+            changed = np.flatnonzero(now != old)
+        else:
+            changed = range(n)
+        for s in changed:
+            tp = g.slot_tp[s]
+            if tp is not None:
+                self._take_offset(g, tp, int(now[s]))
+        g.seen = now
+
+    def _adopt_tables(self) -> None:
+        """Tables left by a coordinator that was killed: adopt their offsets, fence their members."""
+        from shmbus.kernels import groups as KG
+
+        prefix = f"shmbus-{self.bus_id}-g-"
+        try:
+            names = sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
+        except OSError:
+            names = []
+        for n in names:
+            name = "/" + n
+            try:
+                t = GroupTable.open(name)
+            except (posix_ipc.Error, ShmbusError, OSError, ValueError) as e:
+                self.log(f"removing an offsets table that cannot be read: name={name}: {e}")
+                _unlink_shm(name)
+                continue
+            gid = t.group_id()
+            if not gid or _paths.group_table_name(self.bus_id, gid) != name:
+                self.log(f"removing an offsets table whose group id is cut or wrong: name={name}")
+                t.close()
+                _unlink_shm(name)
+                continue
+            g = self._group(gid)
+            keys = {GL.topic_key(x): x for x in set(self.topics) | {tp.topic for tp in g.offsets}}
+            top_gen = 0
+            lost = 0
+            for s in range(min(t.used(), t.slots)):
+                key, part, flags = t.slot_meta(s)
+                top_gen = max(top_gen, GL.token_generation(t.token(s)))
+                off = KG.set_owner(t.address, s, KG.ANY, GL.NO_OWNER)  # the old members are fenced
+                topic = keys.get(key) if flags & GL.FLAG_USED else None
+                if topic is None:
+                    g.slot_tp.append(None)
+                    lost += off >= 0
+                    continue
+                tp = TopicPartition(topic, int(part))
+                g.slots[tp] = s
+                g.slot_tp.append(tp)
+                self._take_offset(g, tp, off)  # newer than the checkpoint
+            g.table = t
+            g.generation = max(g.generation, top_gen) + 1  # no new token equals an old one
+            g.dirty = True
+            self.log(f"adopted the offsets table of a previous coordinator: group={gid!r} slots={len(g.slot_tp)}"
+                     + (f" (offsets of {lost} partitions of topics that no longer exist dropped)" if lost else ""))
+
     # --- checkpoints ---
     def _snapshot(self, g: _Group) -> dict:
         return {
@@ -636,6 +824,7 @@ class Coordinator:
                         os.fsync(f.fileno())
                     os.replace(tmp, path)
                 except OSError as e:
+                    self._write_failed = True
                     self.log(f"cannot write the group checkpoint: path={path}: {e}")
             if item is None:
                 return
@@ -665,6 +854,7 @@ class Coordinator:
         g = self.groups.get(gid)
         if g is None:
             return {"group_id": gid, "state": "Dead", "generation": 0, "members": [], "offsets": []}
+        self._refresh(g)
         return {
             "group_id": g.id, "state": g.state(), "generation": g.generation, "strategy": g.strategy,
             "members": [{"member_id": m.id, "pid": m.pid, "assignment": sorted(m.owned),
@@ -686,6 +876,13 @@ def _nested(offsets: dict) -> dict:
 def flat_offsets(nested: dict) -> list:
     """The checkpoint's offsets as [[topic, partition, offset], ...]."""
     return [[t, int(p), int(o)] for t, ps in (nested or {}).items() for p, o in ps.items()]
+
+
+def _unlink_shm(name: str) -> None:
+    try:
+        posix_ipc.unlink_shared_memory(name)
+    except posix_ipc.ExistentialError:
+        pass
 
 
 def _alive(pid: int) -> bool:
