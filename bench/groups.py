@@ -15,7 +15,10 @@ Times are ``time.time()`` across processes, taken by the members in their
 rebalance listeners (so they include waking a sleeping ``poll``). The
 coordinator's own figure (trigger to every member having applied its
 assignment) is shown beside it. Commit: ``commit()`` of 6 partitions,
-synchronous, over the member's socket to the coordinator, in this process.
+synchronous, in this process, each call timed: through the group's offsets
+table in shared memory (the default), then over the member's socket to the
+coordinator (the path before the table, kept for partitions without a slot
+and reachable with ``SHMBUS_GROUP_COMMIT=socket``), interleaved in blocks.
 
     /work/venv/bin/python bench/groups.py            # full: 5 rounds
     /work/venv/bin/python bench/groups.py --quick    # 1 round
@@ -141,18 +144,39 @@ def run_round(bus, ctl, kids, base, rnd):
 
 
 def commit_cost(bus, n):
+    """Per-call commit() times, µs: {"shm": [...], "socket": [...]} (blocks of 100, interleaved)."""
     c = bus.consumer(TOPIC, group_id="commit-bench", enable_auto_commit=False)
+    m = c._member
     try:
         wait(lambda: (c.poll(timeout_ms=10), len(c.assignment()) == PARTS)[1], 30, "commit-bench assignment")
         for tp in c.assignment():
             c.position(tp)
-        c.commit()
-        t = time.perf_counter()
-        for _ in range(n):
+        if len(m._slots) != PARTS:
+            raise RuntimeError(f"the member has {len(m._slots)} table slots, not {PARTS}: no shm commits")
+        out = {"shm": [], "socket": []}
+        for shm in (True, False):  # a warm-up of each path (the first loads the kernel)
+            m._shm_commits = shm
             c.commit()
-        return (time.perf_counter() - t) / n * 1e6
+        pc = time.perf_counter
+        while len(out["shm"]) < n:
+            for key, shm in (("shm", True), ("socket", False)):
+                m._shm_commits = shm
+                ts = out[key]
+                for _ in range(100):
+                    t = pc()
+                    c.commit()
+                    ts.append((pc() - t) * 1e6)
+        return out
     finally:
+        m._shm_commits = True
         c.close()
+
+
+def pct(vs, q):
+    if not vs:
+        return None
+    vs = sorted(vs)
+    return vs[min(len(vs) - 1, int(q / 100 * len(vs)))]
 
 
 def main(argv=None) -> int:
@@ -165,6 +189,7 @@ def main(argv=None) -> int:
     results = {k: [] for k in keys}
     errors = []
     commit_us = None
+    commit = {}
     import tempfile
 
     with C.temp_bus() as (bus, _d), C.Children() as kids, tempfile.TemporaryDirectory() as ctl:
@@ -185,7 +210,10 @@ def main(argv=None) -> int:
             for k in keys:
                 results[k].append(res.get(k))
         try:
-            commit_us = commit_cost(bus, 200 if args.quick else 2000)
+            times = commit_cost(bus, 200 if args.quick else 2000)
+            commit = {k: {"p50_us": pct(v, 50), "p99_us": pct(v, 99), "mean_us": sum(v) / len(v), "n": len(v)}
+                      for k, v in times.items()}
+            commit_us = commit["shm"]["mean_us"]
         except Exception as e:  # noqa: BLE001
             errors.append(f"commit: {e!r}")
         for name in base:
@@ -204,13 +232,16 @@ def main(argv=None) -> int:
     print()
     print(table)
     print()
-    print(f"commit() of 6 partitions (synchronous, socket round trip to the coordinator): "
-          f"{C.fmt_num(commit_us)} µs")
+    for key, what in (("shm", "shared-memory offsets table"), ("socket", "socket round trip, the old path")):
+        r = commit.get(key) or {}
+        print(f"commit() of 6 partitions ({what}): p50 {C.fmt_num(r.get('p50_us'))} µs, "
+              f"p99 {C.fmt_num(r.get('p99_us'))} µs")
     if errors:
         print("\nERRORS:\n" + "\n".join(errors))
     out = C.out_path(NAME, args)
     C.write_json(out, {"benchmark": NAME, "env": env, "quick": args.quick, "rounds": rounds,
                        "summary": {k: C.summary(results[k]) for k in keys}, "commit_us": commit_us,
+                       "commit": commit,
                        "per_round": results, "errors": errors, "table_markdown": table})
     print(f"\nJSON: {os.path.relpath(out, os.getcwd())}")
     return 1 if errors else 0
