@@ -670,6 +670,25 @@ class Consumer:
             got = self._take1(solo, self.max_poll_records)  # one record waiting: no further checks
             if got:
                 return {solo.tp: got}
+            if got is not None and timeout_ms and self._spin_s:
+                # nothing yet: spin here on the header word (the common wait of a follower), then
+                # read; _poll's general loop takes over for sleeping and everything else
+                c = solo.cursor
+                q = solo.qwords
+                i = solo.hq + ((c & solo.mask) >> 3)
+                end = time.monotonic() + min(self._spin_s, timeout_ms / 1000.0)
+                while True:
+                    for _ in range(32):
+                        w = q[i]
+                        if w and (w >> 32) & 0xFF != 3:  # published (DATA, or padding for _poll to skip)
+                            got = self._take1(solo, self.max_poll_records)
+                            if got:
+                                return {solo.tp: got}
+                            break
+                    else:
+                        if time.monotonic() < end and q[_W_RECLAIMING] <= c:
+                            continue
+                    break
         return self._poll(timeout_ms, max_records, False)
 
     def poll_batch(self, timeout_ms=0, max_records=None) -> dict:

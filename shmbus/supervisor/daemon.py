@@ -81,6 +81,7 @@ class Supervisor:
         self.lock = threading.Lock()
         self._stamp = None
         self.cleaner = cleaner.Cleaner()
+        self._spill_errors: dict = {}
         self.rounds = 0  # spill rounds, the time they took, and the longest
         self.busy_s = 0.0
         self.round_max_s = 0.0
@@ -174,9 +175,21 @@ class Supervisor:
                 sp.roll_if_old(now_ms)
             except FileNotFoundError:
                 continue  # the topic is being deleted; the next rescan drops it
+            except Exception as e:  # noqa: BLE001 (a full disk, say: keep the other partitions going)
+                self._spill_failed(sp, e)
+                continue
             backlogs.append((sp.ring.claim_position() - sp.spilled_pos, sp.ring.ring_bytes))
             blocked = blocked or sp.stuck
         return next_round_wait(backlogs, blocked)
+
+    def _spill_failed(self, sp, e: Exception) -> None:
+        """Log a failed spill (at most once a minute per partition and error); the next round retries."""
+        key = (sp.writer.pdir, type(e).__name__, str(e))
+        now = time.monotonic()
+        if now - self._spill_errors.get(key, -1e9) >= 60:
+            self._spill_errors[key] = now
+            log(f"spill failed, retrying: dir={sp.writer.pdir} error={type(e).__name__}: {e}")
+        time.sleep(0.01)
 
     def run(self) -> None:
         from shmbus.kernels import frames as K
@@ -205,7 +218,8 @@ class Supervisor:
                 last_keep = now
             if wait > 0:
                 self.ctl.spiller_sleep(seen, wait)
-        # a last spill so that what is published is on disk
+        # a last spill so that what is published is on disk (topics made since the last rescan too)
+        self.rescan(force=False)
         self.spill_all()
         for sp in self.spillers.values():
             sp.writer.fsync_all()  # and the recovery point moves to the log end: a quick restart
