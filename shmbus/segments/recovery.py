@@ -218,14 +218,6 @@ def rebuild_indexes(pdir: str, base: int, scan: SegmentScan | None = None) -> No
     write_indexes(pdir, base, ent, tent)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def recover_partition(pdir: str) -> Report:
     """Make one partition's files whole (see the module doc). Run before spilling into it."""
     rep = Report()
@@ -267,7 +259,7 @@ def recover_partition(pdir: str) -> Report:
                         pass
                 rep.truncated.append((_seg_path(pdir, later), -1, 0, "after a torn segment"))
             break
-    _fsync_dir(pdir)
+    swap.fsync_dir(pdir)
     return rep
 
 

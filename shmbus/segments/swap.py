@@ -34,7 +34,8 @@ CLEANED = ".cleaned"
 INDEX_EXTS = (".index", ".timeindex")
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (creates, renames, unlinks) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -69,7 +70,7 @@ def commit_cleaned(pdir: str, base: int) -> None:
     os.rename(_seg_path(pdir, base) + CLEANED, _seg_path(pdir, base))
     for ext in INDEX_EXTS:
         os.rename(_seg_path(pdir, base, ext) + CLEANED, _seg_path(pdir, base, ext))
-    _fsync_dir(pdir)
+    fsync_dir(pdir)
 
 
 def discard_cleaned(pdir: str, base: int) -> None:
@@ -113,7 +114,7 @@ def resolve_leftovers(pdir: str) -> list[str]:
             _unlink(path)  # a deleted segment's index
             done.append(f"deleted {n}")
     if done:
-        _fsync_dir(pdir)
+        fsync_dir(pdir)
     return done
 
 

@@ -84,7 +84,6 @@ import os
 import queue
 import re
 import selectors
-import socket
 import sys
 import threading
 import time
@@ -99,6 +98,7 @@ from shmbus.errors import ShmbusError, UnknownTopicError
 from shmbus.group_table import GroupTable
 from shmbus.layout import groups as GL
 from shmbus.records import TopicPartition
+from shmbus.supervisor.sockets import listen_unix
 
 TICK_S = 0.05  # timeouts and topic changes are checked this often
 TOPIC_CHECK_S = 0.2
@@ -252,18 +252,7 @@ class Coordinator:
         self._load()
         self._adopt_tables()
         path = socket_path(self.data_dir)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o077)
-        try:
-            s.bind(path)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        s.listen(128)
+        s = listen_unix(path, 128)
         s.setblocking(False)
         self._lsock = s
         self._sel.register(s, selectors.EVENT_READ, None)

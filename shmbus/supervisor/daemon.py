@@ -29,6 +29,7 @@ from shmbus.bus import open_or_recreate_ring
 from shmbus.ring import ControlBlock
 from shmbus.segments import recovery
 from shmbus.supervisor import cleaner, retention
+from shmbus.supervisor.sockets import listen_unix
 from shmbus.supervisor.spill import PartitionSpiller
 
 IDLE_WAIT_S = 0.05  # the spiller's longest sleep; producers ring the spill bell when a ring passes half full
@@ -228,19 +229,7 @@ class Supervisor:
 
     # --- control socket ---
     def start_control(self) -> None:
-        path = _paths.socket_path(self.data_dir)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o077)
-        try:
-            s.bind(path)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        s.listen(64)
+        s = listen_unix(_paths.socket_path(self.data_dir), 64)
         s.settimeout(0.2)
         self.sock = s
         threading.Thread(target=self._serve, name="control", daemon=True).start()
