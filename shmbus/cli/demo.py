@@ -30,7 +30,7 @@ def _producer(data_dir, topic, pid_, n, start_evt, out_q):
 
     _load_kernels("append_v", "append_kv", "append_any")
     with Bus(data_dir) as bus, bus.producer() as prod:
-        start_evt.wait(60)
+        start_evt.wait(120)  # a barrier: every producer is loaded, then all start together
         t0 = time.perf_counter()
         for i in range(n):
             key = f"sensor-{(pid_ * 7919 + i) % 64}".encode()
@@ -90,7 +90,7 @@ def run_demo(data_dir, records: int, producers: int, partitions: int) -> None:
                    f"{producers} producer process(es) x {records} keyed records with headers, 1 consumer process")
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
-        start = ctx.Event()
+        start = ctx.Barrier(producers + 1)
         ready = ctx.Event()
         total = records * producers
         cons = ctx.Process(target=_consumer, args=(bus.data_dir, topic, total, ready, q))
@@ -100,8 +100,7 @@ def run_demo(data_dir, records: int, producers: int, partitions: int) -> None:
         for p in prods:
             p.start()
         ready.wait(120)
-        time.sleep(0.5)  # let the producers finish importing
-        start.set()
+        start.wait(120)  # the producers have loaded their kernels: the clock starts for all at once
         results = []
         try:
             for _ in range(producers + 1):
