@@ -133,7 +133,7 @@ class SegmentWriter:
         self.fd = -1
         self.ifd = -1
         self.tfd = -1
-        self._flushing: list[threading.Event] = []  # rolled segments whose fsync is under way
+        self._flushing: list[tuple] = []  # (fds, done event) of rolled segments whose fsync is under way
         self.next_offset = -1
         if segs:
             self._open(segs[-1], now_ms)
@@ -145,17 +145,34 @@ class SegmentWriter:
             return
         fds = (self.fd, self.ifd, self.tfd)
         self.fd = self.ifd = self.tfd = -1
-        self._flushing = [e for e in self._flushing if not e.is_set()]
-        self._flushing.append(_FLUSHER.submit(fds, self.pdir, max(self.next_offset, 0)))
+        self._flushing = [(f, e) for f, e in self._flushing if not e.is_set()]
+        self._flushing.append((fds, _FLUSHER.submit(fds, self.pdir, max(self.next_offset, 0))))
         self.dirty = False
 
     def wait_flushed(self, timeout: float | None = None) -> bool:
-        """Wait for the fsyncs of rolled segments (acks='disk' waits for these too)."""
-        for e in self._flushing:
+        """Wait for the flusher to finish the rolled segments (before closing: no fd is left open)."""
+        for _fds, e in self._flushing:
             if not e.wait(timeout):
                 return False
         self._flushing = []
         return True
+
+    def _sync_rolled(self) -> None:
+        """fsync rolled segments still waiting for the flusher, here, without waiting for it.
+
+        The flusher may be busy with other partitions' segments. The flusher
+        closes an fd only after its fsync, so an fd closed meanwhile is synced
+        already (EBADF, or a reused number: an extra fsync of another file).
+        """
+        for fds, e in self._flushing:
+            if e.is_set():
+                continue
+            for fd in fds:
+                try:
+                    os.fsync(fd)
+                except OSError:
+                    pass
+        self._flushing = [(f, e) for f, e in self._flushing if not e.is_set()]
 
     def _open(self, base: int, now_ms: int) -> None:
         self._retire()  # fsynced in the background; recovery checks it until that is done
@@ -181,7 +198,7 @@ class SegmentWriter:
 
     def close(self) -> None:
         """Close the active segment's files (not fsynced: see fsync_all) after the rolled ones are flushed."""
-        self.wait_flushed()
+        self.wait_flushed(30)
         for name in ("fd", "ifd", "tfd"):
             fd = getattr(self, name, -1)
             if fd >= 0:
@@ -203,7 +220,8 @@ class SegmentWriter:
 
     def fsync_all(self) -> None:
         """fsync everything written (before a clean stop): rolled segments, the active one and its indexes."""
-        self.wait_flushed()
+        self._sync_rolled()
+        self.wait_flushed(30)  # so that the flusher's (older) recovery points are written before ours
         for fd in (self.fd, self.ifd, self.tfd):
             if fd >= 0:
                 os.fsync(fd)
@@ -284,7 +302,7 @@ class SegmentWriter:
 
     def fsync(self) -> None:
         """Make every record written so far durable (acks='disk'): rolled segments too."""
-        self.wait_flushed()
+        self._sync_rolled()
         if self.fd >= 0 and self.dirty:
             os.fsync(self.fd)
             self.dirty = False
