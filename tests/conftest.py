@@ -27,6 +27,22 @@ def cleanup_bus(data_dir: str) -> None:
     shm.remove_bus(data_dir)
 
 
+def read_offsets(bus, topic, start, end, timeout_s=60, partition=0):
+    """Records of ``topic``/``partition`` from ``start`` until the position reaches ``end`` (or the timeout)."""
+    from shmbus import TopicPartition
+
+    tp = TopicPartition(topic, partition)
+    out = []
+    with bus.consumer(auto_offset_reset="none") as c:
+        c.assign([tp])
+        c.seek(tp, start)
+        deadline = time.monotonic() + timeout_s
+        while c.position(tp) < end and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=100, max_records=5000).values():
+                out.extend(recs)
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def warm_kernels():
     """Fill a cold numba cache once, here, before tests start worker processes."""

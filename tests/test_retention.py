@@ -10,6 +10,7 @@ import os
 import time
 
 import pytest
+from conftest import read_offsets
 
 from shmbus import OffsetOutOfRangeError, TopicPartition
 from shmbus.segments.log import list_segments
@@ -47,19 +48,6 @@ def value(i: int, size: int = 1000) -> bytes:
     return head + bytes([i & 0xFF]) * (size - len(head))
 
 
-def read_range(bus, topic, start, end, timeout_s=30):
-    tp = TopicPartition(topic, 0)
-    out = []
-    with bus.consumer(auto_offset_reset="none") as c:
-        c.assign([tp])
-        c.seek(tp, start)
-        deadline = time.monotonic() + timeout_s
-        while c.position(tp) < end and time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=100, max_records=2000).values():
-                out.extend(recs)
-    return out
-
-
 def end_on_disk(pdir):
     from shmbus.segments.recovery import log_end_offset
 
@@ -83,7 +71,7 @@ def test_size_retention_bounds_disk_use_moves_the_start_and_the_rest_reads_dense
     assert disk_bytes(pdir, ".index") + disk_bytes(pdir, ".timeindex") < 8 * KIB
     start = bus.describe_topic("r").partitions[0].start_offset
     assert start > n // 2 and start == list_segments(pdir)[0]
-    got = read_range(bus, "r", start, n)
+    got = read_offsets(bus, "r", start, n, timeout_s=30)
     assert [r.offset for r in got] == list(range(start, n))
     assert all(r.value == value(r.offset) for r in got)
     # below the start: out of range, or reset
@@ -142,7 +130,7 @@ def test_retention_changed_live_with_alter_topic_config(bus):
     bus.alter_topic_config("live", {"retention.bytes": 128 * KIB})
     wait_for(lambda: disk_bytes(pdir) <= 128 * KIB + seg, what="the new retention.bytes applied")
     start = bus.describe_topic("live").partitions[0].start_offset
-    got = read_range(bus, "live", start, n)
+    got = read_offsets(bus, "live", start, n, timeout_s=30)
     assert [r.offset for r in got] == list(range(start, n))
     assert all(r.value == value(r.offset) for r in got)
 

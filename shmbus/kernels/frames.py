@@ -35,7 +35,7 @@ from shmbus.kernels._atomics import (
     store_release64,
     store_seqcst64,
 )
-from shmbus.kernels._jit import freeze_heap, jit
+from shmbus.kernels._jit import entry_point, jit
 from shmbus.kernels.crc32c import crc32c_update
 from shmbus.layout import frame as _F
 from shmbus.layout import ring as _R
@@ -619,18 +619,8 @@ def _signatures():
 
 
 def entry(name: str):
-    """The compiled entry point of one hot kernel (loaded from the cache on first use).
-
-    Calling it skips numba's dispatcher, which types every argument on every
-    call: ~0.35 us instead of ~0.6-1 us per call here. Loading one costs tens
-    of ms, so each is loaded when first needed.
-    """
-    f = _FAST.get(name)
-    if f is None:
-        disp, sig = _signatures()[name]
-        f = _FAST[name] = disp.compile(sig)
-        freeze_heap()
-    return f
+    """The compiled entry point of one hot kernel (see ``_jit.entry_point``)."""
+    return entry_point(_FAST, name, _signatures)
 
 
 def fast():

@@ -17,7 +17,7 @@ import numpy as np
 from numba import carray
 
 from shmbus.kernels._atomics import as_pointer, cas128, load64, load_acquire64
-from shmbus.kernels._jit import freeze_heap, jit
+from shmbus.kernels._jit import entry_point, jit
 from shmbus.layout import groups as _G
 
 G_HDR = _G.HEADER_BYTES
@@ -128,12 +128,7 @@ def _signatures():
 
 def entry(name: str):
     """The compiled entry point of a hot kernel (as ``frames.entry``: skips numba's dispatcher)."""
-    f = _FAST.get(name)
-    if f is None:
-        disp, sig = _signatures()[name]
-        f = _FAST[name] = disp.compile(sig)
-        freeze_heap()
-    return f
+    return entry_point(_FAST, name, _signatures)
 
 
 def warm() -> None:

@@ -19,9 +19,9 @@ import struct
 import time
 
 import pytest
-from conftest import bus_shm_names
+from conftest import bus_shm_names, read_offsets
 
-from shmbus import Bus, TopicPartition
+from shmbus import Bus
 from shmbus.segments.log import list_segments
 from shmbus.supervisor import client
 
@@ -42,19 +42,6 @@ def producer_main(data_dir, stop, sent):
                 prod.send(TOPIC, value_for(seq))
                 seq += 1
     sent.value = seq
-
-
-def read_from(bus, topic, start, end, timeout_s=60):
-    tp = TopicPartition(topic, 0)
-    out = []
-    with bus.consumer(auto_offset_reset="none") as c:
-        c.assign([tp])
-        c.seek(tp, start)
-        deadline = time.monotonic() + timeout_s
-        while c.position(tp) < end and time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=100, max_records=5000).values():
-                out.extend(recs)
-    return out
 
 
 def wait_until(cond, what: str, timeout_s: float = 30) -> None:
@@ -102,7 +89,7 @@ def test_sigkill_of_the_supervisor_mid_spill_loses_nothing(bus, procs):
     assert prod.exitcode == 0
     n = sent.value
     assert n > before > 0
-    got = read_from(bus, TOPIC, 0, n)
+    got = read_offsets(bus, TOPIC, 0, n)
     assert [r.offset for r in got] == list(range(n))
     bad = [r.offset for r in got if r.value != value_for(r.offset)]
     assert not bad, f"damaged or misplaced records at offsets {bad[:10]}"
@@ -144,7 +131,7 @@ def test_reboot_with_a_garbage_tail_keeps_every_acked_record(data_dir, kind):
         with bus.producer(acks="disk") as p:
             assert p.send("g", b"after", partition=0).offset == 300
             assert p.send("g", b"after", partition=1).offset == 50
-        got = read_from(bus, "g", 0, 301)
+        got = read_offsets(bus, "g", 0, 301)
         assert [r.offset for r in got] == list(range(301))
         assert [r.value for r in got] == [b"rec-%05d" % i + b"#" * 100 for i in range(300)] + [b"after"]
 
@@ -184,7 +171,7 @@ def test_a_supervisor_killed_while_zeroing_ring_space_is_finished_by_the_next(bu
     sp2.spill(ring.ring_bytes)
     sp2.writer.close()
     sp2.mv.release()
-    got = read_from(bus, "z", 0, 200, timeout_s=20)
+    got = read_offsets(bus, "z", 0, 200, timeout_s=20)
     assert [r.value[:4] for r in got] == [b"%04d" % i for i in range(200)]
 
 
