@@ -205,13 +205,13 @@ def open_or_recreate_ring(data_dir: str, bid: str, meta: metadata.TopicMeta, par
     holds: where the supervisor's recovery cuts a torn tail, whoever gets
     here first.
     """
-    from shmbus.segments.recovery import log_end_offset
-
     name = _paths.ring_name(bid, meta.id, partition)
     try:
         return Ring.open(name)
     except posix_ipc.ExistentialError:
         pass
+    from shmbus.segments.recovery import log_end_offset  # (numba: only when a ring must be remade)
+
     pdir = _paths.partition_dir(data_dir, meta.name, partition)
     if not os.path.isdir(pdir):
         raise UnknownTopicError(f"topic does not exist: topic={meta.name!r} partition={partition}")

@@ -37,7 +37,15 @@ from shmbus.errors import (
     ShmbusError,
     UnknownTopicError,
 )
-from shmbus.kernels import frames as K
+from shmbus import native
+from shmbus.layout import frame as F
+from shmbus.native import LazyModule
+
+# The numba kernels, imported on the first general-path read (a seek, the first
+# locate, a batch, disk): a consumer that takes single records from a ring it is
+# following uses the compiled verbs (shmbus/native.py) and needs no numba.
+K = LazyModule("shmbus.kernels.frames")
+_take1c = native.take1  # None: SHMBUS_NATIVE=0 or no C build, the Python reader below is used
 from shmbus.layout import ring as R
 from shmbus.producer import decode_headers
 from shmbus.records import ConsumerRecord, OffsetAndTimestamp, RecordBatch, TopicPartition
@@ -67,7 +75,8 @@ def _known_assignor(name) -> bool:
 class _Part:
     """Read state of one assigned partition."""
 
-    __slots__ = ("tp", "ring", "log", "position", "cursor", "paused", "qwords", "mv", "hq", "mask", "ring_bytes")
+    __slots__ = ("tp", "ring", "log", "position", "cursor", "paused", "qwords", "mv", "hq", "mask", "ring_bytes",
+                 "addr")
 
     def __init__(self, tp, ring, log):
         self.tp = tp
@@ -81,6 +90,7 @@ class _Part:
         self.hq = R.HEADER_BYTES // 8
         self.mask = ring.mask
         self.ring_bytes = ring.ring_bytes
+        self.addr = ring.address
 
 
 class Consumer:
@@ -128,7 +138,7 @@ class Consumer:
         self._solo: _Part | None = None  # the only assigned partition, if there is one: poll's short path
         self._rr = 0
         self._subscription: list[str] | None = None
-        self._meta = np.zeros((4097, K.META_COLS), np.int64)
+        self._meta = np.zeros((4097, F.META_COLS), np.int64)
         self._meta_addr = self._meta.ctypes.data
         self._meta_rows = self._meta.shape[0]
         self._scan_ring = self._lazy("scan_ring")
@@ -406,7 +416,7 @@ class Consumer:
         return out
 
     def _batch_from_rows(self, p: _Part, rows, buf):
-        a = np.asarray(rows, np.int64).reshape(-1, K.META_COLS)
+        a = np.asarray(rows, np.int64).reshape(-1, F.META_COLS)
         vl = a[:, 4]
         src = a[:, 6] + np.maximum(a[:, 3], 0)
         lens = np.maximum(vl, 0)
@@ -498,6 +508,20 @@ class Consumer:
         c = p.cursor
         if c < 0 or p.paused:
             return None
+        if _take1c is not None:  # the compiled twin of the code below (shmbus/_native.c)
+            got = _take1c(p.addr, c, p.position, budget > 1)
+            if got.__class__ is not tuple:
+                return None if got is None else _EMPTY
+            off, ts, key, value, hb, nxt = got
+            p.cursor = nxt
+            p.position = off + 1
+            headers = decode_headers(hb) if hb is not None else []
+            if key is not None and self._kdes is not None:
+                key = self._kdes(key)
+            if self._vdes is not None:
+                value = self._vdes(value)
+            tp = p.tp
+            return [_new_tuple(ConsumerRecord, (tp.topic, tp.partition, off, ts, key, value, headers))]
         q = p.qwords
         w = q[p.hq + ((c & p.mask) >> 3)]
         t = (w >> 32) & 0xFF
@@ -654,14 +678,15 @@ class Consumer:
             return
         ctl = self._bus.ctl
         seen = ctl.doorbell()
+        add = native.add_sleepers
         for p in active:
-            K.add_sleepers(p.ring.buf, 1)
+            add(p.addr, 1) if add is not None else K.add_sleepers(p.ring.buf, 1)
         try:
             if not any(self._ready(p) for p in active):
                 ctl.sleep(seen, min(deadline - now, 0.25))
         finally:
             for p in active:
-                K.add_sleepers(p.ring.buf, -1)
+                add(p.addr, -1) if add is not None else K.add_sleepers(p.ring.buf, -1)
 
     def poll(self, timeout_ms=0, max_records=None, update_offsets=True) -> dict:
         """{TopicPartition: [ConsumerRecord, ...]}; waits up to ``timeout_ms`` for the first record."""

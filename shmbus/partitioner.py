@@ -9,8 +9,8 @@ the Java ``int``'s bits read unsigned), so it compares directly with
 ``kafka.partitioner.default.murmur2``. Kernels call
 :func:`shmbus.kernels.murmur2.murmur2_span` / ``partition_span`` instead.
 
-A key is any bytes-like: ``bytes`` (the fast path, handed to the kernel as
-is), ``bytearray``, ``memoryview``, or a numpy array (its bytes). Safe to
+A key is any bytes-like: ``bytes`` (the fast path, handed to the compiled
+hash as is), ``bytearray``, ``memoryview``, or a numpy array (its bytes). Safe to
 call from any thread or process; nothing is shared.
 """
 
@@ -18,8 +18,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from shmbus.kernels.crc32c import as_uint8
-from shmbus.kernels.murmur2 import _murmur2, _partition
+from shmbus import native
+
+
+def _as_bytes(key) -> bytes:
+    if isinstance(key, str):
+        raise TypeError("expected a bytes-like object, got str (encode it first)")
+    if isinstance(key, np.ndarray):
+        return np.ascontiguousarray(key).tobytes()
+    try:
+        return memoryview(key).tobytes()
+    except TypeError:
+        raise TypeError(f"expected a bytes-like object, got {type(key).__name__}") from None
+
+
+def _numba_murmur2(key: bytes) -> int:
+    from shmbus.kernels.murmur2 import _murmur2
+
+    return _murmur2(key)
+
+
+def _numba_partition(key: bytes, n: int) -> int:
+    from shmbus.kernels.murmur2 import _partition
+
+    return _partition(key, n)
+
+
+# the compiled twins when built (shmbus/native.py): a keyed send then needs no numba
+_m2 = native.murmur2 or _numba_murmur2
+_part = native.partition or _numba_partition
 
 
 def murmur2(key) -> int:
@@ -28,9 +55,9 @@ def murmur2(key) -> int:
     ``murmur2(b"") == 275646681``; Java's signed value is ``h - 2**32`` when
     ``h >= 2**31``.
     """
-    if type(key) is bytes:
-        return _murmur2(key)
-    return _murmur2(as_uint8(key))
+    if type(key) is not bytes:
+        key = _as_bytes(key)
+    return _m2(key)
 
 
 def _count(n) -> int:
@@ -46,9 +73,9 @@ def partition_for_key(key, num_partitions: int) -> int:
         num_partitions = _count(num_partitions)
     if num_partitions < 1:
         raise ValueError(f"num_partitions must be >= 1: num_partitions={num_partitions}")
-    if type(key) is bytes:
-        return _partition(key, num_partitions)
-    return _partition(as_uint8(key), num_partitions)
+    if type(key) is not bytes:
+        key = _as_bytes(key)
+    return _part(key, num_partitions)
 
 
 __all__ = ["murmur2", "partition_for_key"]

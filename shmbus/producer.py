@@ -11,22 +11,26 @@ import numbers
 import os
 import struct
 import time
+import weakref
 
 import numpy as np
 
+from shmbus import native
 from shmbus.config import validate_topic_name
 from shmbus.errors import BufferFullError, RecordTooLargeError, ShmbusError, UnknownTopicError
-from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.partitioner import partition_for_key
 from shmbus.records import BatchMetadata, RecordMetadata
 
 _PID = os.getpid()
+_SENDERS = weakref.WeakSet()  # producers whose send is a native.Sender (it holds the pid it writes)
 
 
 def _after_fork():
     global _PID
     _PID = os.getpid()
+    for prod in list(_SENDERS):
+        prod.send.set_pid(_PID)
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -37,21 +41,44 @@ _new_tuple = tuple.__new__
 _NO_KEYS = np.frombuffer(b"", np.uint8)
 
 
+def _kernels():
+    """The numba kernels (kernels/frames.py), imported on first need: numba's import and the
+    first kernel load cost ~0.5 s, which a producer that only sends single records never pays
+    when the compiled verbs (shmbus/native.py) are there."""
+    from shmbus.kernels import frames
+
+    return frames
+
+
 def _lazy_kernel(name: str):
     """A stand-in that loads kernel ``name`` on its first call, then puts it in its place."""
 
     def first_call(*args):
-        f = K.entry(name)
+        f = _kernels().entry(name)
         globals()["_" + name] = f
         return f(*args)
 
     return first_call
 
 
-# the single-record kernels, called by their compiled entry points (see kernels/frames.py)
+# the single-record numba kernels, called by their compiled entry points (see kernels/frames.py)
 _append_v = _lazy_kernel("append_v")
 _append_kv = _lazy_kernel("append_kv")
 _append_any = _lazy_kernel("append_any")
+
+
+def _append_numba(addr, key, value, hdrs, ts, pid):
+    """``native.append``'s signature over the numba kernels (SHMBUS_NATIVE=0, or no C build)."""
+    if not hdrs and value is not None:
+        if key is None:
+            return _append_v(addr, value, ts, pid)
+        return _append_kv(addr, key, value, ts, pid)
+    return _append_any(addr, key if key is not None else b"", -1 if key is None else len(key),
+                       value if value is not None else b"", -1 if value is None else len(value), hdrs, ts, pid)
+
+
+# append(addr, key, value, hdrs, ts, pid) -> offset << 2 | wake bits, or a status (layout/frame.py ST_*)
+_append = native.append or _append_numba
 
 _ACKS = ("memory", "disk")
 
@@ -156,7 +183,7 @@ def decode_headers(b) -> list:
 
 
 class _TopicHandle:
-    __slots__ = ("meta", "rings", "addrs", "n", "key_cache", "rr")
+    __slots__ = ("meta", "rings", "addrs", "n", "key_cache", "state", "_words")
 
     def __init__(self, meta, rings):
         self.meta = meta
@@ -164,7 +191,18 @@ class _TopicHandle:
         self.addrs = [r.address for r in rings]
         self.n = len(rings)
         self.key_cache = {}
-        self.rr = 0
+        # what native.Sender reads: int64 [partitions, round-robin next, ring addresses...]
+        self.state = bytearray(np.array([self.n, 0, *self.addrs], np.int64).tobytes())
+        self._words = memoryview(self.state).cast("q")
+
+    @property
+    def rr(self) -> int:
+        """The next partition for an unkeyed record (shared with native.Sender)."""
+        return self._words[1]
+
+    @rr.setter
+    def rr(self, p: int) -> None:
+        self._words[1] = p
 
 
 class Producer:
@@ -197,6 +235,12 @@ class Producer:
         self._topics: dict[str, _TopicHandle] = {}
         self._closed = False
         self._ctl = self._bus.ctl
+        self._fast: dict[str, bytearray] = {}  # topic -> _TopicHandle.state, for native.Sender
+        if native.Sender is not None and key_serializer is None and value_serializer is None and acks == "memory":
+            # send's common case in one C call; everything else it hands to the Python send below
+            self.send = native.Sender(self._fast, Producer.send.__get__(self), self._after, encode_headers,
+                                      RecordMetadata, _PID)
+            _SENDERS.add(self)
 
     # --- topics ---
     def _topic(self, topic: str) -> _TopicHandle:
@@ -206,10 +250,13 @@ class Producer:
             meta = self._bus.topic_meta(topic)  # raises UnknownTopicError
             rings = [self._bus.ring(meta, p) for p in range(meta.partitions)]
             h = self._topics[topic] = _TopicHandle(meta, rings)
+            if not self._closed:
+                self._fast[topic] = h.state
         return h
 
     def _reload(self, topic: str) -> _TopicHandle:
         old = self._topics.pop(topic, None)
+        self._fast.pop(topic, None)
         if old is not None:
             self._bus.forget_topic(old.meta)
         return self._topic(topic)
@@ -221,9 +268,12 @@ class Producer:
     def send(self, topic, value=None, key=None, headers=None, partition=None, timestamp_ms=None) -> RecordMetadata:
         """Append one record; returns once it is in shared memory (acks='memory') or on disk.
 
-        The common cases (bytes value, optional bytes key, no headers) take a
-        short path: one dict lookup for the topic, one for a key's partition,
-        and one call of a compiled kernel by its entry point.
+        With the compiled verbs (shmbus/native.py), a producer without
+        serializers and with acks='memory' answers ``send`` with a
+        ``native.Sender`` (an instance attribute) which does the common case
+        in C and calls this method for everything else. Here, the common
+        cases take a short path too: one dict lookup for the topic, one for a
+        key's partition, and one call of the append verb.
         """
         if self._closed:
             raise ShmbusError("send on a closed producer (make a new one)")
@@ -240,8 +290,9 @@ class Producer:
             key = _as_bytes(key, "key")
         if partition is None:
             if key is None:
-                p = h.rr
-                h.rr = p + 1 if p + 1 < h.n else 0
+                w = h._words
+                p = w[1]
+                w[1] = p + 1 if p + 1 < h.n else 0
             else:
                 p = h.key_cache.get(key)
                 if p is None:
@@ -256,17 +307,8 @@ class Producer:
                                  f"(it has {h.n} partitions: 0..{h.n - 1})")
             p = partition
         ts = timestamp_ms if timestamp_ms is not None else _time_ns() // 1_000_000
-        addr = h.addrs[p]
-        # (the kernel refuses a record over max.message.bytes, read from the ring's header)
-        if headers is None and value is not None:
-            if key is None:
-                r = _append_v(addr, value, ts, _PID)
-            else:
-                r = _append_kv(addr, key, value, ts, _PID)
-        else:
-            hdrs = encode_headers(headers) if headers else b""
-            r = _append_any(addr, key if key is not None else b"", -1 if key is None else len(key),
-                            value if value is not None else b"", -1 if value is None else len(value), hdrs, ts, _PID)
+        # (append refuses a record over max.message.bytes, read from the ring's header)
+        r = _append(h.addrs[p], key, value, encode_headers(headers) if headers else b"", ts, _PID)
         if r < 0:
             r, h = self._send_slow(topic, p, key, value, headers, ts, r)
         if r & 3:
@@ -295,21 +337,21 @@ class Producer:
         while True:
             h = self._topics.get(topic) or self._topic(topic)
             ring = h.rings[p]
-            if r == K.ST_OVER_MAX:
+            if r == F.ST_OVER_MAX:
                 self._too_large(ring, topic, key, value, hdrs)
-            if r == K.ST_TOO_LARGE:
+            if r == F.ST_TOO_LARGE:
                 frame = F.frame_length(len(key) if key is not None else -1, len(value) if value is not None else -1, len(hdrs))
                 raise RecordTooLargeError(
                     f"record too large for the ring: frame_bytes={frame} ring.bytes={ring.ring_bytes} topic={topic!r} "
                     f"(a record may take at most half the ring; recreate the topic with a larger ring.bytes)")
-            if r == K.ST_DELETED:
+            if r == F.ST_DELETED:
                 try:
                     h = self._reload(topic)
                 except UnknownTopicError:
                     raise UnknownTopicError(f"topic was deleted: topic={topic!r}") from None
                 if p >= h.n:
                     raise UnknownTopicError(f"partition no longer exists: topic={topic!r} partition={p}")
-            elif r == K.ST_FULL:
+            elif r == F.ST_FULL:
                 self._ctl.ring_spill_bell()
                 now = time.monotonic()
                 if now >= deadline:
@@ -321,8 +363,7 @@ class Producer:
                 if spins > 50:
                     time.sleep(min(0.0005 * (spins // 50), 0.005, max(deadline - now, 0)))
             h = self._topics.get(topic) or self._topic(topic)
-            r = _append_any(h.addrs[p], key if key is not None else b"", -1 if key is None else len(key),
-                            value if value is not None else b"", -1 if value is None else len(value), hdrs, ts, _PID)
+            r = _append(h.addrs[p], key, value, hdrs, ts, _PID)
             if r >= 0:
                 return r, h
 
@@ -452,18 +493,18 @@ class Producer:
         while i < n:
             h = self._topics.get(topic) or self._topic(topic)
             ring = h.rings[p]
-            r = K.append_batch(ring.buf, data, starts, lens, kdata, kstarts, klens, ts, _PID, i, out)
+            r = _kernels().append_batch(ring.buf, data, starts, lens, kdata, kstarts, klens, ts, _PID, i, out)
             if r >= 0:
                 i += r >> 2
                 if r & 3:
                     self._after(r)
                 spins = 0
                 continue
-            if r == K.ST_TOO_LARGE:
+            if r == F.ST_TOO_LARGE:
                 raise RecordTooLargeError(
                     f"record too large for the ring: topic={topic!r} ring.bytes={ring.ring_bytes} "
                     f"(a record may take at most half the ring); records before index {i} were sent")
-            if r == K.ST_DELETED:
+            if r == F.ST_DELETED:
                 try:
                     h = self._reload(topic)
                 except UnknownTopicError:
@@ -494,6 +535,7 @@ class Producer:
             return
         self._closed = True
         self._topics.clear()
+        self._fast.clear()
         if self._own_bus:
             self._bus.close()
 

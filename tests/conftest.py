@@ -8,6 +8,7 @@ shared-memory object whose name carries the test bus's id.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 
 import pytest
@@ -108,6 +109,23 @@ class Procs:
                 p.kill()
         for p in self.procs:
             p.join(5)
+
+
+@pytest.fixture(params=["native", "numba"])
+def send_impl(request, monkeypatch):
+    """Worker processes started in the test send with the compiled verbs or with the numba
+    kernels (SHMBUS_NATIVE=0, inherited by spawned children): the data path is tested both ways."""
+    from shmbus import native
+
+    if request.param == "native":
+        if not native.ENABLED and os.environ.get("SHMBUS_NATIVE") != "0":
+            pytest.fail(f"the compiled verbs are not loaded: {native.REASON} (build them: pip install .)")
+        if os.environ.get("SHMBUS_NATIVE") == "0":
+            pytest.skip("SHMBUS_NATIVE=0 in this run")
+        monkeypatch.setenv("SHMBUS_NATIVE", "1")
+    else:
+        monkeypatch.setenv("SHMBUS_NATIVE", "0")
+    return request.param
 
 
 @pytest.fixture

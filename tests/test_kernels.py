@@ -19,6 +19,7 @@ import crc32c
 import numpy as np
 import pytest
 
+from shmbus import native
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.layout import ring as R
@@ -154,8 +155,34 @@ def frame_bytes(buf, f: Frame) -> bytes:
 
 # --- kernel wrappers ----------------------------------------------------------
 
+# The single-record append exists twice: the numba kernel and its compiled twin in
+# shmbus/_native.c (shmbus/native.py). Every test_append_* test (not the batch ones)
+# runs against both.
+_IMPL = {"append": "numba"}
+
+
+def pytest_generate_tests(metafunc):
+    name = metafunc.function.__name__
+    if name.startswith("test_append") and "batch" not in name:
+        metafunc.parametrize("append_impl", ["numba", "native"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def append_impl(request):
+    impl = getattr(request, "param", "numba")
+    if impl == "native" and native.append is None:
+        pytest.fail(f"the compiled verbs are not loaded: {native.REASON} (build them: pip install .)")
+    _IMPL["append"] = impl
+    yield impl
+    _IMPL["append"] = "numba"
+
+
 def append(buf, value=b"", key=None, headers=b"", ts=TS, pid=PID, *, null_value=False) -> int:
-    """append_any (the producer's general entry point) at ``buf``'s address."""
+    """One record at ``buf``'s address: append_any (the producer's general numba entry point), or
+    native.append, by the test's ``append_impl``."""
+    if _IMPL["append"] == "native":
+        v = None if value is None or null_value else value
+        return native.append(buf.ctypes.data, key, v, headers, ts, pid)
     f = K.fast()["append_any"]
     v = b"" if value is None else value
     vlen = -1 if value is None or null_value else len(v)

@@ -67,10 +67,10 @@ T_POISON = _F.POISON
 PID_MASK = _F.PID_MASK
 
 # statuses (negative) returned by writers
-ST_FULL = -1
-ST_DELETED = -2
-ST_TOO_LARGE = -3  # the frame would take more than half the ring
-ST_OVER_MAX = -4  # key + value + headers > the topic's max.message.bytes
+ST_FULL = _F.ST_FULL
+ST_DELETED = _F.ST_DELETED
+ST_TOO_LARGE = _F.ST_TOO_LARGE
+ST_OVER_MAX = _F.ST_OVER_MAX
 
 # reasons a scan stopped (meta[0, 2])
 STOP_MAX = 0  # max records or bytes reached
@@ -79,7 +79,7 @@ STOP_END = 2  # end of the buffer (segment chunk) or of the given range
 STOP_CORRUPT = 3  # a header that cannot be (bad type or length)
 STOP_CRC = 4  # checksum mismatch
 
-META_COLS = 8  # frame pos, offset, timestamp, key len, value len, headers len, body index, frame len
+META_COLS = _F.META_COLS  # frame pos, offset, timestamp, key len, value len, headers len, body index, frame len
 
 
 @jit

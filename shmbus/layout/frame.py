@@ -63,8 +63,18 @@ PADDING = 2
 RESERVED = 3
 POISON = 4
 
+# columns of the metadata a scan kernel returns, one row per frame: frame pos, offset,
+# timestamp, key len, value len, headers len, body index, frame len
+META_COLS = 8
+
 NULL_LEN = -1
 PID_MASK = (1 << 24) - 1
+
+# what an append returns instead of ``offset << 2 | wake bits`` (kernels and shmbus/_native.c)
+ST_FULL = -1  # no room until the supervisor spills
+ST_DELETED = -2  # the topic was deleted
+ST_TOO_LARGE = -3  # the frame would take more than half the ring
+ST_OVER_MAX = -4  # key + value + headers > the topic's max.message.bytes
 
 
 def align(n: int) -> int:

@@ -29,7 +29,9 @@ import numpy as np
 
 from shmbus import _paths
 from shmbus.errors import CorruptRecordError
-from shmbus.kernels import frames as K
+from shmbus.native import LazyModule
+
+K = LazyModule("shmbus.kernels.frames")  # numba, imported when a segment is first read or written
 from shmbus.layout import frame as F
 
 INDEX_INTERVAL = 4096
@@ -330,7 +332,7 @@ class PartitionLog:
         self.pdir = pdir
         self.verify = verify
         self.segs = list_segments(pdir)
-        self.meta = np.zeros((4097, K.META_COLS), np.int64)  # up to 4096 records per read
+        self.meta = np.zeros((4097, F.META_COLS), np.int64)  # up to 4096 records per read
         self.chunk = np.empty(self.CHUNK + F.HEADER_BYTES, np.uint8)
         self._fds: dict[int, int] = {}
         self.cursor = None  # (base, file pos, next offset) after the last read

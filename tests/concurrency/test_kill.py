@@ -70,7 +70,7 @@ def drain(consumer, until, timeout_s):
 
 
 @pytest.mark.timeout(180)
-def test_sigkill_producers_at_random_moments(bus, procs):
+def test_sigkill_producers_at_random_moments(bus, procs, send_impl):
     bus.create_topic(TOPIC, partitions=2, config={"ring.bytes": 65536})
     rng = random.Random(1234)
     acked = {}

@@ -81,7 +81,7 @@ def verify(records, who=""):
 
 
 @pytest.mark.timeout(240)
-def test_four_producers_live_and_late_reader(bus, procs):
+def test_four_producers_live_and_late_reader(bus, procs, send_impl):
     bus.create_topic(TOPIC, partitions=PARTITIONS, config={"ring.bytes": 65536})
     go = SPAWN.Event()
     with bus.consumer(TOPIC, auto_offset_reset="earliest") as live:

@@ -1,0 +1,622 @@
+/* shmbus._native: the per-record verbs of the data path, compiled ahead of time.
+ *
+ * Why this exists beside the numba kernels (shmbus/kernels/frames.py). A
+ * producer that sends one record, or a consumer that takes one, pays for the
+ * call more than for the work: numba's compiled entry point costs ~0.25 us per
+ * call, and the process must first import numba (~0.2-0.4 s) and load its
+ * cached kernels (~0.3 s), which alone breaks the start-up aim (import + first
+ * send <= 0.5 s). These two verbs, built by `pip install .` with the C compiler
+ * Python packages are built with, cost ~0.05 us per call and no import.
+ *
+ * They are the same verbs as the numba kernels, on the same bytes: the layout
+ * constants below are checked against shmbus/layout at import (see
+ * shmbus/native.py), and tests run the data-path tests with and without this
+ * module (SHMBUS_NATIVE=0 selects the numba kernels). Everything else (batches,
+ * scans, the spiller) stays in numba. The extension is optional: where it does
+ * not build (no compiler, not x86-64), shmbus uses the numba kernels.
+ *
+ * Memory orders follow the kernels (x86-64, TSO): acquire loads are plain
+ * loads the compiler may not fold or move; the publish of a frame's header word
+ * is a seq_cst store (xchg), so the load of SLEEPERS that follows it cannot be
+ * reordered before it (the Dekker pattern with a consumer going to sleep).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+/* --- layout (shmbus/layout/ring.py and frame.py; checked at import) -------- */
+#define RING_HDR 4096
+#define R_RING_BYTES 16
+#define R_FLAGS 32
+#define R_MAX_MESSAGE 56
+#define R_CLAIM_POS 64
+#define R_RELEASED 128
+#define R_RECLAIMING 144
+#define R_SLEEPERS 192
+#define FLAG_DELETED 1
+
+#define F_HDR 40
+#define F_OFFSET 8
+#define F_TS 16
+#define F_KLEN 24
+#define F_VLEN 28
+#define F_HLEN 32
+#define F_CRC 36
+
+#define T_FREE 0
+#define T_DATA 1
+#define T_PADDING 2
+#define T_RESERVED 3
+#define PID_MASK 0xFFFFFF
+
+#define ST_FULL (-1)
+#define ST_DELETED (-2)
+#define ST_TOO_LARGE (-3)
+#define ST_OVER_MAX (-4)
+
+/* --- atomics ---------------------------------------------------------------- */
+static inline int64_t ld_acq64(const uint8_t *b, int64_t i) {
+    return __atomic_load_n((const int64_t *)(b + i), __ATOMIC_ACQUIRE);
+}
+static inline int32_t ld_acq32(const uint8_t *b, int64_t i) {
+    return __atomic_load_n((const int32_t *)(b + i), __ATOMIC_ACQUIRE);
+}
+static inline int cas64(uint8_t *b, int64_t i, int64_t expect, int64_t desired) {
+    return __atomic_compare_exchange_n((int64_t *)(b + i), &expect, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+}
+/* lock cmpxchg16b on (lo, hi) at a 16-byte aligned address; inline so that no
+ * libatomic (which may take a lock) is involved. */
+static inline int cas128(uint8_t *b, int64_t i, int64_t elo, int64_t ehi, int64_t nlo, int64_t nhi) {
+    unsigned char ok;
+    __asm__ __volatile__("lock cmpxchg16b %1\n\tsete %0"
+                         : "=q"(ok), "+m"(*(volatile __int128 *)(b + i)), "+a"(elo), "+d"(ehi)
+                         : "b"(nlo), "c"(nhi)
+                         : "memory", "cc");
+    return ok;
+}
+static inline void st64(uint8_t *b, int64_t i, int64_t v) { memcpy(b + i, &v, 8); }
+static inline void st32(uint8_t *b, int64_t i, int32_t v) { memcpy(b + i, &v, 4); }
+static inline int64_t hdr_word(int64_t length, int64_t ftype, int64_t aux) {
+    return length | (ftype << 32) | ((aux & PID_MASK) << 40);
+}
+static inline int64_t align8(int64_t n) { return (n + 7) & ~(int64_t)7; }
+
+/* --- CRC-32C (Castagnoli), as shmbus/kernels/crc32c.py ---------------------- */
+static uint32_t crc_table[8][256];
+static int have_sse42 = 0;
+
+static void crc_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[0][n] = c;
+    }
+    for (uint32_t n = 0; n < 256; n++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][n] = (crc_table[t - 1][n] >> 8) ^ crc_table[0][crc_table[t - 1][n] & 0xFF];
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    have_sse42 = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
+static uint32_t crc_sw(uint32_t c, const uint8_t *p, size_t n) {
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        w ^= c;
+        c = crc_table[7][w & 0xFF] ^ crc_table[6][(w >> 8) & 0xFF] ^ crc_table[5][(w >> 16) & 0xFF] ^
+            crc_table[4][(w >> 24) & 0xFF] ^ crc_table[3][(w >> 32) & 0xFF] ^ crc_table[2][(w >> 40) & 0xFF] ^
+            crc_table[1][(w >> 48) & 0xFF] ^ crc_table[0][w >> 56];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) c = (c >> 8) ^ crc_table[0][(c ^ *p++) & 0xFF];
+    return c;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t c, const uint8_t *p, size_t n) {
+    uint64_t c64 = c;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c64 = __builtin_ia32_crc32di(c64, w);
+        p += 8;
+        n -= 8;
+    }
+    c = (uint32_t)c64;
+    while (n--) c = __builtin_ia32_crc32qi(c, *p++);
+    return c;
+}
+#endif
+
+/* The running (not finished) CRC over n bytes. */
+static inline uint32_t crc_run(uint32_t c, const uint8_t *p, size_t n) {
+#if defined(__x86_64__)
+    if (have_sse42) return crc_hw(c, p, n);
+#endif
+    return crc_sw(c, p, n);
+}
+
+/* --- append: one record (kernels/frames.py: _append) ----------------------- */
+static int64_t append_one(uint8_t *buf, const uint8_t *key, int64_t klen, const uint8_t *value, int64_t vlen,
+                          const uint8_t *hdrs, int64_t hlen, int64_t ts, int64_t pid) {
+    int64_t size = (klen > 0 ? klen : 0) + (vlen > 0 ? vlen : 0) + hlen;
+    int64_t flen = align8(F_HDR + size);
+    int64_t ring = *(const int64_t *)(buf + R_RING_BYTES);
+    if (size > *(const int64_t *)(buf + R_MAX_MESSAGE)) return ST_OVER_MAX;
+    if (flen * 2 > ring) return ST_TOO_LARGE;
+    if (ld_acq64(buf, R_FLAGS) & FLAG_DELETED) return ST_DELETED;
+    int64_t mask = ring - 1;
+    for (;;) {
+        /* claim flen bytes and one offset in one 128-bit CAS; a frame that would
+         * straddle the ring's end claims a padding frame up to the end as well */
+        int64_t pos = ld_acq64(buf, R_CLAIM_POS);
+        int64_t off = ld_acq64(buf, R_CLAIM_POS + 8);
+        int64_t idx = pos & mask;
+        int64_t pad = idx + flen > ring ? ring - idx : 0;
+        int64_t rel = ld_acq64(buf, R_RELEASED);
+        if (pos + pad + flen - rel > ring) return ST_FULL;
+        if (!cas128(buf, R_CLAIM_POS, pos, off, pos + pad + flen, off + 1)) continue;
+        int64_t fpos = pos + pad;
+        /* reserve: FREE -> PADDING / RESERVED(pid); fails only if the supervisor
+         * unblocked this claim meanwhile (the writer stalled): claim again */
+        if (pad > 0 && !cas64(buf, RING_HDR + (pos & mask), 0, hdr_word(pad, T_PADDING, 0))) continue;
+        int64_t i = RING_HDR + (fpos & mask);
+        if (!cas64(buf, i, 0, hdr_word(flen, T_RESERVED, pid))) continue;
+        /* the body */
+        st64(buf, i + F_OFFSET, off);
+        st64(buf, i + F_TS, ts);
+        st32(buf, i + F_KLEN, (int32_t)klen);
+        st32(buf, i + F_VLEN, (int32_t)vlen);
+        st32(buf, i + F_HLEN, (int32_t)hlen);
+        uint8_t *b = buf + i + F_HDR;
+        if (klen > 0) { memcpy(b, key, (size_t)klen); b += klen; }
+        if (vlen > 0) { memcpy(b, value, (size_t)vlen); b += vlen; }
+        if (hlen > 0) { memcpy(b, hdrs, (size_t)hlen); b += hlen; }
+        memset(b, 0, (size_t)(buf + i + flen - b));
+        uint32_t c = crc_run(0xFFFFFFFFu, buf + i + F_OFFSET, F_CRC - F_OFFSET);
+        c = crc_run(c, buf + i + F_HDR, (size_t)size);
+        st32(buf, i + F_CRC, (int32_t)(c ^ 0xFFFFFFFFu));
+        /* publish: the header word last, seq_cst (a full barrier before SLEEPERS is read) */
+        __atomic_store_n((int64_t *)(buf + i), hdr_word(flen, T_DATA, 0), __ATOMIC_SEQ_CST);
+        int64_t bits = 0;
+        if (ld_acq32(buf, R_SLEEPERS) > 0) bits |= 1;
+        int64_t used = fpos + flen - rel;
+        if (used * 2 > ring && (used - flen - pad) * 2 <= ring) bits |= 2;
+        return (off << 2) | bits;
+    }
+}
+
+static int as_i64(PyObject *o, int64_t *out) {
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    *out = v;
+    return 0;
+}
+
+/* append(addr, key, value, hdrs, ts, pid) -> offset << 2 | wake bits, or a
+ * negative status. key/value: bytes or None (null); hdrs: bytes (b"" = none). */
+static PyObject *py_append(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "append(addr, key, value, hdrs, ts, pid)");
+        return NULL;
+    }
+    int64_t addr, ts, pid;
+    if (as_i64(args[0], &addr) || as_i64(args[4], &ts) || as_i64(args[5], &pid)) return NULL;
+    PyObject *k = args[1], *v = args[2], *h = args[3];
+    if ((k != Py_None && !PyBytes_CheckExact(k)) || (v != Py_None && !PyBytes_CheckExact(v)) ||
+        !PyBytes_CheckExact(h)) {
+        PyErr_SetString(PyExc_TypeError, "append: key and value must be bytes or None, hdrs bytes");
+        return NULL;
+    }
+    const uint8_t *kp = NULL, *vp = NULL;
+    int64_t kl = -1, vl = -1;
+    if (k != Py_None) { kp = (const uint8_t *)PyBytes_AS_STRING(k); kl = PyBytes_GET_SIZE(k); }
+    if (v != Py_None) { vp = (const uint8_t *)PyBytes_AS_STRING(v); vl = PyBytes_GET_SIZE(v); }
+    int64_t r = append_one((uint8_t *)(uintptr_t)addr, kp, kl, vp, vl, (const uint8_t *)PyBytes_AS_STRING(h),
+                           PyBytes_GET_SIZE(h), ts, pid);
+    return PyLong_FromLongLong(r);
+}
+
+/* --- take1: one record at a ring cursor (consumer.py: _take1) --------------- */
+/* take1(addr, cursor, min_offset, more) ->
+ *   (offset, timestamp, key, value, headers bytes or None, next cursor): a record;
+ *   0: nothing published at the cursor (FREE or RESERVED, not lapped; or the
+ *      oldest frame of an exactly full ring);
+ *   None: the general path must decide (padding, a frame below min_offset, the
+ *      reader lapped by the spiller, or, with more=True, a second record ready).
+ * The copy is checked against RECLAIMING after it is made, like every ring read. */
+static PyObject *py_take1(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "take1(addr, cursor, min_offset, more)");
+        return NULL;
+    }
+    int64_t addr, c, minoff;
+    if (as_i64(args[0], &addr) || as_i64(args[1], &c) || as_i64(args[2], &minoff)) return NULL;
+    int more = PyObject_IsTrue(args[3]);
+    const uint8_t *buf = (const uint8_t *)(uintptr_t)addr;
+    int64_t ring = *(const int64_t *)(buf + R_RING_BYTES);
+    int64_t mask = ring - 1;
+    int64_t i = RING_HDR + (c & mask);
+    int64_t w = ld_acq64(buf, i);
+    int64_t t = (w >> 32) & 0xFF;
+    if (t != T_DATA) {
+        if ((t == T_FREE || t == T_RESERVED) && ld_acq64(buf, R_RECLAIMING) <= c) return PyLong_FromLong(0);
+        Py_RETURN_NONE;
+    }
+    if (c >= ld_acq64(buf, R_RELEASED) + ring) return PyLong_FromLong(0);
+    int64_t flen = w & 0xFFFFFFFF;
+    int64_t nxt = c + flen;
+    if (more && ((ld_acq64(buf, RING_HDR + (nxt & mask)) >> 32) & 0xFF) == T_DATA) Py_RETURN_NONE;
+    int64_t off, ts;
+    int32_t kl, vl, hl;
+    memcpy(&off, buf + i + F_OFFSET, 8);
+    memcpy(&ts, buf + i + F_TS, 8);
+    memcpy(&kl, buf + i + F_KLEN, 4);
+    memcpy(&vl, buf + i + F_VLEN, 4);
+    memcpy(&hl, buf + i + F_HLEN, 4);
+    if (off < minoff || kl < -1 || vl < -1 || hl < 0 ||
+        F_HDR + (int64_t)(kl > 0 ? kl : 0) + (vl > 0 ? vl : 0) + hl > flen)
+        Py_RETURN_NONE;
+    const char *b = (const char *)buf + i + F_HDR;
+    PyObject *key = NULL, *value = NULL, *hdrs = NULL, *out = NULL;
+    if (kl >= 0) {
+        key = PyBytes_FromStringAndSize(b, kl);
+        b += kl;
+    } else {
+        key = Py_NewRef(Py_None);
+    }
+    if (vl >= 0) {
+        value = PyBytes_FromStringAndSize(b, vl);
+        b += vl;
+    } else {
+        value = Py_NewRef(Py_None);
+    }
+    hdrs = hl ? PyBytes_FromStringAndSize(b, hl) : Py_NewRef(Py_None);
+    if (!key || !value || !hdrs) goto done;
+    if (ld_acq64(buf, R_RECLAIMING) > c) {  /* the spiller zeroed these bytes while we copied them */
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    out = Py_BuildValue("(LLOOOL)", (long long)off, (long long)ts, key, value, hdrs, (long long)nxt);
+done:
+    Py_XDECREF(key);
+    Py_XDECREF(value);
+    Py_XDECREF(hdrs);
+    return out;
+}
+
+/* add_sleepers(addr, delta) -> the count before: a consumer going to sleep on
+ * (+1) or waking from (-1) this ring; a full barrier (lock xadd), as the kernel's */
+static PyObject *py_add_sleepers(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    int64_t addr, delta;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "add_sleepers(addr, delta)");
+        return NULL;
+    }
+    if (as_i64(args[0], &addr) || as_i64(args[1], &delta)) return NULL;
+    int32_t before = __atomic_fetch_add((int32_t *)((uint8_t *)(uintptr_t)addr + R_SLEEPERS), (int32_t)delta,
+                                        __ATOMIC_SEQ_CST);
+    return PyLong_FromLong(before);
+}
+
+/* crc32c(data: bytes, crc=0) -> the finished CRC-32C continuing a finished crc */
+static PyObject *py_crc32c(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "crc32c(data: bytes, crc: int = 0)");
+        return NULL;
+    }
+    int64_t crc = 0;
+    if (nargs == 2 && as_i64(args[1], &crc)) return NULL;
+    uint32_t c = crc_run((uint32_t)crc ^ 0xFFFFFFFFu, (const uint8_t *)PyBytes_AS_STRING(args[0]),
+                         (size_t)PyBytes_GET_SIZE(args[0]));
+    return PyLong_FromUnsignedLong(c ^ 0xFFFFFFFFu);
+}
+
+/* --- Kafka's murmur2 (kernels/murmur2.py): the partition of a key ----------- */
+static uint32_t murmur2(const uint8_t *p, int64_t n) {
+    const uint32_t m = 0x5BD1E995u;
+    uint32_t h = 0x9747B28Cu ^ (uint32_t)n;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint32_t k = (uint32_t)p[i] | ((uint32_t)p[i + 1] << 8) | ((uint32_t)p[i + 2] << 16) |
+                     ((uint32_t)p[i + 3] << 24);
+        k *= m;
+        k ^= k >> 24;
+        k *= m;
+        h = (h * m) ^ k;
+    }
+    switch (n & 3) {
+        case 3: h ^= (uint32_t)p[i + 2] << 16; /* fall through */
+        case 2: h ^= (uint32_t)p[i + 1] << 8;  /* fall through */
+        case 1: h ^= p[i]; h *= m;
+    }
+    h ^= h >> 13;
+    h *= m;
+    h ^= h >> 15;
+    return h;
+}
+
+/* murmur2(key: bytes) -> int in [0, 2**32) (kafka-python's convention) */
+static PyObject *py_murmur2(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 1 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "murmur2(key: bytes)");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(
+        murmur2((const uint8_t *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0])));
+}
+
+/* partition(key: bytes, n) -> (murmur2(key) & 0x7fffffff) % n, Kafka's partition for a key */
+static PyObject *py_partition(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    int64_t n;
+    if (nargs != 2 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "partition(key: bytes, num_partitions: int)");
+        return NULL;
+    }
+    if (as_i64(args[1], &n)) return NULL;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "num_partitions must be >= 1");
+        return NULL;
+    }
+    uint32_t h = murmur2((const uint8_t *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]));
+    return PyLong_FromLongLong((int64_t)(h & 0x7FFFFFFFu) % n);
+}
+
+/* --- Sender: Producer.send's common case, whole ------------------------------
+ *
+ * A producer with no serializers and acks="memory" sets its instance attribute
+ * `send` to a Sender, so `producer.send(...)` is one C call. It handles what
+ * most sends are: a topic already opened, bytes or None for value and key,
+ * headers (encoded by the Python encode_headers, which caches and checks them),
+ * partition and timestamp_ms None or ints. It picks the partition as
+ * Producer.send does (the given one; else Kafka's murmur2 of the key; else
+ * round robin), appends, and builds the RecordMetadata. Anything else, or an
+ * append that does not succeed at once (a full ring, a deleted topic, a record
+ * too large), goes to the Python send with the same arguments (and the chosen
+ * partition and timestamp), which handles it; nothing was written then.
+ *
+ * Per topic it reads a bytearray of int64s: [partitions, round-robin next,
+ * ring address 0, ring address 1, ...], kept by Producer._topic.
+ */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *topics;    /* dict: topic -> bytearray state (above) */
+    PyObject *fallback;  /* the Python send: (topic, value, key, headers, partition, timestamp_ms) */
+    PyObject *after;     /* Producer._after(bits): ring the doorbell / spill bell */
+    PyObject *encode;    /* producer.encode_headers: [(str, bytes | None), ...] -> bytes (it checks them) */
+    PyTypeObject *meta;  /* RecordMetadata, a 4-tuple subclass */
+    int64_t pid;
+} Sender;
+
+static const char *const send_kw[] = {"topic", "value", "key", "headers", "partition", "timestamp_ms"};
+
+static PyObject *sender_fallback(Sender *s, PyObject *const *a) {
+    return PyObject_Vectorcall(s->fallback, a, 6, NULL);
+}
+
+static PyObject *sender_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Sender *s = (Sender *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *a[6] = {NULL, Py_None, Py_None, Py_None, Py_None, Py_None};
+    if (nargs > 6) return PyObject_Vectorcall(s->fallback, args, nargsf, kwnames);  /* its TypeError */
+    for (Py_ssize_t i = 0; i < nargs; i++) a[i] = args[i];
+    if (kwnames) {
+        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t j = 0; j < nk; j++) {
+            PyObject *name = PyTuple_GET_ITEM(kwnames, j);
+            int k;
+            for (k = 1; k < 6; k++)
+                if (PyUnicode_CompareWithASCIIString(name, send_kw[k]) == 0) break;
+            if (k == 6 || a[k] != Py_None || k < nargs)  /* unknown or repeated: Python says what is wrong */
+                return PyObject_Vectorcall(s->fallback, args, nargsf, kwnames);
+            a[k] = args[nargs + j];
+        }
+    }
+    if (a[0] == NULL) return PyObject_Vectorcall(s->fallback, args, nargsf, kwnames);
+    PyObject *topic = a[0], *value = a[1], *key = a[2], *headers = a[3], *part = a[4], *tso = a[5];
+    if (!PyUnicode_CheckExact(topic) || (value != Py_None && !PyBytes_CheckExact(value)) ||
+        (key != Py_None && !PyBytes_CheckExact(key)) || (part != Py_None && !PyLong_CheckExact(part)) ||
+        (tso != Py_None && !PyLong_CheckExact(tso)))
+        return sender_fallback(s, a);
+    PyObject *st = PyDict_GetItemWithError(s->topics, topic);
+    if (st == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        return sender_fallback(s, a);  /* not opened yet, or the producer is closed */
+    }
+    int64_t *state = (int64_t *)PyByteArray_AS_STRING(st);
+    int64_t n = state[0], p;
+    if (part != Py_None) {
+        int overflow;
+        p = PyLong_AsLongLongAndOverflow(part, &overflow);
+        if (overflow || p < 0 || p >= n) return sender_fallback(s, a);  /* out of range: its ValueError */
+    } else if (key != Py_None) {
+        p = (int64_t)(murmur2((const uint8_t *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) & 0x7FFFFFFFu) % n;
+    } else {
+        p = state[1];
+        state[1] = p + 1 < n ? p + 1 : 0;
+    }
+    int64_t ts;
+    if (tso == Py_None) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        ts = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    } else {
+        int overflow;
+        ts = PyLong_AsLongLongAndOverflow(tso, &overflow);
+        if (overflow) return sender_fallback(s, a);
+    }
+    const uint8_t *kp = NULL, *vp = NULL;
+    int64_t kl = -1, vl = -1;
+    if (key != Py_None) { kp = (const uint8_t *)PyBytes_AS_STRING(key); kl = PyBytes_GET_SIZE(key); }
+    if (value != Py_None) { vp = (const uint8_t *)PyBytes_AS_STRING(value); vl = PyBytes_GET_SIZE(value); }
+    PyObject *hb = NULL;  /* encoded headers, if any */
+    if (headers != Py_None && PyObject_IsTrue(headers)) {
+        hb = PyObject_CallOneArg(s->encode, headers);
+        if (!hb) return NULL;
+        if (!PyBytes_CheckExact(hb)) {
+            Py_DECREF(hb);
+            PyErr_SetString(PyExc_TypeError, "Sender: encode must return bytes");
+            return NULL;
+        }
+    }
+    int64_t r = append_one((uint8_t *)(uintptr_t)state[2 + p], kp, kl, vp, vl,
+                           hb ? (const uint8_t *)PyBytes_AS_STRING(hb) : NULL, hb ? PyBytes_GET_SIZE(hb) : 0, ts,
+                           s->pid);
+    Py_XDECREF(hb);
+    if (r < 0) {  /* nothing written: the Python send waits, reloads or raises, on the same partition */
+        PyObject *pp = PyLong_FromLongLong(p), *tt = PyLong_FromLongLong(ts);
+        PyObject *res = NULL;
+        if (pp && tt) {
+            PyObject *b[6] = {topic, value, key, headers, pp, tt};
+            res = PyObject_Vectorcall(s->fallback, b, 6, NULL);
+        }
+        Py_XDECREF(pp);
+        Py_XDECREF(tt);
+        return res;
+    }
+    if (r & 3) {
+        PyObject *bits = PyLong_FromLongLong(r & 3);
+        if (!bits) return NULL;
+        PyObject *x = PyObject_CallOneArg(s->after, bits);
+        Py_DECREF(bits);
+        if (!x) return NULL;
+        Py_DECREF(x);
+    }
+    PyObject *out = s->meta->tp_alloc(s->meta, 4);
+    if (!out) return NULL;
+    PyObject *po = PyLong_FromLongLong(p), *oo = PyLong_FromLongLong(r >> 2), *to = PyLong_FromLongLong(ts);
+    if (!po || !oo || !to) {
+        Py_XDECREF(po);
+        Py_XDECREF(oo);
+        Py_XDECREF(to);
+        Py_DECREF(out);
+        return NULL;
+    }
+    Py_INCREF(topic);
+    PyTuple_SET_ITEM(out, 0, topic);
+    PyTuple_SET_ITEM(out, 1, po);
+    PyTuple_SET_ITEM(out, 2, oo);
+    PyTuple_SET_ITEM(out, 3, to);
+    return out;
+}
+
+static PyObject *sender_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNUSED(kw)) {
+    PyObject *topics, *fallback, *after, *encode, *meta;
+    long long pid;
+    if (!PyArg_ParseTuple(args, "O!OOOO!L:Sender", &PyDict_Type, &topics, &fallback, &after, &encode, &PyType_Type,
+                          &meta, &pid))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)meta, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "Sender: meta must be a tuple subclass");
+        return NULL;
+    }
+    Sender *s = (Sender *)type->tp_alloc(type, 0);
+    if (!s) return NULL;
+    s->vectorcall = sender_call;
+    s->topics = Py_NewRef(topics);
+    s->fallback = Py_NewRef(fallback);
+    s->after = Py_NewRef(after);
+    s->encode = Py_NewRef(encode);
+    s->meta = (PyTypeObject *)Py_NewRef(meta);
+    s->pid = pid;
+    return (PyObject *)s;
+}
+
+static int sender_traverse(Sender *s, visitproc visit, void *arg) {
+    Py_VISIT(s->topics);
+    Py_VISIT(s->fallback);
+    Py_VISIT(s->after);
+    Py_VISIT(s->encode);
+    Py_VISIT(s->meta);
+    return 0;
+}
+
+static int sender_clear(Sender *s) {
+    Py_CLEAR(s->topics);
+    Py_CLEAR(s->fallback);
+    Py_CLEAR(s->after);
+    Py_CLEAR(s->encode);
+    Py_CLEAR(s->meta);
+    return 0;
+}
+
+static void sender_dealloc(Sender *s) {
+    PyObject_GC_UnTrack(s);
+    sender_clear(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *sender_set_pid(Sender *s, PyObject *arg) {
+    long long pid = PyLong_AsLongLong(arg);
+    if (pid == -1 && PyErr_Occurred()) return NULL;
+    s->pid = pid;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef sender_methods[] = {
+    {"set_pid", (PyCFunction)sender_set_pid, METH_O, "The pid written into claims (after a fork)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmbus._native.Sender",
+    .tp_basicsize = sizeof(Sender),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Producer.send's common case in one call (see shmbus/_native.c).",
+    .tp_new = sender_new,
+    .tp_traverse = (traverseproc)sender_traverse,
+    .tp_clear = (inquiry)sender_clear,
+    .tp_dealloc = (destructor)sender_dealloc,
+    .tp_vectorcall_offset = offsetof(Sender, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_methods = sender_methods,
+};
+
+static PyMethodDef methods[] = {
+    {"murmur2", (PyCFunction)(void (*)(void))py_murmur2, METH_FASTCALL, "Kafka's murmur2 of bytes."},
+    {"partition", (PyCFunction)(void (*)(void))py_partition, METH_FASTCALL, "Kafka's partition for a key."},
+    {"append", (PyCFunction)(void (*)(void))py_append, METH_FASTCALL, "Append one record to a ring."},
+    {"take1", (PyCFunction)(void (*)(void))py_take1, METH_FASTCALL, "Read one record at a ring cursor."},
+    {"add_sleepers", (PyCFunction)(void (*)(void))py_add_sleepers, METH_FASTCALL, "Count a sleeper on a ring."},
+    {"crc32c", (PyCFunction)(void (*)(void))py_crc32c, METH_FASTCALL, "CRC-32C of bytes."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "shmbus._native", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    crc_init();
+    if (PyType_Ready(&SenderType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&SenderType);
+    if (PyModule_AddObject(m, "Sender", (PyObject *)&SenderType) < 0) {
+        Py_DECREF(&SenderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *layout = Py_BuildValue(
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "RING_HDR", RING_HDR, "R_RING_BYTES", R_RING_BYTES, "R_FLAGS", R_FLAGS, "R_MAX_MESSAGE", R_MAX_MESSAGE,
+        "R_CLAIM_POS", R_CLAIM_POS, "R_RELEASED", R_RELEASED, "R_RECLAIMING", R_RECLAIMING, "R_SLEEPERS",
+        R_SLEEPERS, "FLAG_DELETED", FLAG_DELETED, "F_HDR", F_HDR, "F_OFFSET", F_OFFSET, "F_TS", F_TS, "F_KLEN",
+        F_KLEN, "F_VLEN", F_VLEN, "F_HLEN", F_HLEN, "F_CRC", F_CRC, "T_FREE", T_FREE, "T_DATA", T_DATA,
+        "T_PADDING", T_PADDING, "T_RESERVED", T_RESERVED, "ST_FULL", ST_FULL, "ST_DELETED", ST_DELETED,
+        "ST_TOO_LARGE", ST_TOO_LARGE, "ST_OVER_MAX", ST_OVER_MAX);
+    if (!layout || PyModule_AddObject(m, "LAYOUT", layout) < 0) {
+        Py_XDECREF(layout);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyModule_AddIntConstant(m, "HAVE_SSE42", have_sse42);
+    return m;
+}

@@ -1,0 +1,86 @@
+"""The compiled per-record verbs (``shmbus/_native.c``), when they are built and allowed.
+
+``append`` and ``take1`` are the C twins of the numba kernels ``append_*``
+(kernels/frames.py) and of ``Consumer._take1``: same bytes, same statuses;
+``murmur2``/``partition`` and ``crc32c`` those of kernels/murmur2.py and
+kernels/crc32c.py (bytes only). ``Sender`` is ``Producer.send``'s common
+case in one call (see the C file).
+They exist for the cost of a call and of start-up (see the C file's header).
+
+``SHMBUS_NATIVE=0`` in the environment selects the numba kernels instead (the
+tests run the data path both ways). If the extension was not built, or its
+layout constants disagree with shmbus/layout (a stale build), the numba
+kernels are used and ``REASON`` says why.
+"""
+
+from __future__ import annotations
+
+import os
+
+from shmbus.layout import frame as _F
+from shmbus.layout import ring as _R
+
+append = None
+take1 = None
+crc32c = None
+murmur2 = None
+partition = None
+add_sleepers = None
+Sender = None
+REASON = ""
+
+
+def _expected() -> dict:
+    return {
+        "RING_HDR": _R.HEADER_BYTES, "R_RING_BYTES": _R.OFF_RING_BYTES, "R_FLAGS": _R.OFF_FLAGS,
+        "R_MAX_MESSAGE": _R.OFF_MAX_MESSAGE, "R_CLAIM_POS": _R.OFF_CLAIM_POS, "R_RELEASED": _R.OFF_RELEASED,
+        "R_RECLAIMING": _R.OFF_RECLAIMING, "R_SLEEPERS": _R.OFF_SLEEPERS, "FLAG_DELETED": _R.FLAG_DELETED,
+        "F_HDR": _F.HEADER_BYTES, "F_OFFSET": _F.OFF_OFFSET, "F_TS": _F.OFF_TIMESTAMP, "F_KLEN": _F.OFF_KEY_LEN,
+        "F_VLEN": _F.OFF_VALUE_LEN, "F_HLEN": _F.OFF_HEADERS_LEN, "F_CRC": _F.OFF_CRC, "T_FREE": _F.FREE,
+        "T_DATA": _F.DATA, "T_PADDING": _F.PADDING, "T_RESERVED": _F.RESERVED,
+        "ST_FULL": _F.ST_FULL, "ST_DELETED": _F.ST_DELETED, "ST_TOO_LARGE": _F.ST_TOO_LARGE,
+        "ST_OVER_MAX": _F.ST_OVER_MAX,
+    }
+
+
+def _load() -> None:
+    global append, take1, crc32c, murmur2, partition, add_sleepers, Sender, REASON
+    if os.environ.get("SHMBUS_NATIVE", "1") == "0":
+        REASON = "SHMBUS_NATIVE=0"
+        return
+    try:
+        from shmbus import _native
+    except ImportError as e:
+        REASON = f"not built ({e})"
+        return
+    want = _expected()
+    if _native.LAYOUT != want:
+        diff = sorted(k for k in want if _native.LAYOUT.get(k) != want[k])
+        REASON = f"stale build: layout differs in {', '.join(diff)} (reinstall shmbus)"
+        return
+    append, take1, crc32c = _native.append, _native.take1, _native.crc32c
+    murmur2, partition, add_sleepers = _native.murmur2, _native.partition, _native.add_sleepers
+    Sender = _native.Sender
+
+
+_load()
+ENABLED = append is not None
+
+
+class LazyModule:
+    """Stands for a module of numba kernels until an attribute is first used, then imports it.
+
+    Importing numba and loading kernels costs ~0.5 s, which a process that
+    only sends and takes single records (the compiled verbs above) need never
+    pay. Attributes are cached on the stand-in once looked up.
+    """
+
+    def __init__(self, name: str):
+        self.__dict__["_name"] = name
+
+    def __getattr__(self, attr):
+        import importlib
+
+        value = getattr(importlib.import_module(self._name), attr)
+        self.__dict__[attr] = value
+        return value

@@ -1,0 +1,244 @@
+"""The compiled per-record verbs (shmbus/_native.c) against their numba twins and the references.
+
+``tests/test_kernels.py`` runs every single-record append test against both
+implementations; here: the build itself, the hashes against the reference
+packages, byte-identical frames from both appends, identical records from both
+single-record readers, and the start-up promise (a producer needs no numba).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+
+import crc32c
+import numpy as np
+import pytest
+from kafka.partitioner.default import murmur2 as kafka_murmur2
+
+from shmbus import consumer as consumer_mod
+from shmbus import native
+from shmbus.kernels import frames as K
+from shmbus.producer import encode_headers
+
+from test_kernels import PID, TS, make_ring
+
+ON_X86_LINUX = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+
+
+def test_the_compiled_verbs_are_built_and_agree_with_the_layout():
+    if not ON_X86_LINUX:
+        pytest.skip(f"the C verbs are built on x86-64 Linux only (here: {platform.machine()})")
+    if os.environ.get("SHMBUS_NATIVE") == "0":
+        assert native.REASON == "SHMBUS_NATIVE=0" and not native.ENABLED
+        return
+    # `pip install .` builds them; a missing build would silently cost start-up and speed
+    assert native.ENABLED, native.REASON
+    assert native.REASON == ""
+
+
+needs_native = pytest.mark.skipif(not native.ENABLED, reason=f"compiled verbs not loaded: {native.REASON}")
+
+
+@needs_native
+def test_crc32c_matches_the_reference_package():
+    rnd = random.Random(7)
+    for n in list(range(0, 40)) + [100, 1000, 4093, 65536]:
+        b = rnd.randbytes(n)
+        assert native.crc32c(b) == crc32c.crc32c(b), n
+    assert native.crc32c(b"123456789") == 0xE3069283
+    a, b = b"hello ", b"world"
+    assert native.crc32c(b, native.crc32c(a)) == crc32c.crc32c(a + b)
+
+
+@needs_native
+def test_murmur2_and_partition_match_kafka_python():
+    rnd = random.Random(11)
+    keys = [b"", b"a", b"ab", b"abc", b"abcd", b"\xff" * 7] + [rnd.randbytes(rnd.randrange(0, 80)) for _ in range(3000)]
+    for k in keys:
+        h = kafka_murmur2(k)
+        assert native.murmur2(k) == h & 0xFFFFFFFF, k
+        for n in (1, 3, 4, 7, 64):
+            assert native.partition(k, n) == (h & 0x7FFFFFFF) % n
+    with pytest.raises(ValueError):
+        native.partition(b"k", 0)
+    with pytest.raises(TypeError):
+        native.murmur2("str")
+
+
+@needs_native
+def test_both_appends_write_byte_identical_rings():
+    rnd = random.Random(3)
+    a, b = make_ring(1 << 16), make_ring(1 << 16)
+    numba_any = K.fast()["append_any"]
+    for i in range(3000):  # until the 64 KiB ring is full (the same record fails on both), then compare
+        key = None if i % 5 == 0 else rnd.randbytes(rnd.randrange(0, 20))
+        value = None if i % 7 == 0 else rnd.randbytes(rnd.randrange(0, 300))
+        hdrs = encode_headers([("h", rnd.randbytes(3)), ("n", None)]) if i % 3 == 0 else b""
+        ra = native.append(a.ctypes.data, key, value, hdrs, TS + i, PID)
+        rb = numba_any(b.ctypes.data, key if key is not None else b"", -1 if key is None else len(key),
+                       value if value is not None else b"", -1 if value is None else len(value), hdrs, TS + i, PID)
+        assert ra == rb, i
+        if ra < 0:
+            assert ra == K.ST_FULL and i > 100
+            break
+    else:
+        raise AssertionError("the ring never filled")
+    assert np.array_equal(a, b)
+
+
+def _produce_mixed(bus, topic, n):
+    rnd = random.Random(5)
+    sent = []
+    with bus.producer() as p:
+        for i in range(n):
+            key = None if i % 4 == 0 else f"k{i}".encode()
+            value = None if i % 9 == 0 else rnd.randbytes(rnd.randrange(0, 200))
+            headers = [("seq", str(i).encode()), ("z", None)] if i % 2 else None
+            p.send(topic, value, key=key, headers=headers, partition=0)
+            sent.append((key, value, headers or []))
+    return sent
+
+
+def _read_one_by_one(bus, topic, n, monkeypatch, impl):
+    if impl == "python":
+        monkeypatch.setattr(consumer_mod, "_take1c", None)  # selects the Python reader (not a stand-in)
+    out = []
+    with bus.consumer(topic, auto_offset_reset="earliest") as c:
+        while len(out) < n:
+            got = c.poll(timeout_ms=2000, max_records=1)
+            assert got, f"no record after {len(out)}"
+            for recs in got.values():
+                out.extend((r.offset, r.timestamp, r.key, r.value, r.headers) for r in recs)
+    return out
+
+
+@needs_native
+def test_both_single_record_readers_return_the_same_records(bus_nosup, monkeypatch):
+    bus_nosup.create_topic("t", partitions=1, config={"ring.bytes": 1 << 20})
+    sent = _produce_mixed(bus_nosup, "t", 500)
+    got_c = _read_one_by_one(bus_nosup, "t", len(sent), monkeypatch, "native")
+    got_py = _read_one_by_one(bus_nosup, "t", len(sent), monkeypatch, "python")
+    assert got_c == got_py
+    assert [(k, v, h) for _, _, k, v, h in got_c] == sent
+    assert [o for o, *_ in got_c] == list(range(len(sent)))
+
+
+_STARTUP = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from shmbus import Bus, native
+bus = Bus(sys.argv[1], autostart=False)
+with bus.producer() as p:
+    p.send("t", b"x" * 100)
+    p.send("t", b"y", key=b"k", headers=[("h", b"1")])
+t1 = time.perf_counter()
+print(json.dumps({"numba": "numba" in sys.modules, "native": native.ENABLED, "reason": native.REASON,
+                  "seconds": t1 - t0}))
+bus.close()
+"""
+
+
+def _startup(data_dir, env_extra):
+    env = dict(os.environ, **env_extra)
+    out = subprocess.run([sys.executable, "-c", _STARTUP, data_dir], env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@needs_native
+def test_a_producer_process_sends_without_importing_numba(bus_nosup, data_dir):
+    bus_nosup.create_topic("t", partitions=2)
+    r = _startup(data_dir, {"SHMBUS_NATIVE": "1"})
+    assert r["native"] and not r["numba"], r
+    # and the records are there: the keyed one on Kafka's partition for b"k"
+    from shmbus.partitioner import partition_for_key
+
+    with bus_nosup.consumer() as c:
+        ends = c.end_offsets(_tps("t", 2))
+        c.assign(_tps("t", 2))
+        c.seek_to_beginning()
+        got = [rec for recs in c.poll(timeout_ms=2000).values() for rec in recs]
+        while len(got) < 2:
+            more = c.poll(timeout_ms=2000)
+            assert more, got
+            got += [rec for recs in more.values() for rec in recs]
+    assert sum(ends.values()) == 2
+    keyed = [g for g in got if g.key == b"k"]
+    assert len(keyed) == 1 and keyed[0].partition == partition_for_key(b"k", 2)
+    assert keyed[0].headers == [("h", b"1")]
+
+
+def _tps(topic, n):
+    from shmbus import TopicPartition
+
+    return [TopicPartition(topic, i) for i in range(n)]
+
+
+def test_shmbus_native_0_selects_the_numba_kernels(bus_nosup, data_dir):
+    bus_nosup.create_topic("t", partitions=1)
+    r = _startup(data_dir, {"SHMBUS_NATIVE": "0"})
+    assert not r["native"] and r["reason"] == "SHMBUS_NATIVE=0" and r["numba"], r
+    with bus_nosup.consumer("t", auto_offset_reset="earliest") as c:
+        got = [rec for recs in c.poll(timeout_ms=2000).values() for rec in recs]
+    assert [(g.key, g.value, g.headers) for g in got] == [(None, b"x" * 100, []), (b"k", b"y", [("h", b"1")])]
+
+
+@needs_native
+def test_the_compiled_send_answers_as_the_python_send(bus_nosup):
+    from shmbus import RecordMetadata, TopicPartition
+    from shmbus.errors import ShmbusError, UnknownTopicError
+    from shmbus.partitioner import partition_for_key
+    from shmbus.producer import Producer
+
+    bus_nosup.create_topic("t", partitions=3)
+    p = bus_nosup.producer()
+    assert isinstance(p.send, native.Sender)  # no serializers, acks="memory"
+    py_send = Producer.send.__get__(p)
+    md = [p.send("t", b"a"), py_send("t", b"b"), p.send("t", b"c")]  # round robin shared by both paths
+    assert [m.partition for m in md] == [0, 1, 2] and all(type(m) is RecordMetadata for m in md)
+    assert p.send("t", b"v", key=b"user-7").partition == partition_for_key(b"user-7", 3)
+    m = p.send("t", value=b"v", key=b"user-7", partition=0, timestamp_ms=1234)
+    assert (m.topic, m.partition, m.offset, m.timestamp_ms) == ("t", 0, 1, 1234)
+    p.send("t", None, b"tomb", [("h", b"1"), ("n", None)], 2)
+    def ends():
+        with bus_nosup.consumer() as c:
+            return c.end_offsets([TopicPartition("t", i) for i in range(3)])
+
+    before = ends()
+    # bad input: the Python send's errors, and nothing written
+    with pytest.raises(ValueError, match="partition out of range"):
+        p.send("t", b"v", partition=3)
+    with pytest.raises(TypeError, match="value must be bytes-like"):
+        p.send("t", "a str")
+    with pytest.raises(TypeError):
+        p.send("t", b"v", colour="red")
+    with pytest.raises(TypeError):
+        p.send("t", b"v", None, None, None, None, "extra")
+    with pytest.raises(TypeError, match="headers must be"):
+        p.send("t", b"v", headers=[("only-a-key",)])
+    with pytest.raises(UnknownTopicError):
+        p.send("nope", b"v")
+    assert ends() == before
+    with bus_nosup.consumer(auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition("t", 2)])
+        c.seek_to_beginning()
+        recs = [r for rs in c.poll(timeout_ms=2000).values() for r in rs]
+    assert (recs[-1].key, recs[-1].value, recs[-1].headers) == (b"tomb", None, [("h", b"1"), ("n", None)])
+    p.close()
+    with pytest.raises(ShmbusError, match="closed producer"):
+        p.send("t", b"v")
+
+
+def test_a_producer_with_serializers_or_acks_disk_uses_the_python_send(bus_nosup):
+    bus_nosup.create_topic("t", partitions=1)
+    with bus_nosup.producer(value_serializer=str.encode) as p:
+        assert "send" not in vars(p)
+        assert p.send("t", "text").offset == 0
+    with bus_nosup.producer(acks="disk", max_block_ms=0) as p:
+        assert "send" not in vars(p)
