@@ -19,13 +19,12 @@ import crc32c
 import numpy as np
 import pytest
 from kafka.partitioner.default import murmur2 as kafka_murmur2
+from test_kernels import PID, TS, make_ring
 
 from shmbus import consumer as consumer_mod
 from shmbus import native
 from shmbus.kernels import frames as K
 from shmbus.producer import encode_headers
-
-from test_kernels import PID, TS, make_ring
 
 ON_X86_LINUX = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
 
@@ -47,7 +46,7 @@ needs_native = pytest.mark.skipif(not native.ENABLED, reason=f"compiled verbs no
 @needs_native
 def test_crc32c_matches_the_reference_package():
     rnd = random.Random(7)
-    for n in list(range(0, 40)) + [100, 1000, 4093, 65536]:
+    for n in list(range(40)) + [100, 1000, 4093, 65536]:
         b = rnd.randbytes(n)
         assert native.crc32c(b) == crc32c.crc32c(b), n
     assert native.crc32c(b"123456789") == 0xE3069283
