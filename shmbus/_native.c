@@ -22,6 +22,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -224,36 +225,54 @@ static PyObject *py_append(PyObject *Py_UNUSED(self), PyObject *const *args, Py_
     return PyLong_FromLongLong(r);
 }
 
-/* --- take1: one record at a ring cursor (consumer.py: _take1) --------------- */
-/* take1(addr, cursor, min_offset, more) ->
- *   (offset, timestamp, key, value, headers bytes or None, next cursor): a record;
- *   0: nothing published at the cursor (FREE or RESERVED, not lapped; or the
- *      oldest frame of an exactly full ring);
- *   None: the general path must decide (padding, a frame below min_offset, the
- *      reader lapped by the spiller, or, with more=True, a second record ready).
- * The copy is checked against RECLAIMING after it is made, like every ring read. */
-static PyObject *py_take1(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "take1(addr, cursor, min_offset, more)");
-        return NULL;
-    }
-    int64_t addr, c, minoff;
-    if (as_i64(args[0], &addr) || as_i64(args[1], &c) || as_i64(args[2], &minoff)) return NULL;
-    int more = PyObject_IsTrue(args[3]);
-    const uint8_t *buf = (const uint8_t *)(uintptr_t)addr;
+/* --- Reader: one partition's single-record reads (consumer.py: _take1, poll) --
+ *
+ * A consumer keeps one Reader per assigned partition; it owns the partition's
+ * read state, `cursor` (a ring position, -1 = unknown) and `position` (the next
+ * offset to return; INT64_MIN = not resolved yet), which the consumer's Python
+ * code reads and sets through properties. take() reads the record at the cursor
+ * and builds its ConsumerRecord; poll() spins on the cursor's header word for
+ * up to spin_ns first and answers {tp: [record]}, what Consumer.poll returns.
+ * Both answer 0 when nothing is published at the cursor (FREE or RESERVED and
+ * not lapped, or the oldest frame of an exactly full ring), and None when the
+ * consumer's general path must decide: padding, a frame below `position` (a
+ * seek), the reader lapped by the spiller, an unknown cursor, or, with
+ * more=True, a second record ready (one scan kernel call then reads them all).
+ * The copy is checked against RECLAIMING after it is made, like every ring read.
+ */
+#define POS_NONE INT64_MIN
+
+typedef struct {
+    PyObject_HEAD
+    long long cursor;
+    long long position;
+    int64_t addr;
+    PyObject *tp;        /* TopicPartition: the key of poll's answer */
+    PyObject *topic;     /* str */
+    PyObject *partition; /* int */
+    PyTypeObject *rec;   /* ConsumerRecord, a 7-tuple subclass */
+    PyObject *decode;    /* decode_headers(bytes) -> list */
+} Reader;
+
+enum { TAKE_ERR = -1, TAKE_EMPTY = 0, TAKE_REC = 1, TAKE_GENERAL = 2 };
+
+static int reader_take_core(Reader *r, int more, PyObject **out) {
+    int64_t c = r->cursor;
+    if (c < 0 || r->position == POS_NONE) return TAKE_GENERAL;
+    const uint8_t *buf = (const uint8_t *)(uintptr_t)r->addr;
     int64_t ring = *(const int64_t *)(buf + R_RING_BYTES);
     int64_t mask = ring - 1;
     int64_t i = RING_HDR + (c & mask);
     int64_t w = ld_acq64(buf, i);
     int64_t t = (w >> 32) & 0xFF;
     if (t != T_DATA) {
-        if ((t == T_FREE || t == T_RESERVED) && ld_acq64(buf, R_RECLAIMING) <= c) return PyLong_FromLong(0);
-        Py_RETURN_NONE;
+        if ((t == T_FREE || t == T_RESERVED) && ld_acq64(buf, R_RECLAIMING) <= c) return TAKE_EMPTY;
+        return TAKE_GENERAL;
     }
-    if (c >= ld_acq64(buf, R_RELEASED) + ring) return PyLong_FromLong(0);
+    if (c >= ld_acq64(buf, R_RELEASED) + ring) return TAKE_EMPTY;
     int64_t flen = w & 0xFFFFFFFF;
     int64_t nxt = c + flen;
-    if (more && ((ld_acq64(buf, RING_HDR + (nxt & mask)) >> 32) & 0xFF) == T_DATA) Py_RETURN_NONE;
+    if (more && ((ld_acq64(buf, RING_HDR + (nxt & mask)) >> 32) & 0xFF) == T_DATA) return TAKE_GENERAL;
     int64_t off, ts;
     int32_t kl, vl, hl;
     memcpy(&off, buf + i + F_OFFSET, 8);
@@ -261,36 +280,194 @@ static PyObject *py_take1(PyObject *Py_UNUSED(self), PyObject *const *args, Py_s
     memcpy(&kl, buf + i + F_KLEN, 4);
     memcpy(&vl, buf + i + F_VLEN, 4);
     memcpy(&hl, buf + i + F_HLEN, 4);
-    if (off < minoff || kl < -1 || vl < -1 || hl < 0 ||
+    if (off < r->position || kl < -1 || vl < -1 || hl < 0 ||
         F_HDR + (int64_t)(kl > 0 ? kl : 0) + (vl > 0 ? vl : 0) + hl > flen)
-        Py_RETURN_NONE;
+        return TAKE_GENERAL;
     const char *b = (const char *)buf + i + F_HDR;
-    PyObject *key = NULL, *value = NULL, *hdrs = NULL, *out = NULL;
-    if (kl >= 0) {
-        key = PyBytes_FromStringAndSize(b, kl);
-        b += kl;
-    } else {
-        key = Py_NewRef(Py_None);
-    }
-    if (vl >= 0) {
-        value = PyBytes_FromStringAndSize(b, vl);
-        b += vl;
-    } else {
-        value = Py_NewRef(Py_None);
-    }
-    hdrs = hl ? PyBytes_FromStringAndSize(b, hl) : Py_NewRef(Py_None);
-    if (!key || !value || !hdrs) goto done;
+    PyObject *key, *value, *hb;
+    key = kl >= 0 ? PyBytes_FromStringAndSize(b, kl) : Py_NewRef(Py_None);
+    b += kl > 0 ? kl : 0;
+    value = vl >= 0 ? PyBytes_FromStringAndSize(b, vl) : Py_NewRef(Py_None);
+    b += vl > 0 ? vl : 0;
+    hb = hl ? PyBytes_FromStringAndSize(b, hl) : NULL;
+    if (!key || !value || (hl && !hb)) goto fail;
     if (ld_acq64(buf, R_RECLAIMING) > c) {  /* the spiller zeroed these bytes while we copied them */
-        out = Py_NewRef(Py_None);
-        goto done;
+        Py_DECREF(key);
+        Py_DECREF(value);
+        Py_XDECREF(hb);
+        return TAKE_GENERAL;
     }
-    out = Py_BuildValue("(LLOOOL)", (long long)off, (long long)ts, key, value, hdrs, (long long)nxt);
-done:
+    PyObject *headers;
+    if (hb) {
+        headers = PyObject_CallOneArg(r->decode, hb);
+        Py_DECREF(hb);
+        hb = NULL;
+    } else {
+        headers = PyList_New(0);
+    }
+    if (!headers) goto fail;
+    PyObject *o = PyLong_FromLongLong(off), *tso = PyLong_FromLongLong(ts);
+    PyObject *rec = r->rec->tp_alloc(r->rec, 7);
+    if (!o || !tso || !rec) {
+        Py_XDECREF(o);
+        Py_XDECREF(tso);
+        Py_XDECREF(rec);
+        Py_DECREF(headers);
+        goto fail;
+    }
+    PyTuple_SET_ITEM(rec, 0, Py_NewRef(r->topic));
+    PyTuple_SET_ITEM(rec, 1, Py_NewRef(r->partition));
+    PyTuple_SET_ITEM(rec, 2, o);
+    PyTuple_SET_ITEM(rec, 3, tso);
+    PyTuple_SET_ITEM(rec, 4, key);
+    PyTuple_SET_ITEM(rec, 5, value);
+    PyTuple_SET_ITEM(rec, 6, headers);
+    r->cursor = nxt;
+    r->position = off + 1;
+    *out = rec;
+    return TAKE_REC;
+fail:
     Py_XDECREF(key);
     Py_XDECREF(value);
-    Py_XDECREF(hdrs);
-    return out;
+    Py_XDECREF(hb);
+    return TAKE_ERR;
 }
+
+static PyObject *take_answer(int code, PyObject *rec, int as_dict, PyObject *tp) {
+    if (code == TAKE_ERR) return NULL;
+    if (code == TAKE_EMPTY) return PyLong_FromLong(0);
+    if (code == TAKE_GENERAL) Py_RETURN_NONE;
+    if (!as_dict) return rec;
+    PyObject *lst = PyList_New(1);
+    if (!lst) {
+        Py_DECREF(rec);
+        return NULL;
+    }
+    PyList_SET_ITEM(lst, 0, rec);
+    PyObject *d = PyDict_New();
+    if (!d || PyDict_SetItem(d, tp, lst) < 0) {
+        Py_XDECREF(d);
+        Py_DECREF(lst);
+        return NULL;
+    }
+    Py_DECREF(lst);
+    return d;
+}
+
+/* take(more) -> ConsumerRecord | 0 | None */
+static PyObject *reader_take(Reader *r, PyObject *more) {
+    PyObject *rec = NULL;
+    int code = reader_take_core(r, PyObject_IsTrue(more), &rec);
+    return take_answer(code, rec, 0, NULL);
+}
+
+static inline int64_t mono_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* poll(more, spin_ns) -> {tp: [ConsumerRecord]} | 0 | None, spinning up to spin_ns
+ * for a record at the cursor first (the GIL is held, as in a Python spin) */
+static PyObject *reader_poll(Reader *r, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t spin_ns;
+    if (nargs != 2 || as_i64(args[1], &spin_ns)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "poll(more, spin_ns)");
+        return NULL;
+    }
+    int more = PyObject_IsTrue(args[0]);
+    PyObject *rec = NULL;
+    int code = reader_take_core(r, more, &rec);
+    if (code == TAKE_EMPTY && spin_ns > 0) {
+        const uint8_t *buf = (const uint8_t *)(uintptr_t)r->addr;
+        int64_t c = r->cursor;
+        int64_t i = RING_HDR + (c & (*(const int64_t *)(buf + R_RING_BYTES) - 1));
+        int64_t end = mono_ns() + spin_ns;
+        for (;;) {
+            int k;
+            for (k = 0; k < 256; k++) {
+                int64_t t = (ld_acq64(buf, i) >> 32) & 0xFF;
+                if (t != T_FREE && t != T_RESERVED) break;
+                __builtin_ia32_pause();
+            }
+            if (k < 256 || ld_acq64(buf, R_RECLAIMING) > c || mono_ns() >= end) break;
+        }
+        code = reader_take_core(r, more, &rec);
+    }
+    return take_answer(code, rec, 1, r->tp);
+}
+
+static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNUSED(kw)) {
+    long long addr;
+    PyObject *tp, *rec, *decode;
+    if (!PyArg_ParseTuple(args, "LOO!O:Reader", &addr, &tp, &PyType_Type, &rec, &decode)) return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)rec, &PyTuple_Type) || !PyTuple_Check(tp) || PyTuple_GET_SIZE(tp) != 2) {
+        PyErr_SetString(PyExc_TypeError, "Reader(addr, TopicPartition, ConsumerRecord, decode)");
+        return NULL;
+    }
+    Reader *r = (Reader *)type->tp_alloc(type, 0);
+    if (!r) return NULL;
+    r->addr = addr;
+    r->cursor = -1;
+    r->position = POS_NONE;
+    r->tp = Py_NewRef(tp);
+    r->topic = Py_NewRef(PyTuple_GET_ITEM(tp, 0));
+    r->partition = Py_NewRef(PyTuple_GET_ITEM(tp, 1));
+    r->rec = (PyTypeObject *)Py_NewRef(rec);
+    r->decode = Py_NewRef(decode);
+    return (PyObject *)r;
+}
+
+static int reader_traverse(Reader *r, visitproc visit, void *arg) {
+    Py_VISIT(r->tp);
+    Py_VISIT(r->topic);
+    Py_VISIT(r->partition);
+    Py_VISIT(r->rec);
+    Py_VISIT(r->decode);
+    return 0;
+}
+
+static int reader_clear(Reader *r) {
+    Py_CLEAR(r->tp);
+    Py_CLEAR(r->topic);
+    Py_CLEAR(r->partition);
+    Py_CLEAR(r->rec);
+    Py_CLEAR(r->decode);
+    return 0;
+}
+
+static void reader_dealloc(Reader *r) {
+    PyObject_GC_UnTrack(r);
+    reader_clear(r);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyMemberDef reader_members[] = {
+    {"cursor", T_LONGLONG, offsetof(Reader, cursor), 0, "ring position of the next frame; -1: unknown"},
+    {"position_raw", T_LONGLONG, offsetof(Reader, position), 0, "next offset; INT64_MIN: not resolved"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef reader_methods[] = {
+    {"take", (PyCFunction)reader_take, METH_O, "take(more) -> ConsumerRecord | 0 | None"},
+    {"poll", (PyCFunction)(void (*)(void))reader_poll, METH_FASTCALL,
+     "poll(more, spin_ns) -> {tp: [ConsumerRecord]} | 0 | None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmbus._native.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One partition's single-record reads (see shmbus/_native.c).",
+    .tp_new = reader_new,
+    .tp_traverse = (traverseproc)reader_traverse,
+    .tp_clear = (inquiry)reader_clear,
+    .tp_dealloc = (destructor)reader_dealloc,
+    .tp_members = reader_members,
+    .tp_methods = reader_methods,
+};
 
 /* add_sleepers(addr, delta) -> the count before: a consumer going to sleep on
  * (+1) or waking from (-1) this ring; a full barrier (lock xadd), as the kernel's */
@@ -585,7 +762,6 @@ static PyMethodDef methods[] = {
     {"murmur2", (PyCFunction)(void (*)(void))py_murmur2, METH_FASTCALL, "Kafka's murmur2 of bytes."},
     {"partition", (PyCFunction)(void (*)(void))py_partition, METH_FASTCALL, "Kafka's partition for a key."},
     {"append", (PyCFunction)(void (*)(void))py_append, METH_FASTCALL, "Append one record to a ring."},
-    {"take1", (PyCFunction)(void (*)(void))py_take1, METH_FASTCALL, "Read one record at a ring cursor."},
     {"add_sleepers", (PyCFunction)(void (*)(void))py_add_sleepers, METH_FASTCALL, "Count a sleeper on a ring."},
     {"crc32c", (PyCFunction)(void (*)(void))py_crc32c, METH_FASTCALL, "CRC-32C of bytes."},
     {NULL, NULL, 0, NULL},
@@ -595,12 +771,13 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "shmbus._native", 
 
 PyMODINIT_FUNC PyInit__native(void) {
     crc_init();
-    if (PyType_Ready(&SenderType) < 0) return NULL;
+    if (PyType_Ready(&SenderType) < 0 || PyType_Ready(&ReaderType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&SenderType);
-    if (PyModule_AddObject(m, "Sender", (PyObject *)&SenderType) < 0) {
-        Py_DECREF(&SenderType);
+    Py_INCREF(&ReaderType);
+    if (PyModule_AddObject(m, "Sender", (PyObject *)&SenderType) < 0 ||
+        PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

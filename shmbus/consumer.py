@@ -45,7 +45,8 @@ from shmbus.native import LazyModule
 # locate, a batch, disk): a consumer that takes single records from a ring it is
 # following uses the compiled verbs (shmbus/native.py) and needs no numba.
 K = LazyModule("shmbus.kernels.frames")
-_take1c = native.take1  # None: SHMBUS_NATIVE=0 or no C build, the Python reader below is used
+_Reader = native.Reader  # None: SHMBUS_NATIVE=0 or no C build; then _take1 reads in Python
+_POS_NONE = -(1 << 63)  # a Reader's position_raw for "not resolved" (None here)
 from shmbus.layout import ring as R
 from shmbus.producer import decode_headers
 from shmbus.records import ConsumerRecord, OffsetAndTimestamp, RecordBatch, TopicPartition
@@ -76,9 +77,10 @@ class _Part:
     """Read state of one assigned partition."""
 
     __slots__ = ("tp", "ring", "log", "position", "cursor", "paused", "qwords", "mv", "hq", "mask", "ring_bytes",
-                 "addr")
+                 "addr", "rd")
 
-    def __init__(self, tp, ring, log):
+    def __init__(self, tp, ring, log, rd=None):
+        self.rd = rd  # a native.Reader (in _NativePart), set first: it holds cursor and position
         self.tp = tp
         self.ring = ring
         self.log = log
@@ -91,6 +93,32 @@ class _Part:
         self.mask = ring.mask
         self.ring_bytes = ring.ring_bytes
         self.addr = ring.address
+
+
+class _NativePart(_Part):
+    """A partition read through a compiled ``native.Reader``, which owns the cursor and position."""
+
+    __slots__ = ()
+
+    def __init__(self, tp, ring, log):
+        super().__init__(tp, ring, log, _Reader(ring.address, tp, ConsumerRecord, decode_headers))
+
+    @property
+    def cursor(self):
+        return self.rd.cursor
+
+    @cursor.setter
+    def cursor(self, c):
+        self.rd.cursor = c
+
+    @property
+    def position(self):
+        v = self.rd.position_raw
+        return None if v == _POS_NONE else v
+
+    @position.setter
+    def position(self, v):
+        self.rd.position_raw = _POS_NONE if v is None else v
 
 
 class Consumer:
@@ -133,6 +161,8 @@ class Consumer:
         self._kdes = key_deserializer
         self._vdes = value_deserializer
         self._spin_s = spin_us / 1e6
+        self._spin_ns = int(spin_us * 1000)
+        self._plain = key_deserializer is None and value_deserializer is None  # records as they are stored
         self._parts: dict[TopicPartition, _Part] = {}
         self._order: list[_Part] = []
         self._solo: _Part | None = None  # the only assigned partition, if there is one: poll's short path
@@ -177,7 +207,7 @@ class Consumer:
                                     f"(it has {meta.partitions})")
         ring = self._bus.ring(meta, tp.partition)
         log = PartitionLog(_paths.partition_dir(self._bus.data_dir, tp.topic, tp.partition))
-        return _Part(tp, ring, log)
+        return _NativePart(tp, ring, log) if _Reader is not None else _Part(tp, ring, log)
 
     def _set_assignment(self, tps) -> None:
         new = {}
@@ -508,20 +538,19 @@ class Consumer:
         c = p.cursor
         if c < 0 or p.paused:
             return None
-        if _take1c is not None:  # the compiled twin of the code below (shmbus/_native.c)
-            got = _take1c(p.addr, c, p.position, budget > 1)
-            if got.__class__ is not tuple:
-                return None if got is None else _EMPTY
-            off, ts, key, value, hb, nxt = got
-            p.cursor = nxt
-            p.position = off + 1
-            headers = decode_headers(hb) if hb is not None else []
-            if key is not None and self._kdes is not None:
-                key = self._kdes(key)
-            if self._vdes is not None:
-                value = self._vdes(value)
-            tp = p.tp
-            return [_new_tuple(ConsumerRecord, (tp.topic, tp.partition, off, ts, key, value, headers))]
+        rd = p.rd
+        if rd is not None:  # the compiled twin of the code below (shmbus/_native.c: Reader)
+            rec = rd.take(budget > 1)
+            if rec.__class__ is not ConsumerRecord:
+                return None if rec is None else _EMPTY
+            if self._kdes is not None or self._vdes is not None:
+                key, value = rec[4], rec[5]
+                if key is not None and self._kdes is not None:
+                    key = self._kdes(key)
+                if self._vdes is not None:
+                    value = self._vdes(value)
+                rec = rec._replace(key=key, value=value)
+            return [rec]
         q = p.qwords
         w = q[p.hq + ((c & p.mask) >> 3)]
         t = (w >> 32) & 0xFF
@@ -692,6 +721,13 @@ class Consumer:
         """{TopicPartition: [ConsumerRecord, ...]}; waits up to ``timeout_ms`` for the first record."""
         solo = self._solo
         if solo is not None and max_records is None and timeout_ms.__class__ is int and timeout_ms >= 0:
+            rd = solo.rd
+            if rd is not None and self._plain and not solo.paused:
+                # compiled: the record at the cursor, after a spin of up to spin_us for one to come
+                got = rd.poll(self.max_poll_records > 1, min(self._spin_ns, timeout_ms * 1_000_000))
+                if got:
+                    return got
+                return self._poll(timeout_ms, max_records, False)
             got = self._take1(solo, self.max_poll_records)  # one record waiting: no further checks
             if got:
                 return {solo.tp: got}

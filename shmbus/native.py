@@ -1,6 +1,6 @@
 """The compiled per-record verbs (``shmbus/_native.c``), when they are built and allowed.
 
-``append`` and ``take1`` are the C twins of the numba kernels ``append_*``
+``append`` and ``Reader`` are the C twins of the numba kernels ``append_*``
 (kernels/frames.py) and of ``Consumer._take1``: same bytes, same statuses;
 ``murmur2``/``partition`` and ``crc32c`` those of kernels/murmur2.py and
 kernels/crc32c.py (bytes only). ``Sender`` is ``Producer.send``'s common
@@ -21,7 +21,7 @@ from shmbus.layout import frame as _F
 from shmbus.layout import ring as _R
 
 append = None
-take1 = None
+Reader = None
 crc32c = None
 murmur2 = None
 partition = None
@@ -44,7 +44,7 @@ def _expected() -> dict:
 
 
 def _load() -> None:
-    global append, take1, crc32c, murmur2, partition, add_sleepers, Sender, REASON
+    global append, Reader, crc32c, murmur2, partition, add_sleepers, Sender, REASON
     if os.environ.get("SHMBUS_NATIVE", "1") == "0":
         REASON = "SHMBUS_NATIVE=0"
         return
@@ -58,7 +58,7 @@ def _load() -> None:
         diff = sorted(k for k in want if _native.LAYOUT.get(k) != want[k])
         REASON = f"stale build: layout differs in {', '.join(diff)} (reinstall shmbus)"
         return
-    append, take1, crc32c = _native.append, _native.take1, _native.crc32c
+    append, Reader, crc32c = _native.append, _native.Reader, _native.crc32c
     murmur2, partition, add_sleepers = _native.murmur2, _native.partition, _native.add_sleepers
     Sender = _native.Sender
 

@@ -105,7 +105,7 @@ def _produce_mixed(bus, topic, n):
 
 def _read_one_by_one(bus, topic, n, monkeypatch, impl):
     if impl == "python":
-        monkeypatch.setattr(consumer_mod, "_take1c", None)  # selects the Python reader (not a stand-in)
+        monkeypatch.setattr(consumer_mod, "_Reader", None)  # selects the Python reader (not a stand-in)
     out = []
     with bus.consumer(topic, auto_offset_reset="earliest") as c:
         while len(out) < n:
