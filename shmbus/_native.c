@@ -28,7 +28,7 @@
 #include <string.h>
 #include <time.h>
 
-/* --- layout (shmbus/layout/ring.py and frame.py; checked at import) -------- */
+/* --- layout (shmbus/layout/ring.py, frame.py, groups.py; checked at import) - */
 #define RING_HDR 4096
 #define R_RING_BYTES 16
 #define R_FLAGS 32
@@ -52,6 +52,14 @@
 #define T_PADDING 2
 #define T_RESERVED 3
 #define PID_MASK 0xFFFFFF
+
+#define G_HDR 4096
+#define G_SLOTS 16
+#define G_SLOT_BYTES 32
+#define S_OFFSET 8
+#define G_OK 0
+#define G_FENCED (-2)
+#define G_BAD_SLOT (-3)
 
 #define ST_FULL (-1)
 #define ST_DELETED (-2)
@@ -232,7 +240,8 @@ static PyObject *py_append(PyObject *Py_UNUSED(self), PyObject *const *args, Py_
  * offset to return; INT64_MIN = not resolved yet), which the consumer's Python
  * code reads and sets through properties. take() reads the record at the cursor
  * and builds its ConsumerRecord; poll() spins on the cursor's header word for
- * up to spin_ns first and answers {tp: [record]}, what Consumer.poll returns.
+ * up to spin_ns first and answers {tp: [records]}, what Consumer.poll returns.
+ * Padding frames are stepped over.
  * Both answer 0 when nothing is published at the cursor (FREE or RESERVED and
  * not lapped, or the oldest frame of an exactly full ring), and None when the
  * consumer's general path must decide: padding, a frame below `position` (a
@@ -265,6 +274,15 @@ static int reader_take_core(Reader *r, int more, PyObject **out) {
     int64_t i = RING_HDR + (c & mask);
     int64_t w = ld_acq64(buf, i);
     int64_t t = (w >> 32) & 0xFF;
+    while (t == T_PADDING) {  /* the ring's end, or an unblocked dead claim: step over it */
+        int64_t plen = w & 0xFFFFFFFF;
+        if (plen <= 0 || (plen & 7) || ld_acq64(buf, R_RECLAIMING) > c) return TAKE_GENERAL;
+        c += plen;
+        r->cursor = c;
+        i = RING_HDR + (c & mask);
+        w = ld_acq64(buf, i);
+        t = (w >> 32) & 0xFF;
+    }
     if (t != T_DATA) {
         if ((t == T_FREE || t == T_RESERVED) && ld_acq64(buf, R_RECLAIMING) <= c) return TAKE_EMPTY;
         return TAKE_GENERAL;
@@ -333,32 +351,18 @@ fail:
     return TAKE_ERR;
 }
 
-static PyObject *take_answer(int code, PyObject *rec, int as_dict, PyObject *tp) {
+static PyObject *take_answer(int code, PyObject *rec) {
     if (code == TAKE_ERR) return NULL;
     if (code == TAKE_EMPTY) return PyLong_FromLong(0);
     if (code == TAKE_GENERAL) Py_RETURN_NONE;
-    if (!as_dict) return rec;
-    PyObject *lst = PyList_New(1);
-    if (!lst) {
-        Py_DECREF(rec);
-        return NULL;
-    }
-    PyList_SET_ITEM(lst, 0, rec);
-    PyObject *d = PyDict_New();
-    if (!d || PyDict_SetItem(d, tp, lst) < 0) {
-        Py_XDECREF(d);
-        Py_DECREF(lst);
-        return NULL;
-    }
-    Py_DECREF(lst);
-    return d;
+    return rec;
 }
 
 /* take(more) -> ConsumerRecord | 0 | None */
 static PyObject *reader_take(Reader *r, PyObject *more) {
     PyObject *rec = NULL;
     int code = reader_take_core(r, PyObject_IsTrue(more), &rec);
-    return take_answer(code, rec, 0, NULL);
+    return take_answer(code, rec);
 }
 
 static inline int64_t mono_ns(void) {
@@ -367,18 +371,14 @@ static inline int64_t mono_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-/* poll(more, spin_ns) -> {tp: [ConsumerRecord]} | 0 | None, spinning up to spin_ns
- * for a record at the cursor first (the GIL is held, as in a Python spin) */
-static PyObject *reader_poll(Reader *r, PyObject *const *args, Py_ssize_t nargs) {
-    int64_t spin_ns;
-    if (nargs != 2 || as_i64(args[1], &spin_ns)) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "poll(more, spin_ns)");
-        return NULL;
-    }
-    int more = PyObject_IsTrue(args[0]);
+/* The records published from the cursor on, up to max_n, after spinning up to
+ * spin_ns for the first to come (the GIL is held, as in a Python spin). Stops
+ * early where take would answer 0 or None. Returns a list, or NULL with
+ * *code TAKE_EMPTY / TAKE_GENERAL (no record came) or TAKE_ERR (an exception). */
+static PyObject *reader_collect(Reader *r, int64_t max_n, int64_t spin_ns, int *code) {
     PyObject *rec = NULL;
-    int code = reader_take_core(r, more, &rec);
-    if (code == TAKE_EMPTY && spin_ns > 0) {
+    *code = reader_take_core(r, 0, &rec);
+    if (*code == TAKE_EMPTY && spin_ns > 0) {
         const uint8_t *buf = (const uint8_t *)(uintptr_t)r->addr;
         int64_t c = r->cursor;
         int64_t i = RING_HDR + (c & (*(const int64_t *)(buf + R_RING_BYTES) - 1));
@@ -392,9 +392,68 @@ static PyObject *reader_poll(Reader *r, PyObject *const *args, Py_ssize_t nargs)
             }
             if (k < 256 || ld_acq64(buf, R_RECLAIMING) > c || mono_ns() >= end) break;
         }
-        code = reader_take_core(r, more, &rec);
+        *code = reader_take_core(r, 0, &rec);
     }
-    return take_answer(code, rec, 1, r->tp);
+    if (*code != TAKE_REC) return NULL;
+    PyObject *lst = PyList_New(0);
+    if (!lst || PyList_Append(lst, rec) < 0) {
+        Py_XDECREF(lst);
+        Py_DECREF(rec);
+        *code = TAKE_ERR;
+        return NULL;
+    }
+    Py_DECREF(rec);
+    for (int64_t n = 1; n < max_n; n++) {
+        int c2 = reader_take_core(r, 0, &rec);
+        if (c2 == TAKE_ERR) {
+            Py_DECREF(lst);
+            *code = TAKE_ERR;
+            return NULL;
+        }
+        if (c2 != TAKE_REC) break;
+        int e = PyList_Append(lst, rec);
+        Py_DECREF(rec);
+        if (e < 0) {
+            Py_DECREF(lst);
+            *code = TAKE_ERR;
+            return NULL;
+        }
+    }
+    return lst;
+}
+
+static int reader_args(PyObject *const *args, Py_ssize_t nargs, int64_t *max_n, int64_t *spin_ns) {
+    if (nargs != 2 || as_i64(args[0], max_n) || as_i64(args[1], spin_ns)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "(max_n, spin_ns)");
+        return -1;
+    }
+    return 0;
+}
+
+/* take_many(max_n, spin_ns) -> [ConsumerRecord, ...] | 0 | None */
+static PyObject *reader_take_many(Reader *r, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t max_n, spin_ns;
+    int code;
+    if (reader_args(args, nargs, &max_n, &spin_ns) < 0) return NULL;
+    PyObject *lst = reader_collect(r, max_n, spin_ns, &code);
+    return lst ? lst : take_answer(code, NULL);
+}
+
+/* poll(max_n, spin_ns) -> {tp: [ConsumerRecord, ...]} | 0 | None: take_many, as Consumer.poll answers */
+static PyObject *reader_poll(Reader *r, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t max_n, spin_ns;
+    int code;
+    if (reader_args(args, nargs, &max_n, &spin_ns) < 0) return NULL;
+    PyObject *lst = reader_collect(r, max_n, spin_ns, &code);
+    if (!lst) return take_answer(code, NULL);
+    PyObject *d = PyDict_New();
+    if (!d || PyDict_SetItem(d, r->tp, lst) < 0) {
+        Py_XDECREF(d);
+        Py_DECREF(lst);
+        return NULL;
+    }
+    Py_DECREF(lst);
+    return d;
 }
 
 static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNUSED(kw)) {
@@ -450,8 +509,10 @@ static PyMemberDef reader_members[] = {
 
 static PyMethodDef reader_methods[] = {
     {"take", (PyCFunction)reader_take, METH_O, "take(more) -> ConsumerRecord | 0 | None"},
+    {"take_many", (PyCFunction)(void (*)(void))reader_take_many, METH_FASTCALL,
+     "take_many(max_n, spin_ns) -> [ConsumerRecord, ...] | 0 | None"},
     {"poll", (PyCFunction)(void (*)(void))reader_poll, METH_FASTCALL,
-     "poll(more, spin_ns) -> {tp: [ConsumerRecord]} | 0 | None"},
+     "poll(max_n, spin_ns) -> {tp: [ConsumerRecord, ...]} | 0 | None"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -544,6 +605,148 @@ static PyObject *py_partition(PyObject *Py_UNUSED(self), PyObject *const *args, 
     }
     uint32_t h = murmur2((const uint8_t *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]));
     return PyLong_FromLongLong((int64_t)(h & 0x7FFFFFFFu) % n);
+}
+
+/* --- append_batch: many records, one claim (kernels/frames.py: append_batch) -- */
+/* Records first.. of a batch, as many as fit a quarter ring, in ONE claim;
+ * consecutive offsets go to out[j]; the claim's first frame is published last,
+ * so readers see the whole claim at once. Record j's value is
+ * data[starts[j] : starts[j] + lens[j]] (lens -1: null), its key
+ * keys[kstarts[j] : ... + klens[j]] (klens -1: null). Returns count << 2 | wake
+ * bits, or a negative status. */
+static void write_frame(uint8_t *buf, int64_t i, int64_t off, int64_t ts, const uint8_t *key, int64_t klen,
+                        const uint8_t *value, int64_t vlen, int64_t flen) {
+    int64_t size = (klen > 0 ? klen : 0) + (vlen > 0 ? vlen : 0);
+    st64(buf, i + F_OFFSET, off);
+    st64(buf, i + F_TS, ts);
+    st32(buf, i + F_KLEN, (int32_t)klen);
+    st32(buf, i + F_VLEN, (int32_t)vlen);
+    st32(buf, i + F_HLEN, 0);
+    uint8_t *b = buf + i + F_HDR;
+    if (klen > 0) { memcpy(b, key, (size_t)klen); b += klen; }
+    if (vlen > 0) { memcpy(b, value, (size_t)vlen); b += vlen; }
+    memset(b, 0, (size_t)(buf + i + flen - b));
+    uint32_t c = crc_run(0xFFFFFFFFu, buf + i + F_OFFSET, F_CRC - F_OFFSET);
+    c = crc_run(c, buf + i + F_HDR, (size_t)size);
+    st32(buf, i + F_CRC, (int32_t)(c ^ 0xFFFFFFFFu));
+}
+
+static PyObject *py_append_batch(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError,
+                        "append_batch(addr, data, starts, lens, keys, kstarts, klens, ts, pid, first, out)");
+        return NULL;
+    }
+    int64_t addr, ts, pid, first;
+    if (as_i64(args[0], &addr) || as_i64(args[7], &ts) || as_i64(args[8], &pid) || as_i64(args[9], &first))
+        return NULL;
+    Py_buffer v[7];
+    int got = 0;
+    PyObject *result = NULL;
+    static const int which[7] = {1, 2, 3, 4, 5, 6, 10};
+    for (; got < 7; got++) {
+        int flags = which[got] == 10 ? PyBUF_WRITABLE : PyBUF_SIMPLE;
+        if (PyObject_GetBuffer(args[which[got]], &v[got], flags) < 0) goto done;
+    }
+    const uint8_t *data = v[0].buf, *keys = v[3].buf;
+    const int64_t *starts = v[1].buf, *lens = v[2].buf, *kstarts = v[4].buf, *klens = v[5].buf;
+    int64_t *out = v[6].buf;
+    int64_t n_total = v[1].len / 8;
+    if (v[2].len / 8 < n_total || v[4].len / 8 < n_total || v[5].len / 8 < n_total || v[6].len / 8 < n_total ||
+        first < 0 || first >= n_total) {
+        PyErr_SetString(PyExc_ValueError, "append_batch: arrays shorter than starts, or first out of range");
+        goto done;
+    }
+    uint8_t *buf = (uint8_t *)(uintptr_t)addr;
+    int64_t ring = *(const int64_t *)(buf + R_RING_BYTES);
+    int64_t mask = ring - 1, cap = ring / 4, need = 0, n = 0;
+    for (int64_t j = first; j < n_total; j++) {
+        int64_t vl = lens[j], kl = klens[j];
+        if ((vl > 0 && (starts[j] < 0 || starts[j] + vl > v[0].len)) ||
+            (kl > 0 && (kstarts[j] < 0 || kstarts[j] + kl > v[3].len))) {
+            PyErr_Format(PyExc_ValueError, "append_batch: record %lld lies outside its buffer", (long long)j);
+            goto done;
+        }
+        int64_t fl = align8(F_HDR + (vl > 0 ? vl : 0) + (kl > 0 ? kl : 0));
+        if (fl * 2 > ring) {
+            if (n == 0) {
+                result = PyLong_FromLongLong(ST_TOO_LARGE);
+                goto done;
+            }
+            break;
+        }
+        if (n > 0 && need + fl > cap) break;
+        need += fl;
+        n++;
+    }
+    if (ld_acq64(buf, R_FLAGS) & FLAG_DELETED) {
+        result = PyLong_FromLongLong(ST_DELETED);
+        goto done;
+    }
+    int64_t fl0 = align8(F_HDR + (lens[first] > 0 ? lens[first] : 0) + (klens[first] > 0 ? klens[first] : 0));
+    for (;;) {
+        int64_t pos = ld_acq64(buf, R_CLAIM_POS);
+        int64_t off = ld_acq64(buf, R_CLAIM_POS + 8);
+        int64_t idx = pos & mask;
+        int64_t pad = idx + need > ring ? ring - idx : 0;
+        int64_t rel = ld_acq64(buf, R_RELEASED);
+        if (pos + pad + need - rel > ring) {
+            result = PyLong_FromLongLong(ST_FULL);
+            goto done;
+        }
+        if (!cas128(buf, R_CLAIM_POS, pos, off, pos + pad + need, off + n)) continue;
+        int64_t fpos = pos + pad;
+        if (pad > 0 && !cas64(buf, RING_HDR + (pos & mask), 0, hdr_word(pad, T_PADDING, 0))) continue;
+        int64_t i0 = RING_HDR + (fpos & mask);
+        if (!cas64(buf, i0, 0, hdr_word(fl0, T_RESERVED, pid))) continue;
+        int64_t i = i0 + fl0;
+        for (int64_t k = 1; k < n; k++) {
+            int64_t j = first + k, vl = lens[j], kl = klens[j];
+            int64_t fl = align8(F_HDR + (vl > 0 ? vl : 0) + (kl > 0 ? kl : 0));
+            write_frame(buf, i, off + k, ts, keys + (kl > 0 ? kstarts[j] : 0), kl, data + (vl > 0 ? starts[j] : 0),
+                        vl, fl);
+            __atomic_store_n((int64_t *)(buf + i), hdr_word(fl, T_DATA, 0), __ATOMIC_RELEASE);
+            out[j] = off + k;
+            i += fl;
+        }
+        int64_t vl = lens[first], kl = klens[first];
+        write_frame(buf, i0, off, ts, keys + (kl > 0 ? kstarts[first] : 0), kl,
+                    data + (vl > 0 ? starts[first] : 0), vl, fl0);
+        __atomic_store_n((int64_t *)(buf + i0), hdr_word(fl0, T_DATA, 0), __ATOMIC_SEQ_CST);
+        out[first] = off;
+        int64_t bits = 0;
+        if (ld_acq32(buf, R_SLEEPERS) > 0) bits |= 1;
+        int64_t used = fpos + need - rel;
+        if (used * 2 > ring && (used - need - pad) * 2 <= ring) bits |= 2;
+        result = PyLong_FromLongLong((n << 2) | bits);
+        goto done;
+    }
+done:
+    for (int k = 0; k < got; k++) PyBuffer_Release(&v[k]);
+    return result;
+}
+
+/* --- commit_offset: a group member's commit (kernels/groups.py) ------------- */
+/* commit_offset(addr, slot, token, offset) -> 0, -2 (fenced: the slot's owner
+ * token is not `token`; nothing written) or -3 (no such slot). One 128-bit CAS
+ * (token, old offset) -> (token, offset), retried only if the offset changed. */
+static PyObject *py_commit_offset(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    int64_t addr, slot, token, offset;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "commit_offset(addr, slot, token, offset)");
+        return NULL;
+    }
+    if (as_i64(args[0], &addr) || as_i64(args[1], &slot) || as_i64(args[2], &token) || as_i64(args[3], &offset))
+        return NULL;
+    uint8_t *buf = (uint8_t *)(uintptr_t)addr;
+    if (slot < 0 || slot >= *(const int64_t *)(buf + G_SLOTS)) return PyLong_FromLong(G_BAD_SLOT);
+    int64_t i = G_HDR + slot * G_SLOT_BYTES;
+    for (;;) {
+        int64_t tok = ld_acq64(buf, i);
+        int64_t old = ld_acq64(buf, i + S_OFFSET);
+        if (tok != token) return PyLong_FromLong(G_FENCED);
+        if (cas128(buf, i, tok, old, tok, offset)) return PyLong_FromLong(G_OK);
+    }
 }
 
 /* --- Sender: Producer.send's common case, whole ------------------------------
@@ -759,6 +962,10 @@ static PyTypeObject SenderType = {
 };
 
 static PyMethodDef methods[] = {
+    {"append_batch", (PyCFunction)(void (*)(void))py_append_batch, METH_FASTCALL,
+     "Append records of a batch in one claim."},
+    {"commit_offset", (PyCFunction)(void (*)(void))py_commit_offset, METH_FASTCALL,
+     "A group member's commit of one partition's offset."},
     {"murmur2", (PyCFunction)(void (*)(void))py_murmur2, METH_FASTCALL, "Kafka's murmur2 of bytes."},
     {"partition", (PyCFunction)(void (*)(void))py_partition, METH_FASTCALL, "Kafka's partition for a key."},
     {"append", (PyCFunction)(void (*)(void))py_append, METH_FASTCALL, "Append one record to a ring."},
@@ -782,13 +989,16 @@ PyMODINIT_FUNC PyInit__native(void) {
         return NULL;
     }
     PyObject *layout = Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,"
+        "s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
         "RING_HDR", RING_HDR, "R_RING_BYTES", R_RING_BYTES, "R_FLAGS", R_FLAGS, "R_MAX_MESSAGE", R_MAX_MESSAGE,
         "R_CLAIM_POS", R_CLAIM_POS, "R_RELEASED", R_RELEASED, "R_RECLAIMING", R_RECLAIMING, "R_SLEEPERS",
         R_SLEEPERS, "FLAG_DELETED", FLAG_DELETED, "F_HDR", F_HDR, "F_OFFSET", F_OFFSET, "F_TS", F_TS, "F_KLEN",
         F_KLEN, "F_VLEN", F_VLEN, "F_HLEN", F_HLEN, "F_CRC", F_CRC, "T_FREE", T_FREE, "T_DATA", T_DATA,
         "T_PADDING", T_PADDING, "T_RESERVED", T_RESERVED, "ST_FULL", ST_FULL, "ST_DELETED", ST_DELETED,
-        "ST_TOO_LARGE", ST_TOO_LARGE, "ST_OVER_MAX", ST_OVER_MAX);
+        "ST_TOO_LARGE", ST_TOO_LARGE, "ST_OVER_MAX", ST_OVER_MAX, "G_HDR", G_HDR, "G_SLOTS", G_SLOTS,
+        "G_SLOT_BYTES", G_SLOT_BYTES, "S_OFFSET", S_OFFSET, "G_OK", G_OK, "G_FENCED", G_FENCED, "G_BAD_SLOT",
+        G_BAD_SLOT);
     if (!layout || PyModule_AddObject(m, "LAYOUT", layout) < 0) {
         Py_XDECREF(layout);
         Py_DECREF(m);

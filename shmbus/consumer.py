@@ -660,9 +660,15 @@ class Consumer:
                         continue
                     got = self._fetch(p, left, batch)
                 else:
-                    got = self._take1(p, left)  # one record, or nothing there, without a kernel call
-                    if got is None:
-                        got = self._fetch(p, left, batch)
+                    rd = p.rd
+                    if rd is not None and self._plain:
+                        got = rd.take_many(left, 0)  # the records at the cursor, compiled
+                        if got.__class__ is not list:
+                            got = self._fetch(p, left, batch) if got is None else None
+                    else:
+                        got = self._take1(p, left)  # one record, or nothing there, without a kernel call
+                        if got is None:
+                            got = self._fetch(p, left, batch)
                 if got:
                     out[p.tp] = got
                     left -= len(got)
@@ -720,14 +726,16 @@ class Consumer:
     def poll(self, timeout_ms=0, max_records=None, update_offsets=True) -> dict:
         """{TopicPartition: [ConsumerRecord, ...]}; waits up to ``timeout_ms`` for the first record."""
         solo = self._solo
-        if solo is not None and max_records is None and timeout_ms.__class__ is int and timeout_ms >= 0:
-            rd = solo.rd
-            if rd is not None and self._plain and not solo.paused:
-                # compiled: the record at the cursor, after a spin of up to spin_us for one to come
-                got = rd.poll(self.max_poll_records > 1, min(self._spin_ns, timeout_ms * 1_000_000))
+        if solo is not None and solo.rd is not None and self._plain and timeout_ms.__class__ is int \
+                and timeout_ms >= 0 and not solo.paused:
+            # compiled: the records at the cursor, after a spin of up to spin_us for one to come
+            n = self.max_poll_records if max_records is None else max_records
+            if n.__class__ is int and n >= 1:
+                got = solo.rd.poll(min(n, 1024), min(self._spin_ns, timeout_ms * 1_000_000))
                 if got:
                     return got
-                return self._poll(timeout_ms, max_records, False)
+            return self._poll(timeout_ms, max_records, False)
+        if solo is not None and max_records is None and timeout_ms.__class__ is int and timeout_ms >= 0:
             got = self._take1(solo, self.max_poll_records)  # one record waiting: no further checks
             if got:
                 return {solo.tp: got}

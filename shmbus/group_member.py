@@ -434,9 +434,15 @@ class GroupMember:
         if slots and self._shm_commits:
             fn = self._commit_fn
             if fn is None:
-                from shmbus.kernels import groups as KG
+                from shmbus import native
 
-                fn = self._commit_fn = KG.entry("commit_offset")
+                if native.commit_offset is not None:
+                    fn = native.commit_offset  # compiled: a commit needs no numba (its load takes ~0.5 s)
+                else:
+                    from shmbus.kernels import groups as KG
+
+                    fn = KG.entry("commit_offset")
+                self._commit_fn = fn
             addr = self._table.address
             rest = {}
             fenced = None

@@ -1,9 +1,10 @@
 """The compiled per-record verbs (``shmbus/_native.c``), when they are built and allowed.
 
-``append`` and ``Reader`` are the C twins of the numba kernels ``append_*``
-(kernels/frames.py) and of ``Consumer._take1``: same bytes, same statuses;
+``append``, ``append_batch`` and ``Reader`` are the C twins of the numba
+kernels ``append_*`` (kernels/frames.py) and of ``Consumer._take1``: same bytes, same statuses;
 ``murmur2``/``partition`` and ``crc32c`` those of kernels/murmur2.py and
-kernels/crc32c.py (bytes only). ``Sender`` is ``Producer.send``'s common
+kernels/crc32c.py (bytes only); ``commit_offset`` that of
+kernels/groups.py (a group member's commit). ``Sender`` is ``Producer.send``'s common
 case in one call (see the C file).
 They exist for the cost of a call and of start-up (see the C file's header).
 
@@ -18,14 +19,17 @@ from __future__ import annotations
 import os
 
 from shmbus.layout import frame as _F
+from shmbus.layout import groups as _G
 from shmbus.layout import ring as _R
 
 append = None
+append_batch = None
 Reader = None
 crc32c = None
 murmur2 = None
 partition = None
 add_sleepers = None
+commit_offset = None
 Sender = None
 REASON = ""
 
@@ -39,12 +43,14 @@ def _expected() -> dict:
         "F_VLEN": _F.OFF_VALUE_LEN, "F_HLEN": _F.OFF_HEADERS_LEN, "F_CRC": _F.OFF_CRC, "T_FREE": _F.FREE,
         "T_DATA": _F.DATA, "T_PADDING": _F.PADDING, "T_RESERVED": _F.RESERVED,
         "ST_FULL": _F.ST_FULL, "ST_DELETED": _F.ST_DELETED, "ST_TOO_LARGE": _F.ST_TOO_LARGE,
-        "ST_OVER_MAX": _F.ST_OVER_MAX,
+        "ST_OVER_MAX": _F.ST_OVER_MAX, "G_HDR": _G.HEADER_BYTES, "G_SLOTS": _G.OFF_SLOTS,
+        "G_SLOT_BYTES": _G.SLOT_BYTES, "S_OFFSET": _G.S_OFFSET, "G_OK": _G.COMMIT_OK,
+        "G_FENCED": _G.COMMIT_FENCED, "G_BAD_SLOT": _G.COMMIT_BAD_SLOT,
     }
 
 
 def _load() -> None:
-    global append, Reader, crc32c, murmur2, partition, add_sleepers, Sender, REASON
+    global append, append_batch, Reader, crc32c, murmur2, partition, add_sleepers, commit_offset, Sender, REASON
     if os.environ.get("SHMBUS_NATIVE", "1") == "0":
         REASON = "SHMBUS_NATIVE=0"
         return
@@ -58,9 +64,10 @@ def _load() -> None:
         diff = sorted(k for k in want if _native.LAYOUT.get(k) != want[k])
         REASON = f"stale build: layout differs in {', '.join(diff)} (reinstall shmbus)"
         return
-    append, Reader, crc32c = _native.append, _native.Reader, _native.crc32c
+    append, append_batch, Reader, crc32c = _native.append, _native.append_batch, _native.Reader, _native.crc32c
     murmur2, partition, add_sleepers = _native.murmur2, _native.partition, _native.add_sleepers
     Sender = _native.Sender
+    commit_offset = _native.commit_offset
 
 
 _load()

@@ -236,6 +236,7 @@ class Producer:
         self._closed = False
         self._ctl = self._bus.ctl
         self._fast: dict[str, bytearray] = {}  # topic -> _TopicHandle.state, for native.Sender
+        self._shapes: dict = {}  # (rows, width) -> send_batch's index arrays for a 2-D array (_send_rows)
         if native.Sender is not None and key_serializer is None and value_serializer is None and acks == "memory":
             # send's common case in one C call; everything else it hands to the Python send below
             self.send = native.Sender(self._fast, Producer.send.__get__(self), self._after, encode_headers,
@@ -389,6 +390,9 @@ class Producer:
         if self._closed:
             raise ShmbusError("send_batch on a closed producer (make a new one)")
         h = self._topic(topic)
+        if (keys is None and values.__class__ is np.ndarray and values.ndim == 2 and values.dtype == np.uint8
+                and native.append_batch is not None):
+            return self._send_rows(topic, h, values, partition)
         if isinstance(values, np.ndarray):
             if values.ndim != 2 or values.dtype != np.uint8:
                 raise TypeError(f"values as an array must be 2-D uint8: ndim={values.ndim} dtype={values.dtype}")
@@ -485,6 +489,58 @@ class Producer:
                 self._wait_durable(h.rings[p], int(offsets[parts == p].max()), topic, p)
         return BatchMetadata(topic, parts, offsets)
 
+    def _send_rows(self, topic, h, values, partition) -> BatchMetadata:
+        """send_batch of a 2-D uint8 array without keys (one record per row): the short path.
+
+        The per-shape index arrays are remembered, and the compiled append
+        reads the rows where they are, so a call costs a few numpy calls
+        plus one append per partition run.
+        """
+        n, w = values.shape
+        limit = h.rings[0].max_message_bytes()
+        if w > limit:
+            raise RecordTooLargeError(
+                f"record too large: index=0 bytes={w} max.message.bytes={limit} "
+                f"topic={topic!r} (nothing of the batch was sent)")
+        data = values if values.flags.c_contiguous else np.ascontiguousarray(values)
+        shape = self._shapes.get((n, w))
+        if shape is None:
+            starts = np.arange(n, dtype=np.int64) * w
+            lens = np.full(n, w, np.int64)
+            klens = np.full(n, -1, np.int64)
+            kstarts = np.zeros(n, np.int64)
+            for a in (starts, lens, klens, kstarts):
+                a.flags.writeable = False
+            if len(self._shapes) >= 16:
+                self._shapes.clear()
+            shape = self._shapes[(n, w)] = (starts, lens, klens, kstarts)
+        starts, lens, klens, kstarts = shape
+        if partition is not None:
+            partition = _as_partition(partition)
+            if not 0 <= partition < h.n:
+                raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
+                                 f"(it has {h.n} partitions)")
+            runs = [(partition, 0, n)]
+        else:  # spread evenly: one contiguous run per partition
+            p0 = h.rr
+            h.rr = (p0 + 1) % h.n
+            runs = [((p0 + j) % h.n, (j * n) // h.n, ((j + 1) * n) // h.n) for j in range(h.n)]
+        offsets = np.empty(n, np.int64)
+        parts = np.empty(n, np.int64)
+        if n == 0:
+            return BatchMetadata(topic, parts, offsets)
+        ts = _time_ns() // 1_000_000
+        for p, a, b in runs:
+            if b > a:
+                self._append_batch(topic, p, data, starts[a:b], lens[a:b], _NO_KEYS, kstarts[a:b], klens[a:b], ts,
+                                   offsets[a:b])
+                parts[a:b] = p
+        if self._durable:
+            for p, a, b in runs:
+                if b > a:
+                    self._wait_durable(h.rings[p], int(offsets[b - 1]), topic, p)
+        return BatchMetadata(topic, parts, offsets)
+
     def _append_batch(self, topic, p, data, starts, lens, kdata, kstarts, klens, ts, out):
         i = 0
         n = len(starts)
@@ -493,7 +549,10 @@ class Producer:
         while i < n:
             h = self._topics.get(topic) or self._topic(topic)
             ring = h.rings[p]
-            r = _kernels().append_batch(ring.buf, data, starts, lens, kdata, kstarts, klens, ts, _PID, i, out)
+            if native.append_batch is not None:
+                r = native.append_batch(ring.address, data, starts, lens, kdata, kstarts, klens, ts, _PID, i, out)
+            else:
+                r = _kernels().append_batch(ring.buf, data, starts, lens, kdata, kstarts, klens, ts, _PID, i, out)
             if r >= 0:
                 i += r >> 2
                 if r & 3:

@@ -241,3 +241,38 @@ def test_a_producer_with_serializers_or_acks_disk_uses_the_python_send(bus_nosup
         assert p.send("t", "text").offset == 0
     with bus_nosup.producer(acks="disk", max_block_ms=0) as p:
         assert "send" not in vars(p)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("impl", ["native", "python"])
+def test_a_following_reader_crosses_ring_ends_and_takes_what_is_ready(bus, monkeypatch, impl):
+    """A 4 KiB ring wraps every few records (a padding frame at each end); poll() with the
+    default max_records returns everything ready at once, in order, on both readers."""
+    if impl == "python":
+        monkeypatch.setattr(consumer_mod, "_Reader", None)
+    elif not native.ENABLED:
+        pytest.skip(native.REASON)
+    bus.create_topic("t", partitions=1, config={"ring.bytes": 4096})
+    rnd = random.Random(9)
+    sent = []
+    with bus.producer() as p, bus.consumer("t", auto_offset_reset="earliest") as c:
+        assert c.poll(timeout_ms=0) == {}
+        assert (c._solo.rd is not None) == (impl == "native")
+        got = []
+        for round_ in range(150):
+            k = rnd.randrange(1, 6)
+            for _ in range(k):
+                v = rnd.randbytes(rnd.randrange(50, 400))
+                key = None if rnd.random() < 0.3 else rnd.randbytes(4)
+                p.send("t", v, key=key, headers=[("r", str(round_).encode())] if round_ % 2 else None)
+                sent.append((key, v))
+            calls = 0
+            while len(got) < len(sent):
+                out = c.poll(timeout_ms=2000)
+                assert out, f"nothing after {len(got)} of {len(sent)}"
+                calls += 1
+                got.extend(r for rs in out.values() for r in rs)
+        assert [(r.key, r.value) for r in got] == sent
+        assert [r.offset for r in got] == list(range(len(sent)))
+        # ~450 frames of ~270 bytes through a 4 KiB ring: it wrapped (a padding frame each time) ~30 times
+        assert sum(40 + len(v) + (len(k) if k else 0) for k, v in sent) > 20 * 4096

@@ -26,9 +26,9 @@ G_SLOT_BYTES = _G.SLOT_BYTES
 S_OFFSET = _G.S_OFFSET
 
 # statuses
-OK = 0
-ST_FENCED = -2  # the slot's owner token is not the caller's: nothing written
-ST_BAD_SLOT = -3  # no such slot in this table
+OK = _G.COMMIT_OK
+ST_FENCED = _G.COMMIT_FENCED  # the slot's owner token is not the caller's: nothing written
+ST_BAD_SLOT = _G.COMMIT_BAD_SLOT  # no such slot in this table
 ANY = -1  # set_owner's expected token: whatever it is
 
 
