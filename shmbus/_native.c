@@ -244,9 +244,10 @@ static PyObject *py_append(PyObject *Py_UNUSED(self), PyObject *const *args, Py_
  * Padding frames are stepped over.
  * Both answer 0 when nothing is published at the cursor (FREE or RESERVED and
  * not lapped, or the oldest frame of an exactly full ring), and None when the
- * consumer's general path must decide: padding, a frame below `position` (a
- * seek), the reader lapped by the spiller, an unknown cursor, or, with
- * more=True, a second record ready (one scan kernel call then reads them all).
+ * consumer's general path must decide: the reader lapped by the spiller, an
+ * unknown cursor, a header that cannot be, or, with more=True, a second
+ * record ready (one scan kernel call then reads them all). Frames below
+ * `position` (left of a locate) are stepped over, as the scan kernel does.
  * The copy is checked against RECLAIMING after it is made, like every ring read.
  */
 #define POS_NONE INT64_MIN
@@ -271,35 +272,42 @@ static int reader_take_core(Reader *r, int more, PyObject **out) {
     const uint8_t *buf = (const uint8_t *)(uintptr_t)r->addr;
     int64_t ring = *(const int64_t *)(buf + R_RING_BYTES);
     int64_t mask = ring - 1;
-    int64_t i = RING_HDR + (c & mask);
-    int64_t w = ld_acq64(buf, i);
-    int64_t t = (w >> 32) & 0xFF;
-    while (t == T_PADDING) {  /* the ring's end, or an unblocked dead claim: step over it */
-        int64_t plen = w & 0xFFFFFFFF;
-        if (plen <= 0 || (plen & 7) || ld_acq64(buf, R_RECLAIMING) > c) return TAKE_GENERAL;
-        c += plen;
-        r->cursor = c;
+    int64_t i, w, t, flen, nxt, off, ts;
+    int32_t kl, vl, hl;
+    for (;;) {
         i = RING_HDR + (c & mask);
         w = ld_acq64(buf, i);
         t = (w >> 32) & 0xFF;
+        if (t == T_PADDING) {  /* the ring's end, or an unblocked dead claim: step over it */
+            int64_t plen = w & 0xFFFFFFFF;
+            if (plen <= 0 || (plen & 7) || ld_acq64(buf, R_RECLAIMING) > c) return TAKE_GENERAL;
+            c += plen;
+            r->cursor = c;
+            continue;
+        }
+        if (t != T_DATA) {
+            if ((t == T_FREE || t == T_RESERVED) && ld_acq64(buf, R_RECLAIMING) <= c) return TAKE_EMPTY;
+            return TAKE_GENERAL;
+        }
+        if (c >= ld_acq64(buf, R_RELEASED) + ring) return TAKE_EMPTY;
+        flen = w & 0xFFFFFFFF;
+        if (flen < F_HDR || (flen & 7)) return TAKE_GENERAL;
+        nxt = c + flen;
+        memcpy(&off, buf + i + F_OFFSET, 8);
+        if (off < r->position) {  /* below the position (after a locate): step over it, as the scan does */
+            if (ld_acq64(buf, R_RECLAIMING) > c) return TAKE_GENERAL;
+            c = nxt;
+            r->cursor = c;
+            continue;
+        }
+        break;
     }
-    if (t != T_DATA) {
-        if ((t == T_FREE || t == T_RESERVED) && ld_acq64(buf, R_RECLAIMING) <= c) return TAKE_EMPTY;
-        return TAKE_GENERAL;
-    }
-    if (c >= ld_acq64(buf, R_RELEASED) + ring) return TAKE_EMPTY;
-    int64_t flen = w & 0xFFFFFFFF;
-    int64_t nxt = c + flen;
     if (more && ((ld_acq64(buf, RING_HDR + (nxt & mask)) >> 32) & 0xFF) == T_DATA) return TAKE_GENERAL;
-    int64_t off, ts;
-    int32_t kl, vl, hl;
-    memcpy(&off, buf + i + F_OFFSET, 8);
     memcpy(&ts, buf + i + F_TS, 8);
     memcpy(&kl, buf + i + F_KLEN, 4);
     memcpy(&vl, buf + i + F_VLEN, 4);
     memcpy(&hl, buf + i + F_HLEN, 4);
-    if (off < r->position || kl < -1 || vl < -1 || hl < 0 ||
-        F_HDR + (int64_t)(kl > 0 ? kl : 0) + (vl > 0 ? vl : 0) + hl > flen)
+    if (kl < -1 || vl < -1 || hl < 0 || F_HDR + (int64_t)(kl > 0 ? kl : 0) + (vl > 0 ? vl : 0) + hl > flen)
         return TAKE_GENERAL;
     const char *b = (const char *)buf + i + F_HDR;
     PyObject *key, *value, *hb;

@@ -477,6 +477,13 @@ class Consumer:
                 if got is not None:
                     return got
             ring = p.ring
+            rd = p.rd
+            if rd is not None and not batch and self._plain:
+                got = rd.take_many(max_n, 0)  # compiled: no numba for a reader that stays in the ring
+                if got.__class__ is list:
+                    return got
+                if got is not None:
+                    return None  # nothing published at the cursor yet
             if batch:
                 n = self._scan_copy_ring(ring.address, p.cursor, max_n, p.position, self._meta_addr, self._meta_rows,
                                          self._values.ctypes.data, len(self._values))
@@ -731,7 +738,8 @@ class Consumer:
             # compiled: the records at the cursor, after a spin of up to spin_us for one to come
             n = self.max_poll_records if max_records is None else max_records
             if n.__class__ is int and n >= 1:
-                got = solo.rd.poll(min(n, 1024), min(self._spin_ns, timeout_ms * 1_000_000))
+                # (the C spin holds the GIL: at most 100 µs per call; a longer spin_us goes on in _poll)
+                got = solo.rd.poll(min(n, 1024), min(self._spin_ns, timeout_ms * 1_000_000, 100_000))
                 if got:
                     return got
             return self._poll(timeout_ms, max_records, False)

@@ -136,8 +136,17 @@ with bus.producer() as p:
     p.send("t", b"x" * 100)
     p.send("t", b"y", key=b"k", headers=[("h", b"1")])
 t1 = time.perf_counter()
-print(json.dumps({"numba": "numba" in sys.modules, "native": native.ENABLED, "reason": native.REASON,
-                  "seconds": t1 - t0}))
+numba_at_send = "numba" in sys.modules
+# a consumer that reads the ring (no supervisor: nothing on disk), from the start and from the end
+with bus.consumer("t", auto_offset_reset="earliest") as c:
+    got = []
+    while len(got) < 2:
+        got += [r.value for rs in c.poll(timeout_ms=2000).values() for r in rs]
+with bus.consumer("t", auto_offset_reset="latest") as c:
+    assert c.poll(timeout_ms=0) == {}
+print(json.dumps({"numba": numba_at_send, "native": native.ENABLED, "reason": native.REASON,
+                  "seconds": t1 - t0, "read": sorted(v.decode() for v in got),
+                  "numba_after_poll": "numba" in sys.modules}))
 bus.close()
 """
 
@@ -151,10 +160,12 @@ def _startup(data_dir, env_extra):
 
 
 @needs_native
-def test_a_producer_process_sends_without_importing_numba(bus_nosup, data_dir):
+def test_a_producer_and_a_ring_reader_run_without_importing_numba(bus_nosup, data_dir):
     bus_nosup.create_topic("t", partitions=2)
     r = _startup(data_dir, {"SHMBUS_NATIVE": "1"})
     assert r["native"] and not r["numba"], r
+    # and a consumer that follows the ring needs none either
+    assert r["read"] == ["x" * 100, "y"] and not r["numba_after_poll"], r
     # and the records are there: the keyed one on Kafka's partition for b"k"
     from shmbus.partitioner import partition_for_key
 
