@@ -233,6 +233,171 @@ static PyObject *py_append(PyObject *Py_UNUSED(self), PyObject *const *args, Py_
     return PyLong_FromLongLong(r);
 }
 
+/* --- headers (layout/frame.py): u16 key length | key utf-8 | i32 value length
+ * (-1 = null) | value, repeated ------------------------------------------------ */
+
+/* [(str, bytes | None), ...] (a list or tuple of 2-tuples) -> bytes, in *out.
+ * Returns 0, or 1 when the headers are of kinds only the Python encoder takes
+ * or explains (other bytes-likes, bad types, a key over 65535 bytes), or -1
+ * with an exception set. */
+static int headers_encode(PyObject *headers, PyObject **out) {
+    if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) return 1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
+    PyObject **items = PySequence_Fast_ITEMS(headers);
+    Py_ssize_t total = 0;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *it = items[j];
+        if (!PyTuple_CheckExact(it) || PyTuple_GET_SIZE(it) != 2) return 1;
+        PyObject *k = PyTuple_GET_ITEM(it, 0), *v = PyTuple_GET_ITEM(it, 1);
+        if (!PyUnicode_CheckExact(k) || (v != Py_None && !PyBytes_CheckExact(v))) return 1;
+        Py_ssize_t kl;
+        if (!PyUnicode_AsUTF8AndSize(k, &kl)) return -1;
+        if (kl > 0xFFFF) return 1;
+        total += 2 + kl + 4 + (v == Py_None ? 0 : PyBytes_GET_SIZE(v));
+    }
+    PyObject *res = PyBytes_FromStringAndSize(NULL, total);
+    if (!res) return -1;
+    char *b = PyBytes_AS_STRING(res);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *k = PyTuple_GET_ITEM(items[j], 0), *v = PyTuple_GET_ITEM(items[j], 1);
+        Py_ssize_t kl;
+        const char *ks = PyUnicode_AsUTF8AndSize(k, &kl);
+        uint16_t k16 = (uint16_t)kl;
+        memcpy(b, &k16, 2);
+        memcpy(b + 2, ks, (size_t)kl);
+        b += 2 + kl;
+        int32_t vl = v == Py_None ? -1 : (int32_t)PyBytes_GET_SIZE(v);
+        memcpy(b, &vl, 4);
+        b += 4;
+        if (vl > 0) {
+            memcpy(b, PyBytes_AS_STRING(v), (size_t)vl);
+            b += vl;
+        }
+    }
+    *out = res;
+    return 0;
+}
+
+/* The header bytes -> [(str, bytes | None), ...]; ValueError if they cannot be. */
+static PyObject *headers_decode(const char *b, Py_ssize_t n) {
+    PyObject *lst = PyList_New(0);
+    if (!lst) return NULL;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        uint16_t kl;
+        int32_t vl;
+        if (i + 2 > n) goto bad;
+        memcpy(&kl, b + i, 2);
+        if (i + 2 + kl + 4 > n) goto bad;
+        memcpy(&vl, b + i + 2 + kl, 4);
+        if (vl < -1 || i + 2 + kl + 4 + (vl > 0 ? vl : 0) > n) goto bad;
+        PyObject *key = PyUnicode_DecodeUTF8(b + i + 2, kl, "strict");
+        if (!key) goto fail;
+        PyObject *val = vl < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize(b + i + 2 + kl + 4, vl);
+        PyObject *pair = val ? PyTuple_Pack(2, key, val) : NULL;
+        Py_DECREF(key);
+        Py_XDECREF(val);
+        if (!pair || PyList_Append(lst, pair) < 0) {
+            Py_XDECREF(pair);
+            goto fail;
+        }
+        Py_DECREF(pair);
+        i += 2 + kl + 4 + (vl > 0 ? vl : 0);
+    }
+    return lst;
+bad:
+    PyErr_Format(PyExc_ValueError, "corrupt record headers: bytes=%zd at=%zd (see layout/frame.py)", n, i);
+fail:
+    Py_DECREF(lst);
+    return NULL;
+}
+
+/* encode_headers(headers) -> bytes, or None for the Python encoder to handle */
+static PyObject *py_encode_headers(PyObject *Py_UNUSED(self), PyObject *headers) {
+    PyObject *out = NULL;
+    int r = headers_encode(headers, &out);
+    if (r < 0) return NULL;
+    if (r > 0) Py_RETURN_NONE;
+    return out;
+}
+
+/* decode_headers(b: bytes) -> [(str, bytes | None), ...] */
+static PyObject *py_decode_headers(PyObject *Py_UNUSED(self), PyObject *b) {
+    if (!PyBytes_CheckExact(b)) {
+        PyErr_SetString(PyExc_TypeError, "decode_headers(b: bytes)");
+        return NULL;
+    }
+    return headers_decode(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+}
+
+/* build_records(buf, meta, topic, partition, ConsumerRecord) -> [ConsumerRecord, ...]:
+ * the records a scan kernel described (meta: n rows of META_COLS int64 = frame
+ * pos, offset, timestamp, key len, value len, headers len, body index, frame
+ * len; bodies in buf, a ring mapping or a segment chunk). The caller checks the
+ * ring's RECLAIMING afterwards, as for every ring read. */
+static PyObject *py_build_records(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyType_Check(args[4]) || !PyType_IsSubtype((PyTypeObject *)args[4], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "build_records(buf, meta, topic, partition, ConsumerRecord)");
+        return NULL;
+    }
+    PyTypeObject *rt = (PyTypeObject *)args[4];
+    Py_buffer bv, mv;
+    if (PyObject_GetBuffer(args[0], &bv, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &mv, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&bv);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    const char *buf = bv.buf;
+    const int64_t *m = mv.buf;
+    Py_ssize_t rows = mv.len / (8 * 8);
+    if (mv.len % (8 * 8)) {
+        PyErr_SetString(PyExc_ValueError, "build_records: meta is not rows of 8 int64");
+        goto done;
+    }
+    out = PyList_New(rows);
+    if (!out) goto done;
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const int64_t *row = m + r * 8;
+        int64_t kl = row[3], vl = row[4], hl = row[5], bi = row[6];
+        if (kl < -1 || vl < -1 || hl < 0 || bi < 0 || bi + (kl > 0 ? kl : 0) + (vl > 0 ? vl : 0) + hl > bv.len) {
+            PyErr_Format(PyExc_ValueError, "build_records: row %zd lies outside the buffer", r);
+            Py_CLEAR(out);
+            goto done;
+        }
+        const char *b = buf + bi;
+        PyObject *key = kl >= 0 ? PyBytes_FromStringAndSize(b, kl) : Py_NewRef(Py_None);
+        b += kl > 0 ? kl : 0;
+        PyObject *value = vl >= 0 ? PyBytes_FromStringAndSize(b, vl) : Py_NewRef(Py_None);
+        b += vl > 0 ? vl : 0;
+        PyObject *headers = hl ? headers_decode(b, hl) : PyList_New(0);
+        PyObject *o = PyLong_FromLongLong(row[1]), *ts = PyLong_FromLongLong(row[2]);
+        PyObject *rec = rt->tp_alloc(rt, 7);
+        if (!key || !value || !headers || !o || !ts || !rec) {
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+            Py_XDECREF(headers);
+            Py_XDECREF(o);
+            Py_XDECREF(ts);
+            Py_XDECREF(rec);
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyTuple_SET_ITEM(rec, 0, Py_NewRef(args[2]));
+        PyTuple_SET_ITEM(rec, 1, Py_NewRef(args[3]));
+        PyTuple_SET_ITEM(rec, 2, o);
+        PyTuple_SET_ITEM(rec, 3, ts);
+        PyTuple_SET_ITEM(rec, 4, key);
+        PyTuple_SET_ITEM(rec, 5, value);
+        PyTuple_SET_ITEM(rec, 6, headers);
+        PyList_SET_ITEM(out, r, rec);
+    }
+done:
+    PyBuffer_Release(&bv);
+    PyBuffer_Release(&mv);
+    return out;
+}
+
 /* --- Reader: one partition's single-record reads (consumer.py: _take1, poll) --
  *
  * A consumer keeps one Reader per assigned partition; it owns the partition's
@@ -261,7 +426,6 @@ typedef struct {
     PyObject *topic;     /* str */
     PyObject *partition; /* int */
     PyTypeObject *rec;   /* ConsumerRecord, a 7-tuple subclass */
-    PyObject *decode;    /* decode_headers(bytes) -> list */
 } Reader;
 
 enum { TAKE_ERR = -1, TAKE_EMPTY = 0, TAKE_REC = 1, TAKE_GENERAL = 2 };
@@ -323,9 +487,9 @@ static int reader_take_core(Reader *r, int more, PyObject **out) {
         Py_XDECREF(hb);
         return TAKE_GENERAL;
     }
-    PyObject *headers;
+    PyObject *headers;  /* decoded from the checked copy */
     if (hb) {
-        headers = PyObject_CallOneArg(r->decode, hb);
+        headers = headers_decode(PyBytes_AS_STRING(hb), PyBytes_GET_SIZE(hb));
         Py_DECREF(hb);
         hb = NULL;
     } else {
@@ -466,10 +630,10 @@ static PyObject *reader_poll(Reader *r, PyObject *const *args, Py_ssize_t nargs)
 
 static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNUSED(kw)) {
     long long addr;
-    PyObject *tp, *rec, *decode;
-    if (!PyArg_ParseTuple(args, "LOO!O:Reader", &addr, &tp, &PyType_Type, &rec, &decode)) return NULL;
+    PyObject *tp, *rec;
+    if (!PyArg_ParseTuple(args, "LOO!:Reader", &addr, &tp, &PyType_Type, &rec)) return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)rec, &PyTuple_Type) || !PyTuple_Check(tp) || PyTuple_GET_SIZE(tp) != 2) {
-        PyErr_SetString(PyExc_TypeError, "Reader(addr, TopicPartition, ConsumerRecord, decode)");
+        PyErr_SetString(PyExc_TypeError, "Reader(addr, TopicPartition, ConsumerRecord)");
         return NULL;
     }
     Reader *r = (Reader *)type->tp_alloc(type, 0);
@@ -481,7 +645,6 @@ static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNU
     r->topic = Py_NewRef(PyTuple_GET_ITEM(tp, 0));
     r->partition = Py_NewRef(PyTuple_GET_ITEM(tp, 1));
     r->rec = (PyTypeObject *)Py_NewRef(rec);
-    r->decode = Py_NewRef(decode);
     return (PyObject *)r;
 }
 
@@ -490,7 +653,6 @@ static int reader_traverse(Reader *r, visitproc visit, void *arg) {
     Py_VISIT(r->topic);
     Py_VISIT(r->partition);
     Py_VISIT(r->rec);
-    Py_VISIT(r->decode);
     return 0;
 }
 
@@ -499,7 +661,6 @@ static int reader_clear(Reader *r) {
     Py_CLEAR(r->topic);
     Py_CLEAR(r->partition);
     Py_CLEAR(r->rec);
-    Py_CLEAR(r->decode);
     return 0;
 }
 
@@ -762,7 +923,8 @@ static PyObject *py_commit_offset(PyObject *Py_UNUSED(self), PyObject *const *ar
  * A producer with no serializers and acks="memory" sets its instance attribute
  * `send` to a Sender, so `producer.send(...)` is one C call. It handles what
  * most sends are: a topic already opened, bytes or None for value and key,
- * headers (encoded by the Python encode_headers, which caches and checks them),
+ * headers (list or tuple of (str, bytes | None); other kinds go to the Python
+ * encode_headers, which converts or explains them),
  * partition and timestamp_ms None or ints. It picks the partition as
  * Producer.send does (the given one; else Kafka's murmur2 of the key; else
  * round robin), appends, and builds the RecordMetadata. Anything else, or an
@@ -847,7 +1009,9 @@ static PyObject *sender_call(PyObject *self, PyObject *const *args, size_t nargs
     if (value != Py_None) { vp = (const uint8_t *)PyBytes_AS_STRING(value); vl = PyBytes_GET_SIZE(value); }
     PyObject *hb = NULL;  /* encoded headers, if any */
     if (headers != Py_None && PyObject_IsTrue(headers)) {
-        hb = PyObject_CallOneArg(s->encode, headers);
+        int e = headers_encode(headers, &hb);
+        if (e < 0) return NULL;
+        if (e > 0) hb = PyObject_CallOneArg(s->encode, headers);  /* other kinds: the Python encoder */
         if (!hb) return NULL;
         if (!PyBytes_CheckExact(hb)) {
             Py_DECREF(hb);
@@ -974,6 +1138,11 @@ static PyMethodDef methods[] = {
      "Append records of a batch in one claim."},
     {"commit_offset", (PyCFunction)(void (*)(void))py_commit_offset, METH_FASTCALL,
      "A group member's commit of one partition's offset."},
+    {"encode_headers", (PyCFunction)py_encode_headers, METH_O,
+     "Headers -> their bytes, or None for kinds the Python encoder handles."},
+    {"decode_headers", (PyCFunction)py_decode_headers, METH_O, "Header bytes -> [(str, bytes | None), ...]."},
+    {"build_records", (PyCFunction)(void (*)(void))py_build_records, METH_FASTCALL,
+     "ConsumerRecords from scan metadata rows and their buffer."},
     {"murmur2", (PyCFunction)(void (*)(void))py_murmur2, METH_FASTCALL, "Kafka's murmur2 of bytes."},
     {"partition", (PyCFunction)(void (*)(void))py_partition, METH_FASTCALL, "Kafka's partition for a key."},
     {"append", (PyCFunction)(void (*)(void))py_append, METH_FASTCALL, "Append one record to a ring."},

@@ -46,6 +46,7 @@ from shmbus.native import LazyModule
 # following uses the compiled verbs (shmbus/native.py) and needs no numba.
 K = LazyModule("shmbus.kernels.frames")
 _Reader = native.Reader  # None: SHMBUS_NATIVE=0 or no C build; then _take1 reads in Python
+_build = native.build_records  # None: _records_from builds records in Python
 _POS_NONE = -(1 << 63)  # a Reader's position_raw for "not resolved" (None here)
 from shmbus.layout import ring as R
 from shmbus.producer import decode_headers
@@ -101,7 +102,7 @@ class _NativePart(_Part):
     __slots__ = ()
 
     def __init__(self, tp, ring, log):
-        super().__init__(tp, ring, log, _Reader(ring.address, tp, ConsumerRecord, decode_headers))
+        super().__init__(tp, ring, log, _Reader(ring.address, tp, ConsumerRecord))
 
     @property
     def cursor(self):
@@ -124,15 +125,19 @@ class _NativePart(_Part):
 class Consumer:
     """Reads records from partitions of one bus (see API.md for every argument).
 
-    Extra keyword: ``spin_us`` (default 100): how long a blocking poll spins
-    before it sleeps. Longer buys latency for CPU.
+    Extra keywords: ``spin_us`` (default 100): how long a blocking poll spins
+    before it sleeps. Longer buys latency for CPU. ``load_kernels`` (default
+    True): load the numba kernels of the general read path (disk, batches,
+    seeks) now, ~0.5 s once per process, rather than at the first read that
+    needs them, which would stall that poll mid-stream. A consumer that only
+    follows the ring never needs them: ``load_kernels=False`` starts in ~30 ms.
     """
 
     def __init__(self, *topics, data_dir=None, group_id=None, auto_offset_reset="latest",
                  enable_auto_commit=True, auto_commit_interval_ms=5000, max_poll_records=500,
                  partition_assignment_strategy="range", session_timeout_ms=10000,
                  max_poll_interval_ms=300000, consumer_timeout_ms=None, key_deserializer=None,
-                 value_deserializer=None, spin_us=100, _bus=None):
+                 value_deserializer=None, spin_us=100, load_kernels=True, _bus=None):
         if auto_offset_reset not in _RESETS:
             raise InvalidConfigError(f"auto_offset_reset must be one of {', '.join(_RESETS)}: "
                                      f"auto_offset_reset={auto_offset_reset!r}")
@@ -177,6 +182,8 @@ class Consumer:
         self._values = np.empty(1 << 20, np.uint8)
         self._iter_buf: list = []
         self._closed = False
+        if load_kernels or _Reader is None:
+            K.load_reader_kernels()
         if group_id is not None:
             from shmbus.group_member import GroupMember
 
@@ -399,9 +406,9 @@ class Consumer:
                 return None
         n, meta, chunk = p.log.read(p.position, max_n)
         if n:
-            rows = meta[1: n + 1].copy() if batch else meta[1: n + 1].tolist()  # (batch: no list of lists)
-            first, last = int(rows[0][1]), int(rows[-1][1])
-            out = self._records_from(p, rows, memoryview(chunk), batch, chunk)
+            rows = meta[1: n + 1].copy() if batch else meta[1: n + 1]
+            first, last = int(rows[0, 1]), int(rows[-1, 1])
+            out = self._records_from(p, rows, chunk, batch, chunk)
             # (build the records first: the start-offset lookup reuses the log's buffers)
             if first > p.position and p.position < self._start(p):
                 self._reset(p, "offset below the start of the partition")
@@ -423,14 +430,22 @@ class Consumer:
             return p.log.segs[0]
         return self._start(p)
 
-    def _records_from(self, p: _Part, rows, mv, batch: bool, chunk=None):
+    def _records_from(self, p: _Part, rows, buf, batch: bool, chunk=None):
+        """Records for scan ``rows`` (an array of meta rows) whose bodies are in ``buf``."""
         if batch:
             return self._batch_from_rows(p, rows, chunk if chunk is not None else p.ring.buf)
         tp = p.tp
         topic, part = tp.topic, tp.partition
         kd, vd = self._kdes, self._vdes
+        if _build is not None:  # compiled (shmbus/_native.c)
+            out = _build(buf, rows, topic, part, ConsumerRecord)
+            if kd is not None or vd is not None:
+                out = [r._replace(key=kd(r.key) if kd is not None and r.key is not None else r.key,
+                                  value=vd(r.value) if vd is not None else r.value) for r in out]
+            return out
+        mv = buf if isinstance(buf, memoryview) else memoryview(buf)
         out = []
-        for _pos, off, ts, kl, vl, hl, bi, _ln in rows:
+        for _pos, off, ts, kl, vl, hl, bi, _ln in rows.tolist():
             key = mv[bi: bi + kl].tobytes() if kl >= 0 else None
             b = bi + (kl if kl > 0 else 0)
             value = mv[b: b + vl].tobytes() if vl >= 0 else None
@@ -511,19 +526,17 @@ class Consumer:
                 last_off = int(rows[-1, 1])
                 new = int(meta[0, 0])
             else:
-                rows = meta[: n + 1].tolist()  # one conversion; row 0 is the scan's state
-                new = rows[0][0]
-                del rows[0]
-                first_pos = rows[0][0]
+                new = int(meta[0, 0])  # row 0 is the scan's state
+                first_pos = int(meta[1, 0])
                 try:
-                    result = self._records_from(p, rows, p.mv, False)
+                    result = self._records_from(p, meta[1: n + 1], p.mv, False)
                 except Exception:
                     # bytes overwritten while we decoded them (we were lapped): re-read from disk
                     if first_pos < ring.reclaiming():
                         p.cursor = -1
                         continue
                     raise
-                last_off = rows[-1][1]
+                last_off = int(meta[n, 1])
             if first_pos < ring.reclaiming():
                 # the spiller released bytes we were copying: drop and re-read (from disk)
                 p.cursor = -1

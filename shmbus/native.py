@@ -4,7 +4,9 @@
 kernels ``append_*`` (kernels/frames.py) and of ``Consumer._take1``: same bytes, same statuses;
 ``murmur2``/``partition`` and ``crc32c`` those of kernels/murmur2.py and
 kernels/crc32c.py (bytes only); ``commit_offset`` that of
-kernels/groups.py (a group member's commit). ``Sender`` is ``Producer.send``'s common
+kernels/groups.py (a group member's commit); ``encode_headers`` and
+``decode_headers`` those of producer.py's Python header codec;
+``build_records`` that of Consumer._records_from (records from scan rows). ``Sender`` is ``Producer.send``'s common
 case in one call (see the C file).
 They exist for the cost of a call and of start-up (see the C file's header).
 
@@ -30,6 +32,9 @@ murmur2 = None
 partition = None
 add_sleepers = None
 commit_offset = None
+encode_headers = None
+decode_headers = None
+build_records = None
 Sender = None
 REASON = ""
 
@@ -50,7 +55,7 @@ def _expected() -> dict:
 
 
 def _load() -> None:
-    global append, append_batch, Reader, crc32c, murmur2, partition, add_sleepers, commit_offset, Sender, REASON
+    global append, append_batch, Reader, crc32c, murmur2, partition, add_sleepers, commit_offset, encode_headers, decode_headers, build_records, Sender, REASON
     if os.environ.get("SHMBUS_NATIVE", "1") == "0":
         REASON = "SHMBUS_NATIVE=0"
         return
@@ -68,6 +73,8 @@ def _load() -> None:
     murmur2, partition, add_sleepers = _native.murmur2, _native.partition, _native.add_sleepers
     Sender = _native.Sender
     commit_offset = _native.commit_offset
+    encode_headers, decode_headers = _native.encode_headers, _native.decode_headers
+    build_records = _native.build_records
 
 
 _load()

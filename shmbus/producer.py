@@ -104,16 +104,24 @@ def _as_partition(p) -> int:
 
 
 _ENC_CACHE: dict = {}
+_enc_c = native.encode_headers  # the compiled codec (shmbus/_native.c), when built
+_dec_c = native.decode_headers
 
 
 def encode_headers(headers) -> bytes:
     """[(str, bytes | None), ...] -> the frame's header bytes (layout/frame.py).
 
-    Records of one stream usually carry the same headers: encoded blocks are
-    remembered by the headers' value (up to 4096 distinct ones).
+    The compiled encoder does lists and tuples of (str, bytes | None); other
+    bytes-likes, and bad input, come here. Records of one stream usually carry
+    the same headers: here, encoded blocks are remembered by the headers'
+    value (up to 4096 distinct ones).
     """
     if not headers:
         return b""
+    if _enc_c is not None:
+        out = _enc_c(headers)  # compiled; None: a kind of header it leaves to the code below
+        if out is not None:
+            return out
     try:
         key = tuple(headers)
         hit = _ENC_CACHE.get(key)
@@ -155,10 +163,13 @@ _unpack_i = struct.Struct("<i").unpack_from
 def decode_headers(b) -> list:
     """The frame's header bytes -> [(str, bytes | None), ...] (a new list each call).
 
-    Records of one stream usually carry the same headers, so decoded blocks
-    are remembered (up to 4096 distinct ones).
+    Compiled when built (ValueError for bytes that cannot be headers);
+    otherwise decoded here, and since records of one stream usually carry the
+    same headers, decoded blocks are remembered (up to 4096 distinct ones).
     """
     b = bytes(b)
+    if _dec_c is not None:
+        return _dec_c(b)  # compiled: ~0.2 µs for a few headers, cached or not
     hit = _HDR_CACHE.get(b)
     if hit is not None:
         return list(hit)

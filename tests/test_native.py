@@ -138,11 +138,11 @@ with bus.producer() as p:
 t1 = time.perf_counter()
 numba_at_send = "numba" in sys.modules
 # a consumer that reads the ring (no supervisor: nothing on disk), from the start and from the end
-with bus.consumer("t", auto_offset_reset="earliest") as c:
+with bus.consumer("t", auto_offset_reset="earliest", load_kernels=False) as c:
     got = []
     while len(got) < 2:
         got += [r.value for rs in c.poll(timeout_ms=2000).values() for r in rs]
-with bus.consumer("t", auto_offset_reset="latest") as c:
+with bus.consumer("t", auto_offset_reset="latest", load_kernels=False) as c:
     assert c.poll(timeout_ms=0) == {}
 print(json.dumps({"numba": numba_at_send, "native": native.ENABLED, "reason": native.REASON,
                   "seconds": t1 - t0, "read": sorted(v.decode() for v in got),
@@ -164,7 +164,7 @@ def test_a_producer_and_a_ring_reader_run_without_importing_numba(bus_nosup, dat
     bus_nosup.create_topic("t", partitions=2)
     r = _startup(data_dir, {"SHMBUS_NATIVE": "1"})
     assert r["native"] and not r["numba"], r
-    # and a consumer that follows the ring needs none either
+    # and a consumer that follows the ring needs none either (with load_kernels=False)
     assert r["read"] == ["x" * 100, "y"] and not r["numba_after_poll"], r
     # and the records are there: the keyed one on Kafka's partition for b"k"
     from shmbus.partitioner import partition_for_key
@@ -287,3 +287,34 @@ def test_a_following_reader_crosses_ring_ends_and_takes_what_is_ready(bus, monke
         assert [r.offset for r in got] == list(range(len(sent)))
         # ~450 frames of ~270 bytes through a 4 KiB ring: it wrapped (a padding frame each time) ~30 times
         assert sum(40 + len(v) + (len(k) if k else 0) for k, v in sent) > 20 * 4096
+
+
+@needs_native
+def test_the_compiled_header_codec_agrees_with_the_python_one(monkeypatch):
+    from shmbus import producer as P
+
+    rnd = random.Random(21)
+    keys = ["", "a", "trace-id", "ключ", "😀" * 3, "k" * 300]
+    for _ in range(2000):
+        hs = [(rnd.choice(keys), None if rnd.random() < 0.2 else rnd.randbytes(rnd.randrange(0, 40)))
+              for _ in range(rnd.randrange(1, 5))]
+        b = native.encode_headers(hs)
+        assert b == P._encode_headers(hs) == native.encode_headers(tuple(hs))
+        assert native.decode_headers(b) == hs
+        monkeypatch.setattr(P, "_dec_c", None)
+        assert P.decode_headers(b) == hs  # the Python decoder
+        monkeypatch.undo()
+    # kinds the compiled encoder leaves to the Python one (which converts or explains them)
+    assert native.encode_headers([("a", bytearray(b"1"))]) is None
+    assert native.encode_headers([("a", 1)]) is None
+    assert native.encode_headers([["a", b"1"]]) is None
+    assert native.encode_headers([("k" * 70000, b"")]) is None
+    with pytest.raises(ValueError, match="at most 65535"):
+        P.encode_headers([("k" * 70000, b"")])
+    # bytes that cannot be headers
+    good = native.encode_headers([("key", b"value")])
+    for bad in (good[:-1], good[:1], good + b"\x00", b"\x03\x00ab"):
+        with pytest.raises(ValueError, match="corrupt record headers"):
+            native.decode_headers(bad)
+    with pytest.raises(UnicodeDecodeError):
+        native.decode_headers(b"\x01\x00\xff\x00\x00\x00\x00")

@@ -16,12 +16,18 @@ _REC = struct.Struct("<iqq")  # producer id, sequence, perf_counter_ns at send
 
 
 def _load_kernels(*names) -> None:
-    """Load kernels before the clock starts (a first load costs ~0.4 s; not what we measure)."""
-    from shmbus.kernels import frames as K
+    """Load numba kernels before the clock starts (a first load costs ~0.4 s; not what we measure).
+
+    With the compiled verbs (shmbus/native.py) the per-record paths need no numba: only a
+    consumer that falls behind to the disk loads the scan kernels then."""
+    from shmbus import native
     from shmbus.partitioner import partition_for_key
 
-    for n in names:
-        K.entry(n)
+    if not native.ENABLED:
+        from shmbus.kernels import frames as K
+
+        for n in names:
+            K.entry(n)
     partition_for_key(b"warm-up", 2)
 
 

@@ -630,6 +630,21 @@ def fast():
     return _FAST
 
 
+def load_reader_kernels() -> None:
+    """Load (from the cache) the kernels a consumer's general path calls: the ring scans by
+    their entry points, and ``scan``/``scan_copy`` with the types segment reads pass."""
+    from shmbus.layout import ring as R
+
+    fast()
+    ring_bytes = 4096
+    buf = np.zeros(R.HEADER_BYTES + ring_bytes, np.uint8)
+    meta = np.zeros((8, META_COLS), np.int64)
+    values = np.zeros(64, np.uint8)
+    scan(buf, 0, -1, 0, len(buf), 4, 0, True, meta)
+    scan(buf, 0, -1, 0, len(buf), 4, 0, False, meta)
+    scan_copy(buf, 0, -1, 0, len(buf), 4, 0, False, meta, values)
+
+
 def warm() -> None:
     """Compile (or load from the cache) every kernel with the types shmbus passes.
 
