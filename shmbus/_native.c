@@ -923,8 +923,8 @@ static PyObject *py_commit_offset(PyObject *Py_UNUSED(self), PyObject *const *ar
  * A producer with no serializers and acks="memory" sets its instance attribute
  * `send` to a Sender, so `producer.send(...)` is one C call. It handles what
  * most sends are: a topic already opened, bytes or None for value and key,
- * headers (list or tuple of (str, bytes | None); other kinds go to the Python
- * encode_headers, which converts or explains them),
+ * headers (a list or tuple of (str, bytes | None); other kinds and bad headers
+ * go to the Python send, which converts or explains them),
  * partition and timestamp_ms None or ints. It picks the partition as
  * Producer.send does (the given one; else Kafka's murmur2 of the key; else
  * round robin), appends, and builds the RecordMetadata. Anything else, or an
@@ -941,7 +941,6 @@ typedef struct {
     PyObject *topics;    /* dict: topic -> bytearray state (above) */
     PyObject *fallback;  /* the Python send: (topic, value, key, headers, partition, timestamp_ms) */
     PyObject *after;     /* Producer._after(bits): ring the doorbell / spill bell */
-    PyObject *encode;    /* producer.encode_headers: [(str, bytes | None), ...] -> bytes (it checks them) */
     PyTypeObject *meta;  /* RecordMetadata, a 4-tuple subclass */
     int64_t pid;
 } Sender;
@@ -976,17 +975,32 @@ static PyObject *sender_call(PyObject *self, PyObject *const *args, size_t nargs
         (key != Py_None && !PyBytes_CheckExact(key)) || (part != Py_None && !PyLong_CheckExact(part)) ||
         (tso != Py_None && !PyLong_CheckExact(tso)))
         return sender_fallback(s, a);
+    /* headers first (no Python code runs after this until the append): a list or tuple of
+     * (str, bytes | None) is encoded here; anything else, or bad headers, go to the Python send */
+    PyObject *hb = NULL, *res = NULL;
+    if (headers != Py_None) {
+        if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) return sender_fallback(s, a);
+        if (PySequence_Fast_GET_SIZE(headers) > 0) {
+            int e = headers_encode(headers, &hb);
+            if (e < 0) return NULL;
+            if (e > 0) return sender_fallback(s, a);
+        }
+    }
     PyObject *st = PyDict_GetItemWithError(s->topics, topic);
     if (st == NULL) {
-        if (PyErr_Occurred()) return NULL;
-        return sender_fallback(s, a);  /* not opened yet, or the producer is closed */
+        if (!PyErr_Occurred()) res = sender_fallback(s, a);  /* not opened yet, or the producer is closed */
+        Py_XDECREF(hb);
+        return res;
     }
     int64_t *state = (int64_t *)PyByteArray_AS_STRING(st);
     int64_t n = state[0], p;
     if (part != Py_None) {
         int overflow;
         p = PyLong_AsLongLongAndOverflow(part, &overflow);
-        if (overflow || p < 0 || p >= n) return sender_fallback(s, a);  /* out of range: its ValueError */
+        if (overflow || p < 0 || p >= n) {  /* out of range: its ValueError */
+            Py_XDECREF(hb);
+            return sender_fallback(s, a);
+        }
     } else if (key != Py_None) {
         p = (int64_t)(murmur2((const uint8_t *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) & 0x7FFFFFFFu) % n;
     } else {
@@ -1001,24 +1015,15 @@ static PyObject *sender_call(PyObject *self, PyObject *const *args, size_t nargs
     } else {
         int overflow;
         ts = PyLong_AsLongLongAndOverflow(tso, &overflow);
-        if (overflow) return sender_fallback(s, a);
+        if (overflow) {
+            Py_XDECREF(hb);
+            return sender_fallback(s, a);
+        }
     }
     const uint8_t *kp = NULL, *vp = NULL;
     int64_t kl = -1, vl = -1;
     if (key != Py_None) { kp = (const uint8_t *)PyBytes_AS_STRING(key); kl = PyBytes_GET_SIZE(key); }
     if (value != Py_None) { vp = (const uint8_t *)PyBytes_AS_STRING(value); vl = PyBytes_GET_SIZE(value); }
-    PyObject *hb = NULL;  /* encoded headers, if any */
-    if (headers != Py_None && PyObject_IsTrue(headers)) {
-        int e = headers_encode(headers, &hb);
-        if (e < 0) return NULL;
-        if (e > 0) hb = PyObject_CallOneArg(s->encode, headers);  /* other kinds: the Python encoder */
-        if (!hb) return NULL;
-        if (!PyBytes_CheckExact(hb)) {
-            Py_DECREF(hb);
-            PyErr_SetString(PyExc_TypeError, "Sender: encode must return bytes");
-            return NULL;
-        }
-    }
     int64_t r = append_one((uint8_t *)(uintptr_t)state[2 + p], kp, kl, vp, vl,
                            hb ? (const uint8_t *)PyBytes_AS_STRING(hb) : NULL, hb ? PyBytes_GET_SIZE(hb) : 0, ts,
                            s->pid);
@@ -1061,10 +1066,10 @@ static PyObject *sender_call(PyObject *self, PyObject *const *args, size_t nargs
 }
 
 static PyObject *sender_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNUSED(kw)) {
-    PyObject *topics, *fallback, *after, *encode, *meta;
+    PyObject *topics, *fallback, *after, *meta;
     long long pid;
-    if (!PyArg_ParseTuple(args, "O!OOOO!L:Sender", &PyDict_Type, &topics, &fallback, &after, &encode, &PyType_Type,
-                          &meta, &pid))
+    if (!PyArg_ParseTuple(args, "O!OOO!L:Sender", &PyDict_Type, &topics, &fallback, &after, &PyType_Type, &meta,
+                          &pid))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)meta, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "Sender: meta must be a tuple subclass");
@@ -1076,7 +1081,6 @@ static PyObject *sender_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNU
     s->topics = Py_NewRef(topics);
     s->fallback = Py_NewRef(fallback);
     s->after = Py_NewRef(after);
-    s->encode = Py_NewRef(encode);
     s->meta = (PyTypeObject *)Py_NewRef(meta);
     s->pid = pid;
     return (PyObject *)s;
@@ -1086,7 +1090,6 @@ static int sender_traverse(Sender *s, visitproc visit, void *arg) {
     Py_VISIT(s->topics);
     Py_VISIT(s->fallback);
     Py_VISIT(s->after);
-    Py_VISIT(s->encode);
     Py_VISIT(s->meta);
     return 0;
 }
@@ -1095,7 +1098,6 @@ static int sender_clear(Sender *s) {
     Py_CLEAR(s->topics);
     Py_CLEAR(s->fallback);
     Py_CLEAR(s->after);
-    Py_CLEAR(s->encode);
     Py_CLEAR(s->meta);
     return 0;
 }

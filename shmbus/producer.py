@@ -122,6 +122,11 @@ def encode_headers(headers) -> bytes:
         out = _enc_c(headers)  # compiled; None: a kind of header it leaves to the code below
         if out is not None:
             return out
+    if not isinstance(headers, (list, tuple)):
+        try:
+            headers = tuple(headers)  # any iterable of pairs, read once (a generator too)
+        except TypeError:
+            raise TypeError(f"headers must be a list of (str, bytes) pairs: got {type(headers).__name__}") from None
     try:
         key = tuple(headers)
         hit = _ENC_CACHE.get(key)
@@ -250,8 +255,7 @@ class Producer:
         self._shapes: dict = {}  # (rows, width) -> send_batch's index arrays for a 2-D array (_send_rows)
         if native.Sender is not None and key_serializer is None and value_serializer is None and acks == "memory":
             # send's common case in one C call; everything else it hands to the Python send below
-            self.send = native.Sender(self._fast, Producer.send.__get__(self), self._after, encode_headers,
-                                      RecordMetadata, _PID)
+            self.send = native.Sender(self._fast, Producer.send.__get__(self), self._after, RecordMetadata, _PID)
             _SENDERS.add(self)
 
     # --- topics ---

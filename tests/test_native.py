@@ -216,6 +216,14 @@ def test_the_compiled_send_answers_as_the_python_send(bus_nosup):
     m = p.send("t", value=b"v", key=b"user-7", partition=0, timestamp_ms=1234)
     assert (m.topic, m.partition, m.offset, m.timestamp_ms) == ("t", 0, 1, 1234)
     p.send("t", None, b"tomb", [("h", b"1"), ("n", None)], 2)
+    # headers as a tuple (compiled), and as a generator or with a bytearray (the Python send)
+    for hs in ((("g", b"1"),), (x for x in [("g", b"1")]), [("g", bytearray(b"1"))]):
+        m = p.send("t", b"h", headers=hs, partition=1)
+        with bus_nosup.consumer() as c:
+            c.assign([TopicPartition("t", 1)])
+            c.seek(TopicPartition("t", 1), m.offset)
+            (rec,) = c.poll(timeout_ms=2000)[TopicPartition("t", 1)]
+        assert rec.headers == [("g", b"1")], hs
     def ends():
         with bus_nosup.consumer() as c:
             return c.end_offsets([TopicPartition("t", i) for i in range(3)])
