@@ -52,6 +52,16 @@ def warm_kernels():
     frames.warm()
 
 
+def wait_for(cond, timeout_s, what):
+    """Poll ``cond()`` every 10 ms until it is true; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
 @pytest.fixture
 def data_dir(tmp_path):
     d = str(tmp_path / "bus")

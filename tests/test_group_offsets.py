@@ -16,7 +16,7 @@ import time
 import numpy as np
 import posix_ipc
 import pytest
-from conftest import SPAWN, bus_shm_names
+from conftest import SPAWN, bus_shm_names, wait_for
 
 from shmbus import Bus, TopicPartition, _paths, native
 from shmbus.errors import CommitFailedError
@@ -229,15 +229,6 @@ def test_a_fenced_member_committing_in_a_loop_never_overwrites_its_successor(bus
         assert [b.committed(tp) for tp in tps] == [300, 300]
         assert {bus.describe_group("g").offsets[tp].committed for tp in tps} == {300}
     procs.join_all(30)
-
-
-def wait_for(cond, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def checkpoint_offsets(data_dir, group):

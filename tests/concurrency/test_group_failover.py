@@ -23,6 +23,7 @@ import signal
 import time
 
 import pytest
+from conftest import wait_for
 
 TOPIC = "orders"
 PARTS = 6
@@ -115,15 +116,6 @@ def check_one_owner(logs, killed):
                 p, t = int(rec[1]), float(rec[4])
                 assert any(m == name and s <= t <= e for s, e, m in ivs[p]), f"{name} read {p} at {t} without owning it"
     return ivs
-
-
-def wait_for(cond, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def stable_with(bus, n):
