@@ -637,7 +637,7 @@ class Consumer:
         # RELEASED (there the word is the oldest frame of an exactly full ring)
         return p.qwords[p.hq + ((c & ring.mask) >> 3)] & 0xFF00000000 != 0 and c < ring.released() + ring.ring_bytes
 
-    def _poll(self, timeout_ms, max_records, batch: bool) -> dict:
+    def _poll(self, timeout_ms, max_records, batch: bool, spun_s: float = 0.0) -> dict:
         if self._closed:
             raise ShmbusError("poll on a closed consumer (make a new one)")
         if timeout_ms.__class__ is not int or timeout_ms < 0:
@@ -666,7 +666,8 @@ class Consumer:
                         deadline = now + timeout_ms / 1000.0
                     if now >= deadline:
                         return {}
-                    self._wait(deadline)
+                    self._wait(deadline, spun_s)
+                    spun_s = 0.0
                     continue
             out = {}
             parts = self._order
@@ -704,12 +705,14 @@ class Consumer:
                 deadline = now + timeout_ms / 1000.0
             if now >= deadline:
                 return out
-            self._wait(deadline)
+            self._wait(deadline, spun_s)
+            spun_s = 0.0
 
-    def _wait(self, deadline: float) -> None:
+    def _wait(self, deadline: float, spun_s: float = 0.0) -> None:
+        """Spin for what is left of spin_us (``spun_s`` of it was spun already, in C), then sleep."""
         active = [p for p in self._order if not p.paused]
         now = time.monotonic()
-        spin_end = min(deadline, now + self._spin_s)
+        spin_end = min(deadline, now + self._spin_s - spun_s)
         solo = self._solo
         if solo is not None and solo.cursor >= 0 and not solo.paused:
             # one partition: spin on its header word alone (a few loads per turn)
@@ -754,9 +757,11 @@ class Consumer:
             if n.__class__ is int and n >= 1:
                 # (the spin is at most 100 µs per call, below any timeout but 0: it holds the GIL;
                 # a longer spin_us goes on in _poll. No min(): it costs ~0.15 µs a call here.)
-                got = solo.rd.poll(n, self._spin_cap_ns if timeout_ms else 0)
+                spin = self._spin_cap_ns if timeout_ms else 0
+                got = solo.rd.poll(n, spin)
                 if got:
                     return got
+                return self._poll(timeout_ms, max_records, False, spin / 1e9)  # (no second spin of the same)
             return self._poll(timeout_ms, max_records, False)
         if solo is not None and max_records is None and timeout_ms.__class__ is int and timeout_ms >= 0:
             got = self._take1(solo, self.max_poll_records)  # one record waiting: no further checks
