@@ -60,6 +60,8 @@ _EMPTY = ()  # _take1: nothing published at the cursor
 # header words read from Python (a ring's int64 view starts with its 4096-byte header)
 _W_RELEASED = R.OFF_RELEASED // 8
 _W_RECLAIMING = R.OFF_RECLAIMING // 8
+_W_CLAIM_POS = R.OFF_CLAIM_POS // 8
+_W_CLAIM_OFFSET = R.OFF_CLAIM_OFFSET // 8
 _unpack_frame = struct.Struct("<qqiii").unpack_from  # offset, timestamp, key len, value len, headers len at +8
 _STRATEGIES = ("range", "roundrobin", "sticky")
 
@@ -94,6 +96,32 @@ class _Part:
         self.mask = ring.mask
         self.ring_bytes = ring.ring_bytes
         self.addr = ring.address
+
+    def settled_position(self):
+        """The position, moved past offsets that no record will ever have.
+
+        A writer that died between claim and publish took offsets that the
+        supervisor turned into padding: a gap. Behind it the next record's
+        offset moves the position on; but when the dead claim was the last
+        one, nothing would, and a caught-up reader would stay below
+        ``end_offsets`` (and its lag above 0) for good. When the cursor stands
+        at the claim tail, every offset below the tail's next offset has been
+        read, skipped or lost, so the position is at least that. The two words
+        are read as a seqlock: the claim position grows with every claim and is
+        written together with the offset (one 16-byte compare-and-swap).
+        """
+        pos = self.position
+        c = self.cursor
+        if pos is None or c < 0:
+            return pos
+        q = self.qwords
+        if q[_W_CLAIM_POS] != c:
+            return pos
+        nxt = q[_W_CLAIM_OFFSET]
+        if q[_W_CLAIM_POS] == c and nxt > pos:
+            self.position = nxt
+            return nxt
+        return pos
 
 
 class _NativePart(_Part):
@@ -303,7 +331,7 @@ class Consumer:
         p = self._part(tp)
         if p.position is None:
             self._reset(p, "no position and no committed offset")
-        return p.position
+        return p.settled_position()
 
     def seek(self, tp, offset: int) -> None:
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:

@@ -410,7 +410,7 @@ class GroupMember:
 
     def _positions(self, consumer, tps=None) -> dict:
         parts = consumer._parts
-        return {tp: parts[tp].position for tp in (tps if tps is not None else parts)
+        return {tp: parts[tp].settled_position() for tp in (tps if tps is not None else parts)
                 if tp in parts and parts[tp].position is not None}
 
     def commit(self, consumer, offsets=None) -> None:

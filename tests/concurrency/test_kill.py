@@ -100,7 +100,12 @@ def test_sigkill_producers_at_random_moments(bus, procs, send_impl):
         deadline = time.monotonic() + 30
         while any(c.position(tp) < end for tp, end in ends.items()) and time.monotonic() < deadline:
             got.extend(drain(c, lambda r: False, 0.2))
-        assert all(c.position(tp) >= end for tp, end in ends.items()), "reader stalled behind the dead writers"
+        if not all(c.position(tp) >= end for tp, end in ends.items()):
+            state = {tp.partition: dict(position=c.position(tp), end=end, cursor=c._parts[tp].cursor,
+                                        claim=c._parts[tp].ring.claim_position(),
+                                        released=c._parts[tp].ring.released())
+                     for tp, end in ends.items()}
+            pytest.fail(f"reader stalled behind the dead writers: {state}")
         # a record sent after the kills must arrive within a second
         with bus.producer() as prod:
             t0 = time.monotonic()
@@ -150,3 +155,38 @@ def test_writer_killed_between_claim_and_publish(bus, procs, reserve):
     assert waited < 1.0, f"readers were stalled {waited:.3f} s by the dead claim"
     # the hole costs one offset: 0 before, 1 the dead claim, 2 behind it
     assert [r.offset for r in got] == [0, 2]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("reserve", [False, True], ids=["killed-before-reserve", "killed-while-writing"])
+def test_dead_last_claim_does_not_hold_a_caught_up_reader_below_the_end(bus, procs, reserve):
+    """The dead claim is the newest: no record behind it moves the reader's position over the gap.
+
+    A reader that has read everything must still reach ``end_offsets`` (which
+    counts the lost offset), and a group's committed offset with it, or its lag
+    would stay 1 for good.
+    """
+    bus.create_topic(TOPIC, partitions=1, config={"ring.bytes": 65536})
+    tp = ("kill", 0)
+    with bus.producer() as prod, bus.consumer(TOPIC, group_id="g", auto_offset_reset="earliest") as c:
+        prod.send(TOPIC, b"before")
+        got = drain(c, lambda r: r.value == b"before", 10)
+        assert [r.value for r in got] == [b"before"]
+        assert c.position(tp) == 1
+        ready = SPAWN.Event()
+        pr = procs.start(abandon_main, bus.data_dir, reserve, ready)
+        assert ready.wait(60)
+        assert c.end_offsets([tp]) == {tp: 2}  # the claim took offset 1
+        os.kill(pr.pid, signal.SIGKILL)
+        pr.join(10)
+        t0 = time.monotonic()
+        while c.position(tp) < 2 and time.monotonic() - t0 < 5:
+            assert not c.poll(timeout_ms=50), "a record appeared from the dead claim"
+        waited = time.monotonic() - t0
+        assert c.position(tp) == 2, "a caught-up reader stayed below end_offsets behind the dead claim"
+        assert waited < 1.0, f"the position passed the dead claim after {waited:.3f} s"
+        c.commit()
+        assert c.committed(tp) == 2
+        prod.send(TOPIC, b"after")
+        got = drain(c, lambda r: r.value == b"after", 5)
+    assert [(r.offset, r.value) for r in got] == [(2, b"after")]
