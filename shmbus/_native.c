@@ -11,8 +11,9 @@
  * They are the same verbs as the numba kernels, on the same bytes: the layout
  * constants below are checked against shmbus/layout at import (see
  * shmbus/native.py), and tests run the data-path tests with and without this
- * module (SHMBUS_NATIVE=0 selects the numba kernels). Everything else (batches,
- * scans, the spiller) stays in numba. The extension is optional: where it does
+ * module (SHMBUS_NATIVE=0 selects the numba kernels). The consumer's scans are
+ * here too, so that no client process imports numba; the supervisor's jobs
+ * (spill, release, unblock, compaction) stay in numba. The extension is optional: where it does
  * not build (no compiler, not x86-64), shmbus uses the numba kernels.
  *
  * Memory orders follow the kernels (x86-64, TSO): acquire loads are plain
@@ -51,6 +52,15 @@
 #define T_DATA 1
 #define T_PADDING 2
 #define T_RESERVED 3
+#define T_POISON 4
+#define META_COLS 8
+
+/* why a scan stopped (meta[0][2]) */
+#define STOP_MAX 0
+#define STOP_EMPTY 1
+#define STOP_END 2
+#define STOP_CORRUPT 3
+#define STOP_CRC 4
 #define PID_MASK 0xFFFFFF
 
 #define G_HDR 4096
@@ -1135,7 +1145,182 @@ static PyTypeObject SenderType = {
     .tp_methods = sender_methods,
 };
 
+/* --- scan, scan_copy: a consumer's general path (kernels/frames.py) --------
+ * The same walks as the kernels of these names, on the same arguments, so a
+ * consumer reads batches, segment chunks and laps without importing numba.
+ * scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta) describes
+ * DATA frames from `pos` into meta rows (frame pos, offset, timestamp, key len,
+ * value len, headers len, body index, frame len); meta[0] = (new pos, records,
+ * stop reason, bad frame pos). Ring: base = RING_HDR, mask = ring bytes - 1; a
+ * segment chunk: base = 0, mask = -1, end = its bytes. Unlike the kernel, a
+ * frame that would reach past the buffer stops the walk as corrupt (numba does
+ * not check bounds; a wild length here must not read past the mapping).
+ * scan_copy also copies the values back to back into `values` (meta column 6
+ * becomes the value's start there) and stops early when it is full. */
+static int64_t scan_core(const uint8_t *buf, int64_t buflen, int64_t base, int64_t mask, int64_t pos, int64_t end,
+                         int64_t max_n, int64_t min_offset, int verify, int64_t *meta, int64_t rows) {
+    int64_t n = 0, reason = STOP_MAX, bad = -1;
+    int64_t cap = max_n < rows - 1 ? max_n : rows - 1;
+    while (n < cap) {
+        if (pos + 8 > end) {
+            reason = STOP_END;
+            break;
+        }
+        int64_t i = base + (pos & mask);
+        if (i < 0 || i + 8 > buflen) {
+            reason = STOP_CORRUPT;
+            bad = pos;
+            break;
+        }
+        int64_t h = ld_acq64(buf, i);
+        int64_t t = (h >> 32) & 0xFF, ln = h & 0xFFFFFFFF;
+        if (t == T_FREE || t == T_RESERVED) {
+            reason = STOP_EMPTY;
+            break;
+        }
+        if (ln < 8 || (ln & 7) || t > T_POISON || i + ln > buflen) {
+            reason = STOP_CORRUPT;
+            bad = pos;
+            break;
+        }
+        if (pos + ln > end) {
+            reason = STOP_END;
+            break;
+        }
+        if (t == T_DATA) {
+            int32_t kl, vl, hl;
+            if (ln < F_HDR) {
+                reason = STOP_CORRUPT;
+                bad = pos;
+                break;
+            }
+            memcpy(&kl, buf + i + F_KLEN, 4);
+            memcpy(&vl, buf + i + F_VLEN, 4);
+            memcpy(&hl, buf + i + F_HLEN, 4);
+            int64_t body = (int64_t)(kl > 0 ? kl : 0) + (vl > 0 ? vl : 0) + hl;
+            if (kl < -1 || vl < -1 || hl < 0 || F_HDR + body > ln) {
+                reason = STOP_CORRUPT;
+                bad = pos;
+                break;
+            }
+            if (verify) {
+                uint32_t c = crc_run(0xFFFFFFFFu, buf + i + F_OFFSET, F_CRC - F_OFFSET);
+                c = crc_run(c, buf + i + F_HDR, (size_t)body) ^ 0xFFFFFFFFu;
+                uint32_t want;
+                memcpy(&want, buf + i + F_CRC, 4);
+                if (c != want) {
+                    reason = STOP_CRC;
+                    bad = pos;
+                    break;
+                }
+            }
+            int64_t off;
+            memcpy(&off, buf + i + F_OFFSET, 8);
+            if (off >= min_offset) {
+                int64_t *r = meta + (1 + n) * META_COLS;
+                r[0] = pos;
+                r[1] = off;
+                memcpy(&r[2], buf + i + F_TS, 8);
+                r[3] = kl;
+                r[4] = vl;
+                r[5] = hl;
+                r[6] = i + F_HDR;
+                r[7] = ln;
+                n++;
+            }
+        }
+        pos += ln;
+    }
+    meta[0] = pos;
+    meta[1] = n;
+    meta[2] = reason;
+    meta[3] = bad;
+    return n;
+}
+
+static int64_t copy_values(const uint8_t *buf, int64_t n, int64_t *meta, uint8_t *values, int64_t vcap) {
+    int64_t at = 0;
+    for (int64_t r = 0; r < n; r++) {
+        int64_t *row = meta + (1 + r) * META_COLS;
+        int64_t vl = row[4] > 0 ? row[4] : 0;
+        if (at + vl > vcap) {  /* keep the records that fit; resume at the first that did not */
+            meta[0] = row[0];
+            meta[1] = r;
+            meta[2] = STOP_MAX;
+            return r;
+        }
+        memcpy(values + at, buf + row[6] + (row[3] > 0 ? row[3] : 0), (size_t)vl);
+        row[6] = at;
+        at += vl;
+    }
+    return n;
+}
+
+/* scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta[, values]) -> records */
+static PyObject *py_scan(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9 && nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta[, values])");
+        return NULL;
+    }
+    int64_t base, mask, pos, end, max_n, min_offset;
+    if (as_i64(args[1], &base) || as_i64(args[2], &mask) || as_i64(args[3], &pos) || as_i64(args[4], &end) ||
+        as_i64(args[5], &max_n) || as_i64(args[6], &min_offset))
+        return NULL;
+    int verify = PyObject_IsTrue(args[7]);
+    if (verify < 0) return NULL;
+    Py_buffer b, m, v;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[8], &m, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    int has_values = nargs == 10;
+    if (has_values && PyObject_GetBuffer(args[9], &v, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&b);
+        PyBuffer_Release(&m);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    int64_t rows = m.len / (8 * META_COLS);
+    if (rows < 1) {
+        PyErr_SetString(PyExc_ValueError, "scan: meta must hold at least one row of 8 int64");
+    } else {
+        int64_t n = scan_core(b.buf, b.len, base, mask, pos, end, max_n, min_offset, verify, m.buf, rows);
+        if (has_values) n = copy_values(b.buf, n, m.buf, v.buf, v.len);
+        result = PyLong_FromLongLong(n);
+    }
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&m);
+    if (has_values) PyBuffer_Release(&v);
+    return result;
+}
+
+/* scan_ring(addr, pos, max_n, min_offset, meta_addr, meta_rows[, values_addr, values_len]) -> records:
+ * scan (and copy) over the ring mapped at addr, never past RELEASED + ring (past it lies the oldest
+ * frame again, when the ring is exactly full); the entry points the consumer calls by address */
+static PyObject *py_scan_ring(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[8];
+    if (nargs != 6 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "scan_ring(addr, pos, max_n, min_offset, meta_addr, meta_rows[, values_addr, values_len])");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < nargs; k++)
+        if (as_i64(args[k], &a[k])) return NULL;
+    const uint8_t *buf = (const uint8_t *)(uintptr_t)a[0];
+    int64_t ring = *(const int64_t *)(buf + R_RING_BYTES);
+    int64_t end = ld_acq64(buf, R_RELEASED) + ring;
+    int64_t *meta = (int64_t *)(uintptr_t)a[4];
+    int64_t n = scan_core(buf, RING_HDR + ring, RING_HDR, ring - 1, a[1], end, a[2], a[3], 0, meta, a[5]);
+    if (nargs == 8) n = copy_values(buf, n, meta, (uint8_t *)(uintptr_t)a[6], a[7]);
+    return PyLong_FromLongLong(n);
+}
+
 static PyMethodDef methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))py_scan, METH_FASTCALL,
+     "scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta[, values]): the scan kernel"},
+    {"scan_ring", (PyCFunction)(void (*)(void))py_scan_ring, METH_FASTCALL,
+     "scan_ring(addr, pos, max_n, min_offset, meta_addr, meta_rows[, values_addr, values_len])"},
     {"append_batch", (PyCFunction)(void (*)(void))py_append_batch, METH_FASTCALL,
      "Append records of a batch in one claim."},
     {"commit_offset", (PyCFunction)(void (*)(void))py_commit_offset, METH_FASTCALL,
@@ -1169,12 +1354,14 @@ PyMODINIT_FUNC PyInit__native(void) {
     }
     PyObject *layout = Py_BuildValue(
         "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,"
-        "s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
         "RING_HDR", RING_HDR, "R_RING_BYTES", R_RING_BYTES, "R_FLAGS", R_FLAGS, "R_MAX_MESSAGE", R_MAX_MESSAGE,
         "R_CLAIM_POS", R_CLAIM_POS, "R_RELEASED", R_RELEASED, "R_RECLAIMING", R_RECLAIMING, "R_SLEEPERS",
         R_SLEEPERS, "FLAG_DELETED", FLAG_DELETED, "F_HDR", F_HDR, "F_OFFSET", F_OFFSET, "F_TS", F_TS, "F_KLEN",
         F_KLEN, "F_VLEN", F_VLEN, "F_HLEN", F_HLEN, "F_CRC", F_CRC, "T_FREE", T_FREE, "T_DATA", T_DATA,
-        "T_PADDING", T_PADDING, "T_RESERVED", T_RESERVED, "ST_FULL", ST_FULL, "ST_DELETED", ST_DELETED,
+        "T_PADDING", T_PADDING, "T_RESERVED", T_RESERVED, "T_POISON", T_POISON, "META_COLS", META_COLS,
+        "STOP_MAX", STOP_MAX, "STOP_EMPTY", STOP_EMPTY, "STOP_END", STOP_END, "STOP_CORRUPT", STOP_CORRUPT,
+        "STOP_CRC", STOP_CRC, "R_CLAIM_OFFSET", R_CLAIM_POS + 8, "ST_FULL", ST_FULL, "ST_DELETED", ST_DELETED,
         "ST_TOO_LARGE", ST_TOO_LARGE, "ST_OVER_MAX", ST_OVER_MAX, "G_HDR", G_HDR, "G_SLOTS", G_SLOTS,
         "G_SLOT_BYTES", G_SLOT_BYTES, "S_OFFSET", S_OFFSET, "G_OK", G_OK, "G_FENCED", G_FENCED, "G_BAD_SLOT",
         G_BAD_SLOT);

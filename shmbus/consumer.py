@@ -41,9 +41,8 @@ from shmbus import native
 from shmbus.layout import frame as F
 from shmbus.native import LazyModule
 
-# The numba kernels, imported on the first general-path read (a seek, the first
-# locate, a batch, disk): a consumer that takes single records from a ring it is
-# following uses the compiled verbs (shmbus/native.py) and needs no numba.
+# The numba kernels, imported only when the compiled verbs (shmbus/native.py) are not
+# loaded (SHMBUS_NATIVE=0, or no C build): then on the first general-path read.
 K = LazyModule("shmbus.kernels.frames")
 _Reader = native.Reader  # None: SHMBUS_NATIVE=0 or no C build; then _take1 reads in Python
 _build = native.build_records  # None: _records_from builds records in Python
@@ -155,10 +154,11 @@ class Consumer:
 
     Extra keywords: ``spin_us`` (default 100): how long a blocking poll spins
     before it sleeps. Longer buys latency for CPU. ``load_kernels`` (default
-    True): load the numba kernels of the general read path (disk, batches,
-    seeks) now, ~0.5 s once per process, rather than at the first read that
-    needs them, which would stall that poll mid-stream. A consumer that only
-    follows the ring never needs them: ``load_kernels=False`` starts in ~30 ms.
+    True) matters only without the compiled verbs (``SHMBUS_NATIVE=0`` or no C
+    build): it loads the numba kernels of the general read path (disk,
+    batches, seeks) now, ~0.5 s once per process, rather than at the first read
+    that needs them, which would stall that poll mid-stream. With the compiled
+    verbs a consumer imports no numba and starts in ~30 ms.
     """
 
     def __init__(self, *topics, data_dir=None, group_id=None, auto_offset_reset="latest",
@@ -205,13 +205,15 @@ class Consumer:
         self._meta = np.zeros((4097, F.META_COLS), np.int64)
         self._meta_addr = self._meta.ctypes.data
         self._meta_rows = self._meta.shape[0]
-        self._scan_ring = self._lazy("scan_ring")
-        self._scan_copy_ring = self._lazy("scan_copy_ring")
+        # the ring scans by address: C (one function, the copying form with two more arguments), or
+        # the numba entry points loaded on first use
+        self._scan_ring = native.scan_ring or self._lazy("scan_ring")
+        self._scan_copy_ring = native.scan_ring or self._lazy("scan_copy_ring")
         self._values = np.empty(1 << 20, np.uint8)
         self._iter_buf: list = []
         self._closed = False
-        if load_kernels or _Reader is None:
-            K.load_reader_kernels()
+        if native.scan is None and (load_kernels or _Reader is None):
+            K.load_reader_kernels()  # numba (~0.7 s), so that no poll stalls on it mid-stream
         if group_id is not None:
             from shmbus.group_member import GroupMember
 
@@ -384,7 +386,7 @@ class Consumer:
             pos = rel
             found = None
             while True:
-                n = K.scan(p.ring.buf, R.HEADER_BYTES, p.ring.mask, pos, _BIG, 1024, 0, False, self._meta)
+                n = native.scan_frames(p.ring.buf, R.HEADER_BYTES, p.ring.mask, pos, _BIG, 1024, 0, False, self._meta)
                 rows = self._meta[1: n + 1]
                 h = np.nonzero(rows[:, 2] >= ts)[0]
                 if len(h):
@@ -504,7 +506,7 @@ class Consumer:
             if total > len(self._values):
                 self._values = np.empty(max(total, 2 * len(self._values)), np.uint8)
             end = int(a[-1, 0] + a[-1, 7])
-            k = K.scan_copy(buf, 0, -1, int(a[0, 0]), end, len(a), int(a[0, 1]), False, self._meta, self._values)
+            k = native.scan_copy_frames(buf, 0, -1, int(a[0, 0]), end, len(a), int(a[0, 1]), False, self._meta, self._values)
             if k == len(a):
                 return RecordBatch(p.tp.topic, p.tp.partition, a[:, 1].copy(), a[:, 2].copy(),
                                    self._values[:total].copy(), starts, vl.copy())
@@ -535,7 +537,7 @@ class Consumer:
                 n = self._scan_ring(ring.address, p.cursor, max_n, p.position, self._meta_addr, self._meta_rows)
             meta = self._meta
             if n == 0:
-                if int(meta[0, 2]) == K.STOP_MAX and batch and self._values is not None:
+                if int(meta[0, 2]) == F.STOP_MAX and batch and self._values is not None:
                     # a single value larger than the buffer: grow it
                     self._values = np.empty(len(self._values) * 2, np.uint8)
                     continue

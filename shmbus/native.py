@@ -6,8 +6,10 @@ kernels ``append_*`` (kernels/frames.py) and of ``Consumer._take1``: same bytes,
 kernels/crc32c.py (bytes only); ``commit_offset`` that of
 kernels/groups.py (a group member's commit); ``encode_headers`` and
 ``decode_headers`` those of producer.py's Python header codec;
-``build_records`` that of Consumer._records_from (records from scan rows). ``Sender`` is ``Producer.send``'s common
-case in one call (see the C file).
+``build_records`` that of Consumer._records_from (records from scan rows); ``scan``
+that of the ``scan`` and ``scan_copy`` kernels (with a values array), ``scan_ring`` that of
+``scan_ring`` and ``scan_copy_ring``, so a consumer never imports numba. ``Sender`` is
+``Producer.send``'s common case in one call (see the C file).
 They exist for the cost of a call and of start-up (see the C file's header).
 
 ``SHMBUS_NATIVE=0`` in the environment selects the numba kernels instead (the
@@ -36,6 +38,8 @@ encode_headers = None
 decode_headers = None
 build_records = None
 Sender = None
+scan = None
+scan_ring = None
 REASON = ""
 
 
@@ -46,7 +50,9 @@ def _expected() -> dict:
         "R_RECLAIMING": _R.OFF_RECLAIMING, "R_SLEEPERS": _R.OFF_SLEEPERS, "FLAG_DELETED": _R.FLAG_DELETED,
         "F_HDR": _F.HEADER_BYTES, "F_OFFSET": _F.OFF_OFFSET, "F_TS": _F.OFF_TIMESTAMP, "F_KLEN": _F.OFF_KEY_LEN,
         "F_VLEN": _F.OFF_VALUE_LEN, "F_HLEN": _F.OFF_HEADERS_LEN, "F_CRC": _F.OFF_CRC, "T_FREE": _F.FREE,
-        "T_DATA": _F.DATA, "T_PADDING": _F.PADDING, "T_RESERVED": _F.RESERVED,
+        "T_DATA": _F.DATA, "T_PADDING": _F.PADDING, "T_RESERVED": _F.RESERVED, "T_POISON": _F.POISON,
+        "META_COLS": _F.META_COLS, "STOP_MAX": _F.STOP_MAX, "STOP_EMPTY": _F.STOP_EMPTY, "STOP_END": _F.STOP_END,
+        "STOP_CORRUPT": _F.STOP_CORRUPT, "STOP_CRC": _F.STOP_CRC, "R_CLAIM_OFFSET": _R.OFF_CLAIM_OFFSET,
         "ST_FULL": _F.ST_FULL, "ST_DELETED": _F.ST_DELETED, "ST_TOO_LARGE": _F.ST_TOO_LARGE,
         "ST_OVER_MAX": _F.ST_OVER_MAX, "G_HDR": _G.HEADER_BYTES, "G_SLOTS": _G.OFF_SLOTS,
         "G_SLOT_BYTES": _G.SLOT_BYTES, "S_OFFSET": _G.S_OFFSET, "G_OK": _G.COMMIT_OK,
@@ -55,7 +61,8 @@ def _expected() -> dict:
 
 
 def _load() -> None:
-    global append, append_batch, Reader, crc32c, murmur2, partition, add_sleepers, commit_offset, encode_headers, decode_headers, build_records, Sender, REASON
+    global append, append_batch, Reader, crc32c, murmur2, partition, add_sleepers, commit_offset, encode_headers, \
+        decode_headers, build_records, Sender, scan, scan_ring, REASON
     if os.environ.get("SHMBUS_NATIVE", "1") == "0":
         REASON = "SHMBUS_NATIVE=0"
         return
@@ -75,6 +82,7 @@ def _load() -> None:
     commit_offset = _native.commit_offset
     encode_headers, decode_headers = _native.encode_headers, _native.decode_headers
     build_records = _native.build_records
+    scan, scan_ring = _native.scan, _native.scan_ring
 
 
 _load()
@@ -98,3 +106,20 @@ class LazyModule:
         value = getattr(importlib.import_module(self._name), attr)
         self.__dict__[attr] = value
         return value
+
+
+_K = LazyModule("shmbus.kernels.frames")
+
+
+def _numba_kernel(name: str):
+    def call(*args):
+        return getattr(_K, name)(*args)
+
+    call.__name__ = name
+    return call
+
+
+# The scans every reader uses (consumer, segment reads): the C twin when it is loaded,
+# else the numba kernel, imported on the first call.
+scan_frames = scan if scan is not None else _numba_kernel("scan")
+scan_copy_frames = scan if scan is not None else _numba_kernel("scan_copy")

@@ -19,7 +19,7 @@ import crc32c
 import numpy as np
 import pytest
 from kafka.partitioner.default import murmur2 as kafka_murmur2
-from test_kernels import PID, TS, make_ring
+from test_kernels import HDR, PID, TS, make_ring
 
 from shmbus import consumer as consumer_mod
 from shmbus import native
@@ -326,3 +326,187 @@ def test_the_compiled_header_codec_agrees_with_the_python_one(monkeypatch):
             native.decode_headers(bad)
     with pytest.raises(UnicodeDecodeError):
         native.decode_headers(b"\x01\x00\xff\x00\x00\x00\x00")
+
+
+# --- the scans: C twins of the scan / scan_copy / scan_ring / scan_copy_ring kernels ---
+
+def _written_ring(seed, start, ring_bytes=1 << 16):
+    """A ring filled by appends from ``start`` (near its end: the claims wrap, leaving padding)."""
+    rnd = random.Random(seed)
+    buf = make_ring(ring_bytes, start=start, base_offset=1000)
+    for i in range(2000):
+        key = None if i % 5 == 0 else rnd.randbytes(rnd.randrange(0, 20))
+        value = None if i % 7 == 0 else rnd.randbytes(rnd.randrange(0, 300))
+        hdrs = encode_headers([("h", rnd.randbytes(3))]) if i % 3 == 0 else b""
+        if native.append(buf.ctypes.data, key, value, hdrs, TS + i, PID) < 0:
+            break
+    return buf
+
+
+def _scan_both(buf, args, values_len=None, rows=65):
+    """(n, meta[, values]) from the numba kernel and from the C twin, same arguments."""
+    out = []
+    for impl in ("numba", "c"):
+        meta = np.full((rows, 8), -7, np.int64)
+        if values_len is None:
+            f = K.scan if impl == "numba" else native.scan
+            out.append((f(buf, *args, meta), meta))
+        else:
+            values = np.zeros(values_len, np.uint8)
+            f = K.scan_copy if impl == "numba" else native.scan
+            out.append((f(buf, *args, meta, values), meta, values))
+    return out
+
+
+def _assert_same(pair):
+    a, b = pair
+    assert a[0] == b[0]
+    for x, y in zip(a[1:], b[1:]):
+        assert np.array_equal(x, y)
+    return a
+
+
+@needs_native
+@pytest.mark.parametrize("max_n", [1, 7, 64])
+@pytest.mark.parametrize("verify", [False, True])
+def test_the_compiled_ring_scan_walks_as_the_kernel(max_n, verify):
+    ring = 1 << 16
+    buf = _written_ring(1, start=ring - 3000)
+    for min_offset in (0, 1010):
+        pos, n_total, reasons = ring - 3000, 0, set()
+        while True:
+            n, meta = _assert_same(_scan_both(buf, (HDR, ring - 1, pos, 1 << 62, max_n, min_offset, verify)))
+            n_total += n
+            reasons.add(int(meta[0, 2]))
+            if meta[0, 2] == native_stop("EMPTY") or meta[0, 0] == pos:
+                break
+            pos = int(meta[0, 0])
+        assert n_total > 200 and native_stop("EMPTY") in reasons
+    # the entry points by address: the plain walk and the copying one
+    rows = 65
+    for copy in (False, True):
+        metas = [np.full((rows, 8), -7, np.int64) for _ in range(2)]
+        vals = [np.zeros(4000, np.uint8) for _ in range(2)]
+        if copy:
+            n1 = K.entry("scan_copy_ring")(buf.ctypes.data, ring - 3000, max_n, 0, metas[0].ctypes.data, rows,
+                                           vals[0].ctypes.data, len(vals[0]))
+            n2 = native.scan_ring(buf.ctypes.data, ring - 3000, max_n, 0, metas[1].ctypes.data, rows,
+                                  vals[1].ctypes.data, len(vals[1]))
+        else:
+            n1 = K.entry("scan_ring")(buf.ctypes.data, ring - 3000, max_n, 0, metas[0].ctypes.data, rows)
+            n2 = native.scan_ring(buf.ctypes.data, ring - 3000, max_n, 0, metas[1].ctypes.data, rows)
+        assert n1 == n2 >= 1
+        assert np.array_equal(metas[0], metas[1]) and np.array_equal(vals[0], vals[1])
+
+
+def native_stop(name):
+    from shmbus.layout import frame as F
+
+    return getattr(F, "STOP_" + name)
+
+
+@needs_native
+def test_the_compiled_scan_stops_where_the_kernel_stops():
+    ring = 1 << 16
+    clean = _written_ring(2, start=0)
+    args = (HDR, ring - 1, 0, 1 << 62, 64, 0, True)
+    n, meta = _assert_same(_scan_both(clean, args))
+    assert n == 64
+    fifth, third = int(meta[5, 6]), int(meta[3, 0])
+    # a flipped body byte: a checksum mismatch with verify, unnoticed without
+    bad = clean.copy()
+    bad[fifth] ^= 0x40
+    fifth_pos = int(meta[5, 0])
+    n, meta = _assert_same(_scan_both(bad, args))
+    assert (n, int(meta[0, 2]), int(meta[0, 3])) == (4, native_stop("CRC"), fifth_pos)
+    n, meta = _assert_same(_scan_both(bad, args[:-1] + (False,)))
+    assert n == 64
+    # a header length that cannot be
+    bad = clean.copy()
+    bad[HDR + third: HDR + third + 4] = np.frombuffer((12).to_bytes(4, "little"), np.uint8)
+    n, meta = _assert_same(_scan_both(bad, args))
+    assert (n, int(meta[0, 2]), int(meta[0, 3])) == (2, native_stop("CORRUPT"), third)
+    # a segment chunk (frames back to back, base 0, mask -1), cut inside its last frame
+    n, meta = _assert_same(_scan_both(clean, args))
+    chunk = np.concatenate([clean[HDR + int(r[0]): HDR + int(r[0] + r[7])] for r in meta[1: n + 1]])
+    cut = len(chunk) - 5
+    n2, meta2 = _assert_same(_scan_both(chunk, (0, -1, 0, cut, 4096, 0, True), rows=4097))
+    assert n2 == n - 1 and meta2[0, 2] == native_stop("END")
+    assert [int(r[1]) for r in meta2[1: n2 + 1]] == [int(r[1]) for r in meta[1: n]]
+
+
+@needs_native
+def test_the_compiled_scan_copy_gathers_the_values_as_the_kernel():
+    ring = 1 << 16
+    buf = _written_ring(3, start=ring - 5000)
+    for values_len in (0, 300, 1 << 16):
+        n, meta, values = _assert_same(_scan_both(buf, (HDR, ring - 1, ring - 5000, 1 << 62, 64, 0, False),
+                                                  values_len=values_len))
+        total = int(np.maximum(meta[1: n + 1, 4], 0).sum())
+        assert total <= values_len
+        if values_len == 1 << 16:
+            assert n == 64
+        elif n < 64:
+            assert meta[0, 2] == native_stop("MAX")
+
+
+@needs_native
+def test_the_compiled_scan_refuses_a_frame_past_the_buffer():
+    """Where the kernel trusts the header (numba does not check bounds), the C scan stops as corrupt."""
+    ring = 1 << 16
+    buf = _written_ring(4, start=0)
+    meta = np.zeros((65, 8), np.int64)
+    first_len = int.from_bytes(bytes(buf[HDR: HDR + 4]), "little")
+    # the second frame claims to run past the end of the mapping
+    buf[HDR + first_len: HDR + first_len + 4] = np.frombuffer((ring - 8).to_bytes(4, "little"), np.uint8)
+    n = native.scan(buf, HDR, ring - 1, 0, 1 << 62, 64, 0, False, meta)
+    assert n == 1 and meta[0, 2] == native_stop("CORRUPT") and meta[0, 3] == first_len
+
+
+_GENERAL_READS = r"""
+import json, sys, time
+from shmbus import Bus, TopicPartition, native
+bus = Bus(sys.argv[1], autostart=False)
+tp = TopicPartition("t", 0)
+t0 = time.perf_counter()
+c = bus.consumer(auto_offset_reset="earliest")  # the default (load_kernels=True)
+made = time.perf_counter() - t0
+c.assign([tp])
+first = None
+n = 0
+while n < 5000:  # from the segment files, then the ring
+    for recs in c.poll(timeout_ms=2000, max_records=700).values():
+        first = recs[0].offset if first is None else first
+        n += len(recs)
+c.seek_to_beginning()
+batch = c.poll_batch(timeout_ms=2000, max_records=3000)[tp]
+c.seek(tp, 4000)
+at = c.poll(timeout_ms=2000, max_records=1)[tp][0].offset
+hit = c.offsets_for_times({tp: 0})[tp].offset
+c.close()
+print(json.dumps({"numba": "numba" in sys.modules, "made_s": made, "first": first, "n": n,
+                  "batch": [int(batch.offsets[0]), len(batch)], "at": at, "hit": hit}))
+bus.close()
+"""
+
+
+@needs_native
+@pytest.mark.timeout(120)
+def test_a_consumer_reads_disk_batches_and_seeks_without_importing_numba(bus, data_dir):
+    """With the compiled scans, no client path imports numba: reads from the segment files,
+    poll_batch, seek and offsets_for_times included, and a default consumer starts fast."""
+    bus.create_topic("t", partitions=1, config={"ring.bytes": 65536})
+    with bus.producer() as p:
+        for i in range(5000):
+            p.send("t", b"%06d" % i + b"." * 94, partition=0)
+    ring = bus.ring(bus.topic_meta("t"), 0)
+    from conftest import wait_for
+
+    wait_for(lambda: ring.released() > 65536, 30, "the supervisor to spill and release the ring")
+    out = subprocess.run([sys.executable, "-c", _GENERAL_READS, data_dir], capture_output=True, text=True,
+                         timeout=100, env=dict(os.environ, SHMBUS_NATIVE="1"))
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not r["numba"], r
+    assert (r["first"], r["n"], r["batch"], r["at"], r["hit"]) == (0, 5000, [0, 3000], 4000, 0), r
+    print(f"default consumer made in {r['made_s'] * 1000:.1f} ms")

@@ -18,8 +18,7 @@ _REC = struct.Struct("<iqq")  # producer id, sequence, perf_counter_ns at send
 def _load_kernels(*names) -> None:
     """Load numba kernels before the clock starts (a first load costs ~0.4 s; not what we measure).
 
-    With the compiled verbs (shmbus/native.py) the per-record paths need no numba: only a
-    consumer that falls behind to the disk loads the scan kernels then."""
+    With the compiled verbs (shmbus/native.py) no client path needs numba, so nothing is loaded."""
     from shmbus import native
     from shmbus.partitioner import partition_for_key
 

@@ -73,11 +73,11 @@ ST_TOO_LARGE = _F.ST_TOO_LARGE
 ST_OVER_MAX = _F.ST_OVER_MAX
 
 # reasons a scan stopped (meta[0, 2])
-STOP_MAX = 0  # max records or bytes reached
-STOP_EMPTY = 1  # a FREE or RESERVED word: nothing more published yet
-STOP_END = 2  # end of the buffer (segment chunk) or of the given range
-STOP_CORRUPT = 3  # a header that cannot be (bad type or length)
-STOP_CRC = 4  # checksum mismatch
+STOP_MAX = _F.STOP_MAX
+STOP_EMPTY = _F.STOP_EMPTY
+STOP_END = _F.STOP_END
+STOP_CORRUPT = _F.STOP_CORRUPT
+STOP_CRC = _F.STOP_CRC
 
 META_COLS = _F.META_COLS  # frame pos, offset, timestamp, key len, value len, headers len, body index, frame len
 

@@ -67,6 +67,13 @@ POISON = 4
 # timestamp, key len, value len, headers len, body index, frame len
 META_COLS = 8
 
+# why a scan stopped (``meta[0, 2]`` of the scan kernels and their C twins)
+STOP_MAX = 0  # max records or bytes reached
+STOP_EMPTY = 1  # a FREE or RESERVED word: nothing more published yet
+STOP_END = 2  # end of the buffer (segment chunk) or of the given range
+STOP_CORRUPT = 3  # a header that cannot be (bad type or length)
+STOP_CRC = 4  # checksum mismatch
+
 NULL_LEN = -1
 PID_MASK = (1 << 24) - 1
 

@@ -29,10 +29,8 @@ import numpy as np
 
 from shmbus import _paths
 from shmbus.errors import CorruptRecordError
-from shmbus.native import LazyModule
-
-K = LazyModule("shmbus.kernels.frames")  # numba, imported when a segment is first read or written
 from shmbus.layout import frame as F
+from shmbus.native import scan_frames  # C, or the numba kernel when the C verbs are not loaded
 
 INDEX_INTERVAL = 4096
 _IDX = np.dtype([("rel", "<u4"), ("pos", "<u4")])
@@ -404,11 +402,11 @@ class PartitionLog:
         return os.preadv(fd, [self.chunk], pos)
 
     def _scan_chunk(self, base, pos, nbytes, max_n, min_offset, verify):
-        n = K.scan(self.chunk, 0, -1, 0, nbytes, max_n, min_offset, verify, self.meta)
+        n = scan_frames(self.chunk, 0, -1, 0, nbytes, max_n, min_offset, verify, self.meta)
         reason = int(self.meta[0, 2])
-        if reason in (K.STOP_CORRUPT, K.STOP_CRC):
+        if reason in (F.STOP_CORRUPT, F.STOP_CRC):
             bad = pos + int(self.meta[0, 3])
-            what = "checksum mismatch" if reason == K.STOP_CRC else "bad frame header"
+            what = "checksum mismatch" if reason == F.STOP_CRC else "bad frame header"
             raise CorruptRecordError(
                 f"corrupt record in segment: {what} file={_seg_path(self.pdir, base)} position={bad} "
                 f"(the supervisor cuts torn tails on start; otherwise restore the file or seek past it)"
@@ -418,7 +416,7 @@ class PartitionLog:
     def read(self, offset: int, max_n: int):
         """Up to ``max_n`` records at or after ``offset``.
 
-        Returns (n, meta, chunk): ``meta[1:n+1]`` rows as from ``K.scan`` with
+        Returns (n, meta, chunk): ``meta[1:n+1]`` rows as from the ``scan`` kernel with
         body indexes into ``chunk``; n == 0 means nothing on disk at or after
         ``offset`` (yet). Valid until the next call.
         """
@@ -452,7 +450,7 @@ class PartitionLog:
             if got and new_pos > pos:
                 pos = new_pos  # skipped frames below `offset`; keep going in this segment
                 continue
-            if got and int(self.meta[0, 2]) == K.STOP_END and got >= len(self.chunk) - 8:
+            if got and int(self.meta[0, 2]) == F.STOP_END and got >= len(self.chunk) - 8:
                 # one frame larger than the chunk: grow and retry
                 self.chunk = np.empty(len(self.chunk) * 2, np.uint8)
                 continue
