@@ -394,6 +394,60 @@ def wait_quiet(extra_pids=(), threshold_cores: float = 0.25, max_wait_s: float =
             return {"waited_s": round(waited, 1), "other_cores": other}
 
 
+class Rounds:
+    """What :func:`interleaved_rounds` measured: per-transport results and the noise around them."""
+
+    def __init__(self, keys):
+        self.results = {k: [] for k in keys}  # key -> one result (or None: failed) per round
+        self.errors: list = []
+        self.probes: list = []  # noise_probe() before each round
+        self.loads: list = []  # LoadMonitor.stop() of each round
+        self.waits: list = []  # wait_quiet() before each round
+
+
+def interleaved_rounds(transports, rounds: int, trial, *, quick: bool, cpus, max_quiet_wait: float, prefix: str,
+                       on_result=None) -> Rounds:
+    """Run ``trial(tr, (bus, bus_nosup), workdir, tag)`` for every transport, ``rounds`` times.
+
+    The order rotates by one each round, so no transport always runs first or
+    last. Two throw-away buses serve all trials: one with a supervisor, one
+    without. Before a round (not in quick runs): wait for other processes to go
+    quiet, from a budget of ``max_quiet_wait`` seconds in all; then a noise
+    probe; the round's other load is recorded. A trial that raises is recorded
+    as an error and its result as None. ``on_result(rnd, tr, res, elapsed_s)``
+    is called after each trial (progress lines).
+    """
+    from shmbus.supervisor import client
+
+    out = Rounds(tr[0] for tr in transports)
+    quiet_budget = max_quiet_wait
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir, temp_bus() as (bus, _d), \
+            temp_bus(autostart=False) as (bus_nosup, _d2):
+        warm_kernels(bus)
+        sup_pid = client.running_pid(bus.data_dir)
+        for rnd in range(rounds):
+            if not quick and quiet_budget > 0:
+                q = wait_quiet([sup_pid], max_wait_s=min(20.0, quiet_budget))
+                quiet_budget -= q["waited_s"]
+                out.waits.append(q)
+            mon = LoadMonitor([sup_pid])
+            out.probes.append(noise_probe(cpus, 0.1 if quick else 0.3))
+            k = rnd % len(transports)
+            for tr in transports[k:] + transports[:k]:
+                try:
+                    res = trial(tr, (bus, bus_nosup), workdir, f"r{rnd}")
+                except Exception as e:  # noqa: BLE001 - a failed trial is reported, the others still run
+                    out.errors.append(f"round {rnd} {tr[0]}: {e}")
+                    print(f"ERROR round {rnd} {tr[0]}: {e}", file=sys.stderr)
+                    res = None
+                out.results[tr[0]].append(res)
+                if on_result is not None:
+                    on_result(rnd, tr, res, time.monotonic() - t_start)
+            out.loads.append(mon.stop())
+    return out
+
+
 def fmt_load(i: int, m: dict) -> str:
     return f"r{i}: {m['other_cores']:.2f}"
 

@@ -31,7 +31,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -253,40 +252,17 @@ def main(argv=None) -> int:
     n_warm, n_meas = (200, 2000) if args.quick else (2000, 20000)
     cpus = C.cpus_for(args)
     env = C.environment()
-    results = {k: [] for k, *_ in TRANSPORTS}
-    errors = []
-    probes = []
-    loads = []
-    waits = []
-    quiet_budget = args.max_quiet_wait
-    from shmbus.supervisor import client
 
-    t_start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="shmbus-bench-lat-") as workdir, C.temp_bus() as (bus, _d), \
-            C.temp_bus(autostart=False) as (bus_nosup, _d2):
-        C.warm_kernels(bus)
-        sup_pid = client.running_pid(bus.data_dir)
-        for rnd in range(rounds):
-            if not args.quick and quiet_budget > 0:
-                q = C.wait_quiet([sup_pid], max_wait_s=min(20.0, quiet_budget))
-                quiet_budget -= q["waited_s"]
-                waits.append(q)
-            mon = C.LoadMonitor([sup_pid])
-            probes.append(C.noise_probe(cpus, 0.1 if args.quick else 0.3))
-            order = transports[rnd % len(transports):] + transports[: rnd % len(transports)]
-            for tr in order:
-                try:
-                    res = run_trial(tr, (bus, bus_nosup), n_warm, n_meas, cpus, workdir, f"r{rnd}")
-                except Exception as e:
-                    errors.append(f"round {rnd} {tr[0]}: {e}")
-                    print(f"ERROR round {rnd} {tr[0]}: {e}", file=sys.stderr)
-                    res = None
-                results[tr[0]].append(res)
-            loads.append(mon.stop())
-            k0 = transports[0][0]
-            done = results[k0][-1]
-            print(f"round {rnd + 1}/{rounds} done ({time.monotonic() - t_start:.0f} s); {k0} p50 "
-                  f"{C.fmt_num(done['p50']) if done else '–'} µs", file=sys.stderr, flush=True)
+    def progress(rnd, tr, res, elapsed_s):
+        print(f"  round {rnd + 1}/{rounds} {tr[0]}: p50 {C.fmt_num(res['p50']) if res else 'FAILED'} µs "
+              f"({elapsed_s:.0f} s)", file=sys.stderr, flush=True)
+
+    measured = C.interleaved_rounds(
+        transports, rounds, lambda tr, buses, workdir, tag: run_trial(tr, buses, n_warm, n_meas, cpus, workdir, tag),
+        quick=args.quick, cpus=cpus, max_quiet_wait=args.max_quiet_wait, prefix="shmbus-bench-lat-",
+        on_result=progress)
+    results, errors = measured.results, measured.errors
+    probes, loads, waits = measured.probes, measured.loads, measured.waits
 
     def col(key, field):
         return [r[field] if r else None for r in results[key]]

@@ -40,7 +40,6 @@ import gc
 import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -343,38 +342,17 @@ def main(argv=None) -> int:
     cpus = C.cpus_for(args)
     env = C.environment()
     allt = SINGLE + BATCHED
-    results = {t[0]: [] for t in allt}
-    errors = []
-    probes = []
-    loads = []
-    waits = []
-    quiet_budget = args.max_quiet_wait
-    from shmbus.supervisor import client
 
-    t_start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="shmbus-bench-tput-") as workdir, C.temp_bus() as (bus, _d), \
-            C.temp_bus(autostart=False) as (bus_nosup, _d2):
-        C.warm_kernels(bus)
-        sup_pid = client.running_pid(bus.data_dir)
-        for rnd in range(rounds):
-            if not args.quick and quiet_budget > 0:
-                q = C.wait_quiet([sup_pid], max_wait_s=min(20.0, quiet_budget))
-                quiet_budget -= q["waited_s"]
-                waits.append(q)
-            mon = C.LoadMonitor([sup_pid])
-            probes.append(C.noise_probe(cpus, 0.1 if args.quick else 0.3))
-            k = rnd % len(allt)
-            for tr in allt[k:] + allt[:k]:
-                try:
-                    res = run_trial(tr, (bus, bus_nosup), args.quick, cpus, workdir, f"r{rnd}")
-                except Exception as e:
-                    errors.append(f"round {rnd} {tr[0]}: {e}")
-                    print(f"ERROR round {rnd} {tr[0]}: {e}", file=sys.stderr)
-                    res = None
-                results[tr[0]].append(res)
-                print(f"  round {rnd + 1} {tr[0]}: {C.fmt_rate(res['rate']) if res else 'FAILED'} rec/s "
-                      f"({time.monotonic() - t_start:.0f} s)", file=sys.stderr, flush=True)
-            loads.append(mon.stop())
+    def progress(rnd, tr, res, elapsed_s):
+        print(f"  round {rnd + 1} {tr[0]}: {C.fmt_rate(res['rate']) if res else 'FAILED'} rec/s "
+              f"({elapsed_s:.0f} s)", file=sys.stderr, flush=True)
+
+    measured = C.interleaved_rounds(
+        allt, rounds, lambda tr, buses, workdir, tag: run_trial(tr, buses, args.quick, cpus, workdir, tag),
+        quick=args.quick, cpus=cpus, max_quiet_wait=args.max_quiet_wait, prefix="shmbus-bench-tput-",
+        on_result=progress)
+    results, errors = measured.results, measured.errors
+    probes, loads, waits = measured.probes, measured.loads, measured.waits
 
     t_single = _table(SINGLE, results, [(REFERENCE, "mp.Queue")])
     t_batch = _table(BATCHED, results, [(REFERENCE, "mp.Queue (single)"), (REFERENCE_BATCH, "mp.Queue batched")])

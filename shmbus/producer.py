@@ -277,6 +277,13 @@ class Producer:
             self._bus.forget_topic(old.meta)
         return self._topic(topic)
 
+    def _reload_deleted(self, topic: str) -> _TopicHandle:
+        """The topic again after an append found its ring deleted (it may have been made anew)."""
+        try:
+            return self._reload(topic)
+        except UnknownTopicError:
+            raise UnknownTopicError(f"topic was deleted: topic={topic!r}") from None
+
     def partitions_for(self, topic: str) -> set[int]:
         return set(range(self._topic(topic).n))
 
@@ -361,10 +368,7 @@ class Producer:
                     f"record too large for the ring: frame_bytes={frame} ring.bytes={ring.ring_bytes} topic={topic!r} "
                     f"(a record may take at most half the ring; recreate the topic with a larger ring.bytes)")
             if r == F.ST_DELETED:
-                try:
-                    h = self._reload(topic)
-                except UnknownTopicError:
-                    raise UnknownTopicError(f"topic was deleted: topic={topic!r}") from None
+                h = self._reload_deleted(topic)
                 if p >= h.n:
                     raise UnknownTopicError(f"partition no longer exists: topic={topic!r} partition={p}")
             elif r == F.ST_FULL:
@@ -579,10 +583,7 @@ class Producer:
                     f"record too large for the ring: topic={topic!r} ring.bytes={ring.ring_bytes} "
                     f"(a record may take at most half the ring); records before index {i} were sent")
             if r == F.ST_DELETED:
-                try:
-                    h = self._reload(topic)
-                except UnknownTopicError:
-                    raise UnknownTopicError(f"topic was deleted: topic={topic!r}") from None
+                h = self._reload_deleted(topic)
                 continue
             # full
             self._ctl.ring_spill_bell()

@@ -173,6 +173,15 @@ def topics_create(name, partitions, configs, data_dir):
     click.echo(f"created topic {name} with {partitions} partition(s)")
 
 
+def _echo_names(names, as_json: bool) -> None:
+    """A list command's answer: one name a line, or a JSON array."""
+    if as_json:
+        click.echo(json.dumps(names))
+    else:
+        for n in names:
+            click.echo(n)
+
+
 @topics.command("list")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -185,11 +194,7 @@ def topics_list(data_dir, as_json):
     """
     with _bus(data_dir) as bus:
         names = bus.list_topics()
-    if as_json:
-        click.echo(json.dumps(names))
-    else:
-        for n in names:
-            click.echo(n)
+    _echo_names(names, as_json)
 
 
 @topics.command("describe")
@@ -377,11 +382,7 @@ def groups_list(data_dir, as_json):
     """
     with _bus(data_dir) as bus:
         names = bus.list_groups()
-    if as_json:
-        click.echo(json.dumps(names))
-    else:
-        for n in names:
-            click.echo(n)
+    _echo_names(names, as_json)
 
 
 @groups.command("describe")

@@ -83,6 +83,8 @@ class PartitionSpiller:
         """
         ring = self.ring
         frm = self.spilled_pos
+        if ring.claim_position() == frm and ring.durable_want() <= ring.durable():
+            return 0  # nothing claimed since the last round: nothing to spill, free or unblock (idle rounds stay cheap)
         # never past RELEASED + ring: in an exactly full ring the next word is the oldest frame
         max_bytes = min(max_bytes, ring.released() + ring.ring_bytes - frm)
         n = K.spill_scan(ring.buf, frm, max_bytes, self.meta)
