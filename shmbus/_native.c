@@ -12,8 +12,9 @@
  * constants below are checked against shmbus/layout at import (see
  * shmbus/native.py), and tests run the data-path tests with and without this
  * module (SHMBUS_NATIVE=0 selects the numba kernels). The consumer's scans are
- * here too, so that no client process imports numba; the supervisor's jobs
- * (spill, release, unblock, compaction) stay in numba. The extension is optional: where it does
+ * here too, so that no client process imports numba; and the supervisor's
+ * segment writes (write_frames: its CPU is taken from the clients on a small
+ * machine). Its other jobs (spill scan, release, unblock, compaction) stay in numba. The extension is optional: where it does
  * not build (no compiler, not x86-64), shmbus uses the numba kernels.
  *
  * Memory orders follow the kernels (x86-64, TSO): acquire loads are plain
@@ -28,6 +29,10 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#include <errno.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 /* --- layout (shmbus/layout/ring.py, frame.py, groups.py; checked at import) - */
 #define RING_HDR 4096
@@ -1316,7 +1321,167 @@ static PyObject *py_scan_ring(PyObject *Py_UNUSED(self), PyObject *const *args, 
     return PyLong_FromLongLong(n);
 }
 
+/* --- write_frames: a spill step of SegmentWriter.append (segments/log.py) ---
+ * write_frames(buf, rows, cols, first, fd, ifd, tfd, size, segment_bytes, base, last_index_pos, max_ts,
+ *              index_interval, next_offset) -> (next_row, frames, size, last_index_pos, max_ts, next_offset)
+ * `rows` holds spill_scan rows (buffer index, frame length, offset, timestamp, type, ...), `cols` int64
+ * each. From row `first`: rows that are not DATA, or whose offset is below next_offset (on disk already: a
+ * supervisor restarted between writing and releasing them), are passed over; DATA frames are appended to
+ * the segment file `fd` while they fit in segment_bytes (an empty segment takes one whatever its size).
+ * It stops at the first frame that does not fit, or at once if fd < 0: next_row is that row, and the
+ * caller opens a new segment based at its offset. Frames lying back to back in buf go out as one iovec.
+ * Then the sparse index entries, as the numpy path makes them: the first frame at or after each
+ * index_interval boundary of the file gets (offset - base, file position) in `ifd` and (the running
+ * maximum timestamp, offset - base) in `tfd`.
+ * On an error the three files are cut back to their sizes at the call and OSError is raised: nothing of
+ * this call stays on disk, so a retry writes the same frames once (not twice, with the segment's size
+ * and indexes out of step). */
+
+#define WF_IOV 512
+
+typedef struct { uint32_t rel, pos; } idx_entry;
+typedef struct { int64_t ts; uint32_t rel, pad; } tidx_entry;
+
+static int write_all(int fd, struct iovec *iov, int cnt) {
+    while (cnt > 0) {
+        ssize_t w = writev(fd, iov, cnt);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        while (cnt > 0 && (size_t)w >= iov->iov_len) {  /* a short write: go on after what went out */
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            cnt--;
+        }
+        if (cnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+static int write_buf(int fd, const void *p, size_t n) {
+    struct iovec v = {(void *)p, n};
+    return n ? write_all(fd, &v, 1) : 0;
+}
+
+static inline int64_t floordiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
+
+static PyObject *py_write_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "write_frames(buf, rows, cols, first, fd, ifd, tfd, size, segment_bytes, "
+                                         "base, last_index_pos, max_ts, index_interval, next_offset)");
+        return NULL;
+    }
+    int64_t a[14];
+    for (int k = 2; k < 14; k++)
+        if (as_i64(args[k], &a[k])) return NULL;
+    int64_t cols = a[2], first = a[3], fd = a[4], ifd = a[5], tfd = a[6], size = a[7], seg_bytes = a[8];
+    int64_t base = a[9], last_index_pos = a[10], max_ts = a[11], interval = a[12], next_offset = a[13];
+    if (cols < 5 || interval <= 0) {
+        PyErr_SetString(PyExc_ValueError, "write_frames: rows need 5 columns or more, index_interval > 0");
+        return NULL;
+    }
+    Py_buffer b, r;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &r, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    const int64_t *rows = r.buf;
+    int64_t n = r.len / (8 * cols);
+    const uint8_t *src = b.buf;
+    struct iovec iov[WF_IOV];
+    idx_entry ient[WF_IOV];
+    tidx_entry tent[WF_IOV];
+    int niov = 0, nent = 0;
+    int64_t i = first, frames = 0, at = size, prev_block = floordiv(last_index_pos, interval);
+    off_t isize0 = -1, tsize0 = -1;
+    struct stat st;
+    if (fd >= 0) {
+        if (fstat((int)ifd, &st) < 0) goto oserror_nocut;
+        isize0 = st.st_size;
+        if (fstat((int)tfd, &st) < 0) goto oserror_nocut;
+        tsize0 = st.st_size;
+    }
+    for (; i < n; i++) {
+        const int64_t *row = rows + i * cols;
+        int64_t idx = row[0], len = row[1], off = row[2], ts = row[3];
+        if (row[4] != T_DATA || off < next_offset) continue;
+        if (fd < 0 || (at > 0 && at + len > seg_bytes)) break;  /* the caller opens a (new) segment */
+        if (idx < 0 || len <= 0 || idx + len > b.len) {
+            PyErr_Format(PyExc_ValueError, "write_frames: row %lld lies outside the buffer", (long long)i);
+            goto cut;
+        }
+        if (niov > 0 && (const uint8_t *)iov[niov - 1].iov_base + iov[niov - 1].iov_len == src + idx) {
+            iov[niov - 1].iov_len += (size_t)len;
+        } else {
+            if (niov == WF_IOV) {
+                if (write_all((int)fd, iov, niov) < 0) goto oserror;
+                niov = 0;
+            }
+            iov[niov].iov_base = (void *)(src + idx);
+            iov[niov].iov_len = (size_t)len;
+            niov++;
+        }
+        if (ts > max_ts) max_ts = ts;
+        int64_t block = floordiv(at, interval);
+        if (block != prev_block) {
+            if (nent == WF_IOV) {  /* the frames these entries point at go out first */
+                if (write_all((int)fd, iov, niov) < 0) goto oserror;
+                niov = 0;
+                if (write_buf((int)ifd, ient, sizeof(idx_entry) * nent) < 0 ||
+                    write_buf((int)tfd, tent, sizeof(tidx_entry) * nent) < 0)
+                    goto oserror;
+                nent = 0;
+            }
+            ient[nent].rel = (uint32_t)(off - base);
+            ient[nent].pos = (uint32_t)at;
+            tent[nent].ts = max_ts;
+            tent[nent].rel = (uint32_t)(off - base);
+            tent[nent].pad = 0;
+            nent++;
+            prev_block = block;
+            last_index_pos = at;
+        }
+        at += len;
+        next_offset = off + 1;
+        frames++;
+    }
+    if ((niov && write_all((int)fd, iov, niov) < 0) ||
+        (nent && (write_buf((int)ifd, ient, sizeof(idx_entry) * nent) < 0 ||
+                  write_buf((int)tfd, tent, sizeof(tidx_entry) * nent) < 0)))
+        goto oserror;
+    result = Py_BuildValue("(LLLLLL)", (long long)i, (long long)frames, (long long)at, (long long)last_index_pos,
+                           (long long)max_ts, (long long)next_offset);
+    goto done;
+oserror:
+    PyErr_SetFromErrno(PyExc_OSError);
+cut: {
+        /* leave the files as they were at the call (keeps the error that brought us here) */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (ftruncate((int)fd, (off_t)size) < 0 || ftruncate((int)ifd, isize0) < 0 || ftruncate((int)tfd, tsize0) < 0) {
+            /* the next recovery cuts a torn tail; nothing more to do here */
+        }
+        PyErr_Restore(et, ev, tb);
+    }
+    goto done;
+oserror_nocut:
+    PyErr_SetFromErrno(PyExc_OSError);
+done:
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&r);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"write_frames", (PyCFunction)(void (*)(void))py_write_frames, METH_FASTCALL,
+     "write_frames(buf, rows, cols, first, fd, ifd, tfd, size, segment_bytes, base, last_index_pos, max_ts, "
+     "index_interval, next_offset): a spill step of SegmentWriter.append"},
     {"scan", (PyCFunction)(void (*)(void))py_scan, METH_FASTCALL,
      "scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta[, values]): the scan kernel"},
     {"scan_ring", (PyCFunction)(void (*)(void))py_scan_ring, METH_FASTCALL,

@@ -8,7 +8,8 @@ kernels/groups.py (a group member's commit); ``encode_headers`` and
 ``decode_headers`` those of producer.py's Python header codec;
 ``build_records`` that of Consumer._records_from (records from scan rows); ``scan``
 that of the ``scan`` and ``scan_copy`` kernels (with a values array), ``scan_ring`` that of
-``scan_ring`` and ``scan_copy_ring``, so a consumer never imports numba. ``Sender`` is
+``scan_ring`` and ``scan_copy_ring``, so a consumer never imports numba; ``write_frames`` a
+step of the supervisor's ``SegmentWriter.append`` (numpy there). ``Sender`` is
 ``Producer.send``'s common case in one call (see the C file).
 They exist for the cost of a call and of start-up (see the C file's header).
 
@@ -40,6 +41,7 @@ build_records = None
 Sender = None
 scan = None
 scan_ring = None
+write_frames = None
 REASON = ""
 
 
@@ -61,8 +63,7 @@ def _expected() -> dict:
 
 
 def _load() -> None:
-    global append, append_batch, Reader, crc32c, murmur2, partition, add_sleepers, commit_offset, encode_headers, \
-        decode_headers, build_records, Sender, scan, scan_ring, REASON
+    global REASON
     if os.environ.get("SHMBUS_NATIVE", "1") == "0":
         REASON = "SHMBUS_NATIVE=0"
         return
@@ -76,15 +77,17 @@ def _load() -> None:
         diff = sorted(k for k in want if _native.LAYOUT.get(k) != want[k])
         REASON = f"stale build: layout differs in {', '.join(diff)} (reinstall shmbus)"
         return
-    append, append_batch, Reader, crc32c = _native.append, _native.append_batch, _native.Reader, _native.crc32c
-    murmur2, partition, add_sleepers = _native.murmur2, _native.partition, _native.add_sleepers
-    Sender = _native.Sender
-    commit_offset = _native.commit_offset
-    encode_headers, decode_headers = _native.encode_headers, _native.decode_headers
-    build_records = _native.build_records
-    scan, scan_ring = _native.scan, _native.scan_ring
+    try:
+        got = {name: getattr(_native, name) for name in _VERBS}
+    except AttributeError as e:
+        REASON = f"stale build: {e} (reinstall shmbus)"
+        return
+    globals().update(got)  # every verb, or (above) none
 
 
+# the names the C module must have (each a module global here, None until loaded)
+_VERBS = ("append", "append_batch", "Reader", "crc32c", "murmur2", "partition", "add_sleepers", "Sender",
+          "commit_offset", "encode_headers", "decode_headers", "build_records", "scan", "scan_ring", "write_frames")
 _load()
 ENABLED = append is not None
 

@@ -510,3 +510,26 @@ def test_a_consumer_reads_disk_batches_and_seeks_without_importing_numba(bus, da
     assert not r["numba"], r
     assert (r["first"], r["n"], r["batch"], r["at"], r["hit"]) == (0, 5000, [0, 3000], 4000, 0), r
     print(f"default consumer made in {r['made_s'] * 1000:.1f} ms")
+
+
+@needs_native
+def test_a_stale_build_without_a_verb_falls_back_to_the_numba_kernels():
+    """A build older than the Python code (an editable install not rebuilt) lacks a verb: no
+    AttributeError at the first use, but the numba kernels for everything, and REASON says why."""
+    code = r"""
+import importlib, sys, types
+from shmbus import _native as real, native
+stub = types.ModuleType("shmbus._native")
+stub.LAYOUT = real.LAYOUT
+stub.append = real.append  # an old build: some verbs, not all
+sys.modules["shmbus._native"] = stub
+sys.modules["shmbus"]._native = stub
+importlib.reload(native)  # its load, again, finding the stub
+print(native.ENABLED, native.append is None, native.scan_frames is not None, native.REASON)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, SHMBUS_NATIVE="1"))
+    assert out.returncode == 0, out.stderr
+    enabled, append_none, scan_ok, reason = out.stdout.strip().split(" ", 3)
+    assert (enabled, append_none, scan_ok) == ("False", "True", "True"), out.stdout
+    assert reason.startswith("stale build:") and "reinstall shmbus" in reason, reason

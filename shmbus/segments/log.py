@@ -30,7 +30,10 @@ import numpy as np
 from shmbus import _paths
 from shmbus.errors import CorruptRecordError
 from shmbus.layout import frame as F
+from shmbus import native
 from shmbus.native import scan_frames  # C, or the numba kernel when the C verbs are not loaded
+
+_write_frames = native.write_frames  # None: SegmentWriter appends with numpy
 
 INDEX_INTERVAL = 4096
 _IDX = np.dtype([("rel", "<u4"), ("pos", "<u4")])
@@ -239,15 +242,39 @@ class SegmentWriter:
     def append(self, ring_mv: memoryview, rows: np.ndarray, now_ms: int) -> int:
         """Write the DATA frames described by spill_scan ``rows`` (ring index, len, offset, ts, type).
 
-        Returns the number of frames written.
+        Returns the number of frames written. Frames below ``next_offset`` are on disk already (a
+        supervisor restarted between writing and releasing them) and are passed over. A step that
+        fails (a full disk) leaves the files as they were before it and raises OSError; the
+        frames written by earlier steps count, so a retry writes each frame once.
         """
+        if self.fd >= 0 and self.size > 0 and self.should_roll(now_ms):
+            self._retire()
+        if _write_frames is None:
+            return self._append_numpy(ring_mv, rows, now_ms)
+        n = len(rows)
+        i = written = 0
+        cols = rows.shape[1] if rows.ndim == 2 else 0
+        while i < n:
+            i, k, size, lip, mts, nxt = _write_frames(
+                ring_mv, rows, cols, i, self.fd, self.ifd, self.tfd, self.size if self.fd >= 0 else 0,
+                self.segment_bytes, self.base if self.fd >= 0 else 0, self.last_index_pos if self.fd >= 0 else 0,
+                self.max_ts if self.fd >= 0 else -1, INDEX_INTERVAL, self.next_offset)
+            if k:
+                self.size, self.last_index_pos, self.max_ts, self.next_offset = size, lip, mts, nxt
+                self.dirty = True
+                written += k
+            if i < n:  # the frame at row i needs a (new) segment, based at its offset
+                self._open(int(rows[i, 2]), now_ms)
+        return written
+
+    def _append_numpy(self, ring_mv: memoryview, rows: np.ndarray, now_ms: int) -> int:
+        """``append`` without the compiled ``write_frames`` (SHMBUS_NATIVE=0, or no C build)."""
         d = rows[rows[:, 4] == F.DATA]
         if self.next_offset >= 0:
-            # frames already on disk (a supervisor restarted between writing and releasing them)
             d = d[d[:, 2] >= self.next_offset]
         written = 0
         while len(d):
-            if self.fd < 0 or (self.size > 0 and (self.size + d[0, 1] > self.segment_bytes or self.should_roll(now_ms))):
+            if self.fd < 0 or (self.size > 0 and self.size + d[0, 1] > self.segment_bytes):
                 self._open(int(d[0, 2]), now_ms)
             lens = d[:, 1]
             cum = np.cumsum(lens)
@@ -256,7 +283,17 @@ class SegmentWriter:
             if k == 0:
                 k = 1  # an empty segment takes at least one frame
             chunk = d[:k]
-            self._write_chunk(ring_mv, chunk, cum[:k])
+            sizes = (self.size, os.fstat(self.ifd).st_size, os.fstat(self.tfd).st_size)
+            try:
+                self._write_chunk(ring_mv, chunk, cum[:k])
+            except OSError:
+                # leave the files as they were (a retry writes these frames again, once)
+                for fd, size in zip((self.fd, self.ifd, self.tfd), sizes):
+                    try:
+                        os.ftruncate(fd, size)
+                    except OSError:
+                        pass  # the next recovery cuts a torn tail
+                raise
             written += k
             d = d[k:]
         return written
