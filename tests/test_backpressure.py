@@ -55,3 +55,35 @@ def test_send_batch_blocks_then_raises(bus_nosup):
     with bus.producer(max_block_ms=200) as prod:
         with pytest.raises(BufferFullError, match="sent="):
             prod.send_batch("bpb", [b"y" * 100] * 5000)
+
+
+@pytest.mark.timeout(120)
+def test_batches_through_a_small_ring_keep_flowing_with_the_supervisor(bus):
+    """send_batch of 1000 records into a 64 KiB ring (each claim a quarter of it), 250 times: the
+    producer waits on the spiller again and again, and must never wait for good. (A spill round
+    that skipped its release step when nothing new had been published left a producer waiting
+    on a release that needed one more round: stuck after ~110 batches.)"""
+    import numpy as np
+
+    from shmbus.segments.recovery import log_end_offset
+
+    bus.create_topic("t", config={"ring.bytes": 64 * 1024, "segment.bytes": 1 << 20})
+    arr = np.zeros((1000, 100), np.uint8)
+    with bus.producer(max_block_ms=20_000) as p:
+        for i in range(250):
+            arr[:, :8] = np.arange(i * 1000, (i + 1) * 1000, dtype="<u8").view(np.uint8).reshape(1000, 8)
+            p.send_batch("t", arr, partition=0)
+    pdir = f"{bus.data_dir}/topics/t/0"
+    from conftest import wait_for
+
+    wait_for(lambda: (log_end_offset(pdir) or 0) >= 250_000, 30, "every record on disk")
+    with bus.consumer(auto_offset_reset="earliest") as c:
+        c.assign([("t", 0)])
+        seen = 0
+        while seen < 250_000:
+            got = c.poll_batch(timeout_ms=5000, max_records=100_000)
+            assert got, f"no records after {seen}"
+            for b in got.values():
+                first = int.from_bytes(bytes(b.value_data[b.value_starts[0]: b.value_starts[0] + 8]), "little")
+                assert first == seen and int(b.offsets[0]) == seen
+                seen += len(b)

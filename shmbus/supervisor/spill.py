@@ -83,8 +83,6 @@ class PartitionSpiller:
         """
         ring = self.ring
         frm = self.spilled_pos
-        if ring.claim_position() == frm and ring.durable_want() <= ring.durable():
-            return 0  # nothing claimed since the last round: nothing to spill, free or unblock (idle rounds stay cheap)
         # never past RELEASED + ring: in an exactly full ring the next word is the oldest frame
         max_bytes = min(max_bytes, ring.released() + ring.ring_bytes - frm)
         n = K.spill_scan(ring.buf, frm, max_bytes, self.meta)
@@ -105,6 +103,8 @@ class PartitionSpiller:
             self.writer.fsync()
             if self.writer.next_offset >= 0:
                 ring.set_durable(self.writer.next_offset)
+        # (every round, also one that found nothing new: a release may take two rounds, and a
+        # producer waiting for ring space publishes nothing until it is done)
         rel = ring.released()
         to = release_to(rel, ring.claim_position(), self.boundaries, ring.ring_bytes)
         if to is not None:
