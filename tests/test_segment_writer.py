@@ -115,6 +115,8 @@ print(failed, before == after)
 @pytest.mark.parametrize("impl", ["native", "numpy"])
 def test_a_failed_write_leaves_the_files_as_they_were_and_the_retry_writes_once(tmp_path, impl):
     if impl == "native" and native.write_frames is None:
+        if os.environ.get("SHMBUS_NATIVE") == "0":
+            pytest.skip("SHMBUS_NATIVE=0 in this run")
         pytest.fail(f"the compiled verbs are not loaded: {native.REASON}")
     pdir = str(tmp_path / "p")
     here = os.path.dirname(os.path.abspath(__file__))
