@@ -25,7 +25,7 @@ When to clean (:meth:`Cleaner.due`): the first time; when the closed
 segments not yet cleaned hold at least ``DIRTY_RATIO`` of the closed bytes
 (Kafka's ``min.cleanable.dirty.ratio``); when a record kept for its lag or a
 tombstone kept for ``delete.retention.ms`` may go now; when the topic's
-config changed. Owned by the supervisor's spill thread; not thread-safe.
+config changed. Run by the supervisor's log-keeper thread (daemon.py), beside the spill thread.
 """
 
 from __future__ import annotations
@@ -95,9 +95,11 @@ class SegmentRecords:
                 for kl, bi in zip(self.rows[:, 3].tolist(), self.rows[:, 6].tolist())]
 
 
-def read_segment(path: str) -> SegmentRecords:
-    """Every record of a segment file; stops at the first bad frame (raises: a clean needs whole input)."""
-    data = np.fromfile(path, np.uint8)
+def read_segment(path: str, limit: int | None = None) -> SegmentRecords:
+    """Every record of a segment file (of its first ``limit`` bytes: the active segment, which the
+    spill thread may be appending to, is read up to the size it had when the pass began); stops
+    at the first bad frame (raises: a clean needs whole input)."""
+    data = np.fromfile(path, np.uint8, count=-1 if limit is None else limit)
     meta = np.zeros((4097, K.META_COLS), np.int64)
     parts = []
     pos = 0
@@ -144,14 +146,28 @@ class PassStats:
     due_ms: int = NEVER
 
 
-def clean_partition(pdir: str, active_base: int | None, config: dict, now_ms: int) -> PassStats:
-    """One compaction pass over a partition (see the module doc)."""
+class Aborted(Exception):
+    """A pass stopped half-way because the supervisor is stopping (nothing was left half-done)."""
+
+
+def clean_partition(pdir: str, active_base: int | None, config: dict, now_ms: int, segs=None,
+                    active_size: int | None = None, abort=None) -> PassStats:
+    """One compaction pass over a partition (see the module doc).
+
+    The log keeper's thread runs it while the spill thread appends to the active segment, so
+    it works on a snapshot taken under the partition's lock: ``segs`` (the segments then),
+    ``active_base`` and ``active_size`` (the active one's whole frames then). Segments made
+    later are not touched; the active one is only read, up to that size. ``abort()`` true
+    between two segments ends the pass (``Aborted``): every segment is swapped whole or not.
+    """
     stats = PassStats()
-    segs = list_segments(pdir)
+    segs = list_segments(pdir) if segs is None else list(segs)
     closed = [b for b in segs if b != active_base]
     latest: dict = {}
     for base in segs:  # pass 1: the latest record of every key
-        seg = read_segment(_seg_path(pdir, base))
+        if abort is not None and abort():
+            raise Aborted(pdir)
+        seg = read_segment(_seg_path(pdir, base), active_size if base == active_base else None)
         stats.read += len(seg.rows)
         for key, off, ts in zip(seg.keys(), seg.rows[:, 1].tolist(), seg.rows[:, 2].tolist()):
             if key is None:
@@ -163,6 +179,8 @@ def clean_partition(pdir: str, active_base: int | None, config: dict, now_ms: in
                 info.add(off, ts)
     lag, dret = config["min.compaction.lag.ms"], config["delete.retention.ms"]
     for base in closed:  # pass 2: rewrite what has records to drop
+        if abort is not None and abort():
+            raise Aborted(pdir)
         path = _seg_path(pdir, base)
         seg = read_segment(path)
         keep, due = keep_mask(seg, latest, now_ms, lag, dret)
@@ -206,7 +224,7 @@ class _State:
 
 
 class Cleaner:
-    """Decides when each partition is cleaned, and cleans it. The supervisor's spill thread only."""
+    """Decides when each partition is cleaned, and cleans it. The supervisor's log-keeper thread only."""
 
     def __init__(self):
         # per SegmentWriter: a topic deleted and made again gets a new writer, so a fresh state
@@ -221,15 +239,21 @@ class Cleaner:
         total = sum(closed_sizes.values())
         return dirty > 0 and dirty >= DIRTY_RATIO * total
 
-    def maybe_clean(self, writer, config: dict, now_ms: int) -> PassStats | None:
-        """Clean the partition of ``writer`` (a ``SegmentWriter``) if it is due. Returns what a pass did."""
+    def maybe_clean(self, writer, config: dict, now_ms: int, snapshot=None, abort=None) -> PassStats | None:
+        """Clean the partition of ``writer`` (a ``SegmentWriter``) if it is due. Returns what a pass did.
+
+        ``snapshot``: (segment bases, active base, active size), taken under the partition's lock
+        (the spill thread appends meanwhile; see clean_partition); None: read them here.
+        """
         if "compact" not in config["cleanup.policy"].split(","):
             self.states.pop(writer, None)
             return None
         st = self.states.setdefault(writer, _State())
-        active = writer.active_base()
+        if snapshot is None:
+            snapshot = (list_segments(writer.pdir), writer.active_base(), writer.size if writer.fd >= 0 else None)
+        segs, active, active_size = snapshot
         closed_sizes = {}
-        for base in list_segments(writer.pdir):
+        for base in segs:
             if base != active:
                 try:
                     closed_sizes[base] = os.stat(_seg_path(writer.pdir, base)).st_size
@@ -238,7 +262,7 @@ class Cleaner:
         if not self.due(st, closed_sizes, config, now_ms):
             return None
         try:
-            stats = clean_partition(writer.pdir, active, config, now_ms)
+            stats = clean_partition(writer.pdir, active, config, now_ms, segs, active_size, abort)
         except (ValueError, FileNotFoundError) as e:
             # a bad frame: leave the partition as it is until something changes
             st.cleaned, st.due_ms, st.config, st.failed = set(closed_sizes), NEVER, dict(config), str(e)
@@ -250,4 +274,4 @@ class Cleaner:
         return stats
 
 
-__all__ = ["NEVER", "Cleaner", "KeyInfo", "PassStats", "clean_partition", "drop_time", "keep_mask", "read_segment"]
+__all__ = ["NEVER", "Aborted", "Cleaner", "KeyInfo", "PassStats", "clean_partition", "drop_time", "keep_mask", "read_segment"]

@@ -6,9 +6,10 @@ unblocking dead writers' claims (``unblock.py``), coordinating consumer groups
 socket (status, stop). It holds an exclusive ``flock`` on ``supervisor.lock``
 for its whole life, so a second one for the same data dir exits at once.
 
-Threads: the spill loop (main thread) and the control socket (one daemon
-thread). Producers and consumers never wait on the supervisor except when a
-ring is full or acks="disk".
+Threads: the spill loop (main thread), the log keeper (retention and
+compaction, ``keep_logs``: a compaction pass can take seconds, which spilling
+must not wait for) and the control socket. Producers and consumers never wait
+on the supervisor except when a ring is full or acks="disk".
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from shmbus.bus import open_or_recreate_ring
 from shmbus.ring import ControlBlock
 from shmbus.segments import recovery
 from shmbus.supervisor import cleaner, retention
+from shmbus.segments.log import list_segments
 from shmbus.supervisor.sockets import listen_unix
 from shmbus.supervisor.spill import PartitionSpiller
 
@@ -136,8 +138,10 @@ class Supervisor:
                     sp.writer.segment_ms = meta.config["segment.ms"]
         for key in [k for k in self.spillers if k not in live]:
             sp = self.spillers.pop(key)
-            sp.close()
-            sp.ring.close()
+            with sp.keep_lock, sp.state_lock:  # not under the log keeper's feet
+                sp.closed = True
+                sp.close()
+                sp.ring.close()
 
     # --- the log keeper: recovery, retention, compaction (each job in its own module) ---
     def recover(self, pdir: str) -> None:
@@ -149,18 +153,41 @@ class Supervisor:
             log(f"recovery: {what} dir={pdir}")
 
     def keep_logs(self) -> None:
-        """Retention and compaction, every KEEP_S; runs in the spill thread."""
-        now_ms = int(time.time() * 1000)
+        """Retention and compaction of every partition, in the log-keeper thread.
+
+        Not in the spill thread: a compaction pass reads the whole partition (~2.5 s for 1M
+        records here), and spilling, so producers on a full ring, would wait for it. Each
+        partition is kept under its ``keep_lock`` (the spill thread takes it only to close the
+        partition); its writer is touched only under ``state_lock`` (held by the spill thread
+        while it spills), briefly: to snapshot the segments for the cleaner, and for
+        retention's ``start_empty``. The cleaner then works on closed segments only.
+        """
         for sp in list(self.spillers.values()):
-            if sp.ring.deleted():
-                continue
+            if self.stopping.is_set():
+                return
+            with sp.keep_lock:
+                if sp.closed or sp.ring.deleted():
+                    continue
+                now_ms = int(time.time() * 1000)
+                try:
+                    retention.enforce(sp.writer, sp.config, now_ms, sp.state_lock)
+                    with sp.state_lock:
+                        w = sp.writer
+                        snapshot = (list_segments(w.pdir), w.active_base(), w.size if w.fd >= 0 else None)
+                    self.cleaner.maybe_clean(w, sp.config, now_ms, snapshot, self.stopping.is_set)
+                except cleaner.Aborted:
+                    return
+                except FileNotFoundError:
+                    continue  # the topic is being deleted
+                except (OSError, ValueError) as e:
+                    log(f"log keeping failed dir={sp.writer.pdir}: {type(e).__name__}: {e}")
+
+    def _keep_loop(self) -> None:
+        while not self.stopping.wait(KEEP_S):
             try:
-                retention.enforce(sp.writer, sp.config, now_ms)
-                self.cleaner.maybe_clean(sp.writer, sp.config, now_ms)
-            except FileNotFoundError:
-                continue  # the topic is being deleted
-            except (OSError, ValueError) as e:
-                log(f"log keeping failed dir={sp.writer.pdir}: {type(e).__name__}: {e}")
+                self.keep_logs()
+            except Exception as e:  # noqa: BLE001 (keep the thread: the next round tries again)
+                log(f"log keeping failed: {type(e).__name__}: {e}")
 
     # --- the spill loop ---
     def spill_all(self) -> float:
@@ -172,8 +199,9 @@ class Supervisor:
             if sp.ring.deleted():
                 continue
             try:
-                sp.spill(sp.ring.ring_bytes)
-                sp.roll_if_old(now_ms)
+                with sp.state_lock:  # the log keeper snapshots the writer, or starts an empty segment
+                    sp.spill(sp.ring.ring_bytes)
+                    sp.roll_if_old(now_ms)
             except FileNotFoundError:
                 continue  # the topic is being deleted; the next rescan drops it
             except Exception as e:  # noqa: BLE001 (a full disk, say: keep the other partitions going)
@@ -202,7 +230,9 @@ class Supervisor:
         self.coordinator = Coordinator(self.data_dir, log)
         self.coordinator.start()  # before the control socket: a client that sees us answer can join a group
         self.start_control()
-        last_scan = last_keep = time.monotonic()
+        keeper = threading.Thread(target=self._keep_loop, name="log-keeper", daemon=True)
+        keeper.start()
+        last_scan = time.monotonic()
         while not self.stopping.is_set():
             seen = self.ctl.spill_bell()
             t0 = time.monotonic()
@@ -214,11 +244,9 @@ class Supervisor:
             if now - last_scan > RESCAN_S:
                 self.rescan(force=False)
                 last_scan = now
-            if now - last_keep > KEEP_S:
-                self.keep_logs()
-                last_keep = now
             if wait > 0:
                 self.ctl.spiller_sleep(seen, wait)
+        keeper.join()  # a compaction pass under way ends at its next segment (cleaner.Aborted)
         # a last spill so that what is published is on disk (topics made since the last rescan too)
         self.rescan(force=False)
         self.spill_all()

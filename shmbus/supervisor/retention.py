@@ -26,6 +26,8 @@ it when it catches up or within ``PartitionLog.CHECK_S``.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from typing import NamedTuple
 
@@ -120,8 +122,13 @@ def segment_infos(pdir: str, active_base: int | None) -> list[SegmentInfo]:
     return out
 
 
-def enforce(writer, config: dict, now_ms: int) -> list[int]:
-    """Apply retention to the partition of ``writer`` (a ``SegmentWriter``). Returns the bases deleted."""
+def enforce(writer, config: dict, now_ms: int, lock=None) -> list[int]:
+    """Apply retention to the partition of ``writer`` (a ``SegmentWriter``). Returns the bases deleted.
+
+    Runs in the log-keeper thread while the spill thread appends: only closed segments are
+    deleted (the active one, and any made after the listing, are never in ``doomed``), and the
+    writer is touched (``start_empty``) only under ``lock``, the partition's state lock.
+    """
     if "delete" not in config["cleanup.policy"].split(","):
         return []
     if config["retention.ms"] < 0 and config["retention.bytes"] < 0:
@@ -132,7 +139,8 @@ def enforce(writer, config: dict, now_ms: int) -> list[int]:
     if not doomed:
         return []
     if doomed[-1] == infos[-1].base:
-        writer.start_empty(now_ms)  # keep a segment: its base is the start offset
+        with lock if lock is not None else contextlib.nullcontext():
+            writer.start_empty(now_ms)  # keep a segment: its base is the start offset
     for base in doomed:
         swap.delete_segment(pdir, base)
         _max_ts_cache.pop((pdir, base), None)

@@ -12,6 +12,7 @@ after they are on disk.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 
@@ -71,6 +72,10 @@ class PartitionSpiller:
         self.spilled_frames = 0
         self.spilled_bytes = 0
         self.unblocked = 0
+        # the log-keeper thread (daemon.py keep_logs) works beside the spill thread
+        self.state_lock = threading.Lock()  # the writer's state: held while spilling
+        self.keep_lock = threading.Lock()  # held by the keeper while it keeps this partition
+        self.closed = False
 
     def close(self) -> None:
         self.writer.close()
