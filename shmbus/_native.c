@@ -248,6 +248,17 @@ static PyObject *py_append(PyObject *Py_UNUSED(self), PyObject *const *args, Py_
     return PyLong_FromLongLong(r);
 }
 
+/* The two buffers of a verb that walks frames: `data` (read) and `rows` (an int64 array
+ * with flags `rows_flags`); on failure neither is held. */
+static int get_data_rows(PyObject *data, PyObject *rows, int rows_flags, Py_buffer *b, Py_buffer *r) {
+    if (PyObject_GetBuffer(data, b, PyBUF_SIMPLE) < 0) return -1;
+    if (PyObject_GetBuffer(rows, r, rows_flags) < 0) {
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
 /* --- headers (layout/frame.py): u16 key length | key utf-8 | i32 value length
  * (-1 = null) | value, repeated ------------------------------------------------ */
 
@@ -357,11 +368,7 @@ static PyObject *py_build_records(PyObject *Py_UNUSED(self), PyObject *const *ar
     }
     PyTypeObject *rt = (PyTypeObject *)args[4];
     Py_buffer bv, mv;
-    if (PyObject_GetBuffer(args[0], &bv, PyBUF_SIMPLE) < 0) return NULL;
-    if (PyObject_GetBuffer(args[1], &mv, PyBUF_C_CONTIGUOUS) < 0) {
-        PyBuffer_Release(&bv);
-        return NULL;
-    }
+    if (get_data_rows(args[0], args[1], PyBUF_C_CONTIGUOUS, &bv, &mv) < 0) return NULL;
     PyObject *out = NULL;
     const char *buf = bv.buf;
     const int64_t *m = mv.buf;
@@ -1274,11 +1281,7 @@ static PyObject *py_scan(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ss
     int verify = PyObject_IsTrue(args[7]);
     if (verify < 0) return NULL;
     Py_buffer b, m, v;
-    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0) return NULL;
-    if (PyObject_GetBuffer(args[8], &m, PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&b);
-        return NULL;
-    }
+    if (get_data_rows(args[0], args[8], PyBUF_WRITABLE, &b, &m) < 0) return NULL;
     int has_values = nargs == 10;
     if (has_values && PyObject_GetBuffer(args[9], &v, PyBUF_WRITABLE) < 0) {
         PyBuffer_Release(&b);
@@ -1385,11 +1388,7 @@ static PyObject *py_write_frames(PyObject *Py_UNUSED(self), PyObject *const *arg
         return NULL;
     }
     Py_buffer b, r;
-    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0) return NULL;
-    if (PyObject_GetBuffer(args[1], &r, PyBUF_C_CONTIGUOUS) < 0) {
-        PyBuffer_Release(&b);
-        return NULL;
-    }
+    if (get_data_rows(args[0], args[1], PyBUF_C_CONTIGUOUS, &b, &r) < 0) return NULL;
     PyObject *result = NULL;
     const int64_t *rows = r.buf;
     int64_t n = r.len / (8 * cols);

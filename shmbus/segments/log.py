@@ -221,6 +221,11 @@ class SegmentWriter:
         """The base of the segment being appended to, or None (rolled, nothing new yet)."""
         return self.base if self.fd >= 0 else None
 
+    def snapshot(self) -> tuple[list[int], int | None, int | None]:
+        """(segment bases, active base, active size): what the log keeper may work on (the
+        caller holds the partition's state lock; see supervisor/cleaner.py clean_partition)."""
+        return list_segments(self.pdir), self.active_base(), self.size if self.fd >= 0 else None
+
     def fsync_all(self) -> None:
         """fsync everything written (before a clean stop): rolled segments, the active one and its indexes."""
         self._sync_rolled()

@@ -250,7 +250,7 @@ class Cleaner:
             return None
         st = self.states.setdefault(writer, _State())
         if snapshot is None:
-            snapshot = (list_segments(writer.pdir), writer.active_base(), writer.size if writer.fd >= 0 else None)
+            snapshot = writer.snapshot()
         segs, active, active_size = snapshot
         closed_sizes = {}
         for base in segs:

@@ -30,7 +30,6 @@ from shmbus.bus import open_or_recreate_ring
 from shmbus.ring import ControlBlock
 from shmbus.segments import recovery
 from shmbus.supervisor import cleaner, retention
-from shmbus.segments.log import list_segments
 from shmbus.supervisor.sockets import listen_unix
 from shmbus.supervisor.spill import PartitionSpiller
 
@@ -172,9 +171,8 @@ class Supervisor:
                 try:
                     retention.enforce(sp.writer, sp.config, now_ms, sp.state_lock)
                     with sp.state_lock:
-                        w = sp.writer
-                        snapshot = (list_segments(w.pdir), w.active_base(), w.size if w.fd >= 0 else None)
-                    self.cleaner.maybe_clean(w, sp.config, now_ms, snapshot, self.stopping.is_set)
+                        snapshot = sp.writer.snapshot()
+                    self.cleaner.maybe_clean(sp.writer, sp.config, now_ms, snapshot, self.stopping.is_set)
                 except cleaner.Aborted:
                     return
                 except FileNotFoundError:
