@@ -464,6 +464,10 @@ static int reader_take_core(Reader *r, int more, PyObject **out) {
         i = RING_HDR + (c & mask);
         w = ld_acq64(buf, i);
         t = (w >> 32) & 0xFF;
+        if (t == T_FREE || t == T_RESERVED) return ld_acq64(buf, R_RECLAIMING) <= c ? TAKE_EMPTY : TAKE_GENERAL;
+        /* a cursor a whole ring ahead of RELEASED (an exactly full ring): the word there is the
+         * oldest frame, padding included, not a new one */
+        if (c >= ld_acq64(buf, R_RELEASED) + ring) return TAKE_EMPTY;
         if (t == T_PADDING) {  /* the ring's end, or an unblocked dead claim: step over it */
             int64_t plen = w & 0xFFFFFFFF;
             if (plen <= 0 || (plen & 7) || ld_acq64(buf, R_RECLAIMING) > c) return TAKE_GENERAL;
@@ -471,11 +475,7 @@ static int reader_take_core(Reader *r, int more, PyObject **out) {
             r->cursor = c;
             continue;
         }
-        if (t != T_DATA) {
-            if ((t == T_FREE || t == T_RESERVED) && ld_acq64(buf, R_RECLAIMING) <= c) return TAKE_EMPTY;
-            return TAKE_GENERAL;
-        }
-        if (c >= ld_acq64(buf, R_RELEASED) + ring) return TAKE_EMPTY;
+        if (t != T_DATA) return TAKE_GENERAL;
         flen = w & 0xFFFFFFFF;
         if (flen < F_HDR || (flen & 7)) return TAKE_GENERAL;
         nxt = c + flen;
@@ -1164,9 +1164,11 @@ static PyTypeObject SenderType = {
  * DATA frames from `pos` into meta rows (frame pos, offset, timestamp, key len,
  * value len, headers len, body index, frame len); meta[0] = (new pos, records,
  * stop reason, bad frame pos). Ring: base = RING_HDR, mask = ring bytes - 1; a
- * segment chunk: base = 0, mask = -1, end = its bytes. Unlike the kernel, a
- * frame that would reach past the buffer stops the walk as corrupt (numba does
- * not check bounds; a wild length here must not read past the mapping).
+ * segment chunk: base = 0, mask = -1, end = its bytes. A frame that goes on
+ * past `end` stops the walk with STOP_END, as in the kernel (the caller reads
+ * more); beyond that, unlike the kernel, a frame that would reach past the
+ * memory stops it as corrupt (numba does not check bounds; a wild length here
+ * must not read past the mapping).
  * scan_copy also copies the values back to back into `values` (meta column 6
  * becomes the value's start there) and stops early when it is full. */
 static int64_t scan_core(const uint8_t *buf, int64_t buflen, int64_t base, int64_t mask, int64_t pos, int64_t end,
@@ -1190,13 +1192,18 @@ static int64_t scan_core(const uint8_t *buf, int64_t buflen, int64_t base, int64
             reason = STOP_EMPTY;
             break;
         }
-        if (ln < 8 || (ln & 7) || t > T_POISON || i + ln > buflen) {
+        if (ln < 8 || (ln & 7) || t > T_POISON) {
             reason = STOP_CORRUPT;
             bad = pos;
             break;
         }
-        if (pos + ln > end) {
+        if (pos + ln > end) {  /* (a segment chunk: the frame goes on past what was read) */
             reason = STOP_END;
+            break;
+        }
+        if (i + ln > buflen) {  /* inside the range but past the memory: a length that cannot be */
+            reason = STOP_CORRUPT;
+            bad = pos;
             break;
         }
         if (t == T_DATA) {

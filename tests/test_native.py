@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import random
+import struct
 import subprocess
 import sys
 
@@ -24,6 +25,8 @@ from test_kernels import HDR, PID, TS, make_ring
 from shmbus import consumer as consumer_mod
 from shmbus import native
 from shmbus.kernels import frames as K
+from shmbus.layout import frame as F
+from shmbus.layout import ring as R
 from shmbus.producer import encode_headers
 
 ON_X86_LINUX = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
@@ -533,3 +536,41 @@ print(native.ENABLED, native.append is None, native.scan_frames is not None, nat
     enabled, append_none, scan_ok, reason = out.stdout.strip().split(" ", 3)
     assert (enabled, append_none, scan_ok) == ("False", "True", "True"), out.stdout
     assert reason.startswith("stale build:") and "reinstall shmbus" in reason, reason
+
+
+@needs_native
+@pytest.mark.timeout(60, method="thread")  # a reader that walks a full ring forever holds the GIL
+def test_a_caught_up_reader_of_an_exactly_full_ring_waits_even_when_the_oldest_frame_is_padding():
+    """The ring is exactly full (claim tail == RELEASED + ring) and the oldest frame, at RELEASED,
+    is the padding before a wrap. A reader caught up at the tail sees that padding word at its
+    cursor: it is the oldest frame, not a new one, so there is nothing to take yet."""
+    from shmbus.records import ConsumerRecord, TopicPartition
+
+    ring = 4096
+    buf = make_ring(ring)
+    addr = buf.ctypes.data
+    value = bytes(1000 - F.HEADER_BYTES)  # frames of exactly 1000 bytes
+
+    def put(i):
+        return native.append(addr, None, value, b"", TS + i, PID)
+
+    for i in range(4):  # lap 0: frames at 0, 1000, 2000, 3000
+        assert put(i) >= 0
+    assert put(4) == K.ST_FULL
+    K.release(buf, 0, 4000)  # RELEASED at 4000, where the next claim puts its padding
+    for i in range(4, 8):  # padding [4000, 4096), then frames at 4096 .. 7096: the tail at 8096
+        assert put(i) >= 0
+    assert put(8) == K.ST_FULL
+    claim = struct.unpack_from("<q", buf, R.OFF_CLAIM_POS)[0]
+    assert claim == 4000 + ring  # exactly full
+    assert (struct.unpack_from("<q", buf, HDR + 4000)[0] >> 32) & 0xFF == F.PADDING
+    rd = native.Reader(addr, TopicPartition("t", 0), ConsumerRecord)
+    rd.cursor = claim
+    rd.position_raw = 8
+    assert rd.take(False) == 0
+    assert rd.take_many(10, 0) == 0
+    assert rd.cursor == claim and rd.position_raw == 8
+    # the numba ring scan stops there too
+    meta = np.zeros((9, F.META_COLS), np.int64)
+    assert K.fast()["scan_ring"](addr, claim, 8, 8, meta.ctypes.data, 9) == 0
+    assert meta[0, 0] == claim

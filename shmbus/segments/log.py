@@ -440,8 +440,21 @@ class PartitionLog:
         return self._entry_pos(base, int(ent["rel"][i]), int(ent["pos"][i])) if i >= 0 else 0
 
     def _read_chunk(self, base: int, pos: int) -> int:
+        """Read the segment from ``pos`` into the chunk buffer; bytes read.
+
+        The frame at ``pos`` always fits: when it is longer than the buffer
+        (and wholly in the file: a length read from a torn or corrupt header
+        must not size an allocation), the buffer grows to hold it.
+        """
         fd = self._fd(base)
-        return os.preadv(fd, [self.chunk], pos)
+        got = os.preadv(fd, [self.chunk], pos)
+        if got == len(self.chunk):
+            h = int.from_bytes(self.chunk[:8].tobytes(), "little")
+            ln = h & 0xFFFFFFFF
+            if (h >> 32) & 0xFF == F.DATA and ln > got and pos + ln <= os.fstat(fd).st_size:
+                self.chunk = np.empty(F.align(ln) + F.HEADER_BYTES, np.uint8)
+                got = os.preadv(fd, [self.chunk], pos)
+        return got
 
     def _scan_chunk(self, base, pos, nbytes, max_n, min_offset, verify):
         n = scan_frames(self.chunk, 0, -1, 0, nbytes, max_n, min_offset, verify, self.meta)
@@ -492,11 +505,8 @@ class PartitionLog:
             if got and new_pos > pos:
                 pos = new_pos  # skipped frames below `offset`; keep going in this segment
                 continue
-            if got and int(self.meta[0, 2]) == F.STOP_END and got >= len(self.chunk) - 8:
-                # one frame larger than the chunk: grow and retry
-                self.chunk = np.empty(len(self.chunk) * 2, np.uint8)
-                continue
-            # end of this segment: the next one, if any
+            # end of this segment (or a frame not wholly written yet: _read_chunk reads any
+            # frame that is wholly in the file): the next segment, if any
             self.refresh()
             later = [b for b in self.segs if b > base]
             if not later:
