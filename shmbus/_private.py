@@ -34,7 +34,8 @@ def user_name(uid: int) -> str | None:
         return None
 
 
-def _who(uid: int) -> str:
+def who(uid: int) -> str:
+    """``uid (name)``, or the uid alone when it has no name here."""
     n = user_name(uid)
     return f"{uid} ({n})" if n else str(uid)
 
@@ -58,10 +59,11 @@ def refusal(st: os.stat_result) -> str | None:
 def foreign_error(name: str, st: os.stat_result, why: str) -> ForeignObjectError:
     path = shm_path(name)
     return ForeignObjectError(
-        f"refusing a shared-memory object of the bus, {why}: name={path} owner_uid={_who(st.st_uid)} "
-        f"mode={stat.S_IMODE(st.st_mode):04o} (this process runs as uid {_who(os.geteuid())} and uses only objects "
-        f"it owns with mode 0600; nothing was read or written. Another local user may have made it: remove it as "
-        f"its owner or as root (`shmbus doctor`, or rm {path}), then check who else runs on this machine)")
+        f"refusing a shared-memory object of the bus, {why}: name={path} owner_uid={who(st.st_uid)} "
+        f"mode={stat.S_IMODE(st.st_mode):04o} (this process runs as uid {who(os.geteuid())} and uses only objects "
+        f"it owns with mode 0600; nothing was read or written. Another local user may have made it: remove it "
+        f"(`shmbus doctor` run by its owner, or rm {path} as its owner or root), then check who else runs on "
+        f"this machine)")
 
 
 def check_object(name: str, fd: int) -> None:
@@ -81,15 +83,6 @@ def check_path(name: str) -> None:
     why = refusal(st)
     if why is not None:
         raise foreign_error(name, st, why)
-
-
-def owner(name: str) -> tuple[int, int] | None:
-    """(owner uid, mode) of a /dev/shm object, or None if it is gone."""
-    try:
-        st = os.stat(shm_path(name), follow_symlinks=False)
-    except OSError:
-        return None
-    return st.st_uid, stat.S_IMODE(st.st_mode)
 
 
 # --- files and folders of the data dir ---
@@ -151,5 +144,5 @@ def write_file(path: str, data: bytes, fsync: bool = True, tmp: str | None = Non
         raise
 
 
-__all__ = ["check_object", "check_path", "makedirs", "mkdir", "open_file", "owner", "refusal", "shm_path",
-           "user_name", "write_file"]
+__all__ = ["check_object", "check_path", "makedirs", "mkdir", "open_file", "refusal", "shm_path",
+           "user_name", "who", "write_file"]

@@ -38,9 +38,9 @@ class BusObjects:
     data_dir: str | None  # from the control block; None if it has none or it is unreadable
     supervisor_pid: int | None = None
     users: list[int] = dataclasses.field(default_factory=list)  # pids that map any of the objects
-    # (name, owner uid, mode) of the objects that are not this user's alone (another uid's, or not a
-    # regular file): never opened, never removed; such objects of this user's own with a mode open to
-    # others are not listed (they are this user's to remove)
+    # (name, owner uid, mode) of the objects that are another uid's (or not regular files): never
+    # opened, never removed. (An object of this uid's with a mode open to others is not listed here:
+    # it is this user's to remove.)
     foreign: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
 
     @property

@@ -24,7 +24,7 @@ import os
 import stat
 import time
 
-from shmbus import _paths, metadata, shm
+from shmbus import _paths, _private, metadata, shm
 
 DOCKER_DEFAULT = 64 << 20
 
@@ -40,7 +40,7 @@ def judge(b: shm.BusObjects) -> Finding:
     """What to do with one bus's objects (a pure policy)."""
     if b.not_ours:
         uids = sorted({uid for _, uid, _ in b.foreign})
-        return Finding(b, "skip", "owned by " + ", ".join(f"uid {_who(u)}" for u in uids)
+        return Finding(b, "skip", "owned by " + ", ".join(f"uid {_private.who(u)}" for u in uids)
                        + " (not this user's: left alone)")
     if b.supervisor_pid is not None:
         return Finding(b, "keep", f"live: supervisor pid={b.supervisor_pid}")
@@ -140,15 +140,8 @@ def is_mine(name: str) -> bool:
 
 def skipped_lines(b: shm.BusObjects) -> list[str]:
     """One line per object of the bus that is another user's (it stays where it is)."""
-    return [f"skipped: /dev/shm/{n}: owned by uid {_who(uid)}, mode {mode:04o} (not this user's: remove it as "
-            f"its owner, and check who else runs on this machine)" for n, uid, mode in b.foreign]
-
-
-def _who(uid: int) -> str:
-    from shmbus._private import user_name
-
-    n = user_name(uid)
-    return f"{uid} ({n})" if n else str(uid)
+    return [f"skipped: /dev/shm/{n}: owned by uid {_private.who(uid)}, mode {mode:04o} (not this user's: "
+            f"remove it as its owner, and check who else runs on this machine)" for n, uid, mode in b.foreign]
 
 
 def _mib(n: int) -> str:
