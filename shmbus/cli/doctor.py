@@ -41,7 +41,7 @@ def judge(b: shm.BusObjects) -> Finding:
     if b.not_ours:
         uids = sorted({uid for _, uid, _ in b.foreign})
         return Finding(b, "skip", "owned by " + ", ".join(f"uid {_private.who(u)}" for u in uids)
-                       + " (not this user's: left alone)")
+                       + ", not this user's: left alone")
     if b.supervisor_pid is not None:
         return Finding(b, "keep", f"live: supervisor pid={b.supervisor_pid}")
     if b.users:
