@@ -16,6 +16,7 @@ from shmbus.errors import (
     BufferFullError,
     CommitFailedError,
     CorruptRecordError,
+    ForeignObjectError,
     InvalidConfigError,
     InvalidTopicError,
     OffsetOutOfRangeError,
@@ -62,5 +63,5 @@ __all__ = [
     "BatchMetadata", "OffsetAndTimestamp", "PartitionDescription", "TopicDescription",
     "ShmbusError", "InvalidTopicError", "TopicExistsError", "UnknownTopicError", "InvalidConfigError",
     "RecordTooLargeError", "BufferFullError", "OffsetOutOfRangeError", "CommitFailedError",
-    "SupervisorNotRunningError", "CorruptRecordError", "__version__",
+    "SupervisorNotRunningError", "CorruptRecordError", "ForeignObjectError", "__version__",
 ]

@@ -11,7 +11,10 @@
       topics/<topic>/<partition>/<base offset, 20 digits>.log   segments
       topics/<topic>/<partition>/<base offset, 20 digits>.index sparse offset index
 
-Shared memory (``/dev/shm``), all mode 0600::
+Every file here is mode 0600 and every folder 0700 (``_private.py``).
+
+Shared memory (``/dev/shm``), all mode 0600 and owned by the bus's user (an
+object of these names that is not is refused: ``_private.py``)::
 
     shmbus-<bus id>-ctl                       wake-up words (layout/ring.py)
     shmbus-<bus id>-<topic id>-<partition>    one ring per partition
@@ -27,6 +30,8 @@ import hashlib
 import json
 import os
 import secrets
+
+from shmbus import _private
 
 
 def default_data_dir() -> str:
@@ -75,9 +80,10 @@ def bus_id(data_dir: str) -> str:
             return json.load(f)["id"]
     except FileNotFoundError:
         pass
-    os.makedirs(os.path.join(data_dir, "topics"), exist_ok=True)
+    _private.makedirs(os.path.join(data_dir, "topics"))
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
+    fd = _private.open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with open(fd, "w") as f:
         json.dump({"id": secrets.token_hex(6), "version": 1}, f)
     try:
         os.link(tmp, path)  # fails if another process won the race

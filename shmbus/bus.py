@@ -12,7 +12,7 @@ import threading
 
 import posix_ipc
 
-from shmbus import _paths, metadata
+from shmbus import _paths, _private, metadata
 from shmbus.config import validate_topic_config, validate_topic_name
 from shmbus.errors import InvalidConfigError, SupervisorNotRunningError, UnknownTopicError
 from shmbus.records import PartitionDescription, TopicDescription
@@ -29,7 +29,7 @@ class Bus:
 
     def __init__(self, data_dir=None, *, autostart: bool = True):
         self.data_dir = _paths.resolve_data_dir(data_dir)
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        _private.makedirs(self.data_dir)
         self.id = _paths.bus_id(self.data_dir)
         self.ctl = ControlBlock.open_or_create(self.id, self.data_dir)
         self._rings: dict[tuple[str, int], Ring] = {}

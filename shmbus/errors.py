@@ -65,6 +65,15 @@ class CorruptRecordError(ShmbusError):
     """A frame failed its checksum or framing check; names the file and position."""
 
 
+class ForeignObjectError(ShmbusError):
+    """A shared-memory object under one of the bus's names is not the bus user's alone.
+
+    Owned by another uid, open to group or others, or not a regular file:
+    nothing was read from or written to it; the message names the object, its
+    owner and mode, and how to remove it.
+    """
+
+
 __all__ = [
     "ShmbusError",
     "InvalidTopicError",
@@ -77,4 +86,5 @@ __all__ = [
     "CommitFailedError",
     "SupervisorNotRunningError",
     "CorruptRecordError",
+    "ForeignObjectError",
 ]

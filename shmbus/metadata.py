@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from shmbus import _paths
+from shmbus import _paths, _private
 from shmbus.errors import InvalidConfigError, TopicExistsError, UnknownTopicError
 
 
@@ -34,12 +34,7 @@ class TopicMeta:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _private.write_file(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def read_topic(data_dir: str, name: str) -> TopicMeta:
@@ -75,16 +70,16 @@ def list_topics(data_dir: str) -> list[str]:
 def create_topic(data_dir: str, name: str, partitions: int, config: dict, make_rings) -> TopicMeta:
     """Create a topic; ``make_rings(meta)`` creates its rings before it becomes visible."""
     tdir = _paths.topics_dir(data_dir)
-    os.makedirs(tdir, exist_ok=True)
+    _private.makedirs(tdir)
     final = os.path.join(tdir, name)
     if os.path.exists(os.path.join(final, "topic.json")):
         raise TopicExistsError(f"topic already exists: topic={name!r} (describe it, or delete it first)")
     meta = TopicMeta(name, secrets.token_hex(4), partitions, dict(config), int(time.time() * 1000))
     tmp = os.path.join(tdir, f".tmp-{meta.id}")
-    os.makedirs(tmp)
+    _private.mkdir(tmp)
     try:
         for p in range(partitions):
-            os.makedirs(os.path.join(tmp, str(p)))
+            _private.mkdir(os.path.join(tmp, str(p)))
         _write_json(os.path.join(tmp, "topic.json"), {
             "name": meta.name, "id": meta.id, "partitions": meta.partitions,
             "config": meta.config, "created_ms": meta.created_ms,

@@ -18,7 +18,7 @@ import numpy as np
 import posix_ipc
 
 from shmbus import _futex
-from shmbus import _paths
+from shmbus import _paths, _private
 from shmbus.errors import ShmbusError
 from shmbus.layout import ring as R
 
@@ -61,8 +61,18 @@ def _shm_free() -> int:
 
 
 def _open_shm(name: str):
-    shm = posix_ipc.SharedMemory(name)
+    """Map an existing object of the bus, after checking that it is this user's alone.
+
+    Raises ExistentialError if there is none, :class:`ForeignObjectError` if
+    another user owns it or others may open it (nothing is read or written).
+    """
     try:
+        shm = posix_ipc.SharedMemory(name)
+    except posix_ipc.PermissionsError:
+        _private.check_path(name)  # another user's, mode 0600: say whose
+        raise
+    try:
+        _private.check_object(name, shm.fd)
         size = os.fstat(shm.fd).st_size
         if size == 0:
             raise posix_ipc.ExistentialError(f"{name} is still being created")

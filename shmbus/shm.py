@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import struct
 
 import psutil
 
-from shmbus import _paths
+from shmbus import _paths, _private
+from shmbus.errors import ForeignObjectError
 from shmbus.layout import ring as R
 
 SHM_DIR = "/dev/shm"
@@ -36,6 +38,15 @@ class BusObjects:
     data_dir: str | None  # from the control block; None if it has none or it is unreadable
     supervisor_pid: int | None = None
     users: list[int] = dataclasses.field(default_factory=list)  # pids that map any of the objects
+    # (name, owner uid, mode) of the objects that are another uid's (or not regular files): never
+    # opened, never removed. (An object of this uid's with a mode open to others is not listed here:
+    # it is this user's to remove.)
+    foreign: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
+
+    @property
+    def not_ours(self) -> bool:
+        """Every object of this bus id belongs to another user (or is no object of a bus)."""
+        return len(self.foreign) == len(self.names)
 
     @property
     def data_dir_exists(self) -> bool:
@@ -47,9 +58,22 @@ class BusObjects:
 
 
 def read_ctl_data_dir(bid: str) -> str | None:
-    """The data dir recorded in a bus's control block, read without opening it as shared memory."""
+    """The data dir recorded in a bus's control block, read without opening it as shared memory.
+
+    None unless the block is this user's own (``_private.check_object``).
+    """
+    name = f"{PREFIX}{bid}-ctl"
     try:
-        with open(os.path.join(SHM_DIR, f"{PREFIX}{bid}-ctl"), "rb") as f:
+        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        _private.check_object(name, fd)
+    except (ForeignObjectError, OSError):
+        os.close(fd)
+        return None
+    try:
+        with open(fd, "rb") as f:
             head = f.read(8)
             f.seek(R.CTL_OFF_DATA_DIR)
             raw = f.read(4)
@@ -105,13 +129,17 @@ def inventory(with_users: bool = True) -> list[BusObjects]:
     for bid in sorted(by_bus):
         objs = sorted(by_bus[bid])
         size = 0
+        foreign = []
         for n in objs:
             try:
-                size += os.stat(os.path.join(SHM_DIR, n)).st_blocks * 512
+                st = os.stat(os.path.join(SHM_DIR, n), follow_symlinks=False)
             except OSError:
-                pass
+                continue
+            size += st.st_blocks * 512
+            if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+                foreign.append((n, st.st_uid, stat.S_IMODE(st.st_mode)))
         data_dir = read_ctl_data_dir(bid)
-        b = BusObjects(bid, objs, size, data_dir)
+        b = BusObjects(bid, objs, size, data_dir, foreign=foreign)
         if data_dir:
             b.supervisor_pid = supervisor_pid(data_dir)
         b.users = sorted({pid for n in objs for pid in maps.get(n, ())} - {os.getpid()})
@@ -131,13 +159,13 @@ def bus_names(data_dir: str) -> list[str]:
 
 
 def unlink_names(names) -> int:
-    """Unlink these /dev/shm objects; returns how many were removed."""
+    """Unlink these /dev/shm objects; returns how many were removed (one not ours to remove is left)."""
     k = 0
     for n in names:
         try:
             os.unlink(os.path.join(SHM_DIR, n))
             k += 1
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):
             pass
     return k
 

@@ -10,7 +10,9 @@ What it looks at (see ``shmbus/shm.py`` for how a bus is found and judged):
   into the data dir (one supervisor pass, which also cuts torn tails), then
   removes the objects; the next ``Bus()`` starts the rings again at the log
   end;
-- a stale ``supervisor.sock`` (nobody holds the lock) is removed.
+- a stale ``supervisor.sock`` (nobody holds the lock) is removed;
+- an object owned by another user is skipped: never opened, never removed
+  (a bus of another user's, or an object planted under this user's names).
 
 Nothing is removed without a yes (``--yes`` for scripts).
 """
@@ -19,9 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import time
 
-from shmbus import _paths, metadata, shm
+from shmbus import _paths, _private, metadata, shm
 
 DOCKER_DEFAULT = 64 << 20
 
@@ -29,12 +32,16 @@ DOCKER_DEFAULT = 64 << 20
 @dataclasses.dataclass
 class Finding:
     bus: shm.BusObjects
-    action: str  # "keep", "remove", "spill+remove"
+    action: str  # "keep", "remove", "spill+remove", "skip"
     why: str
 
 
 def judge(b: shm.BusObjects) -> Finding:
     """What to do with one bus's objects (a pure policy)."""
+    if b.not_ours:
+        uids = sorted({uid for _, uid, _ in b.foreign})
+        return Finding(b, "skip", "owned by " + ", ".join(f"uid {_private.who(u)}" for u in uids)
+                       + ", not this user's: left alone")
     if b.supervisor_pid is not None:
         return Finding(b, "keep", f"live: supervisor pid={b.supervisor_pid}")
     if b.users:
@@ -79,8 +86,10 @@ def stale_files(data_dir: str) -> list[str]:
         if os.path.exists(path):
             out.append(path)
     gdir = os.path.join(data_dir, "groups")
-    if os.path.isdir(gdir):
+    try:
         out.extend(os.path.join(gdir, n) for n in os.listdir(gdir) if n.endswith(".sock"))
+    except OSError:
+        pass
     return out
 
 
@@ -120,8 +129,23 @@ def shm_advice(data_dir: str) -> list[str]:
     return lines
 
 
+def is_mine(name: str) -> bool:
+    """The /dev/shm object ``name`` is this user's (a regular file owned by this uid)."""
+    try:
+        st = os.stat(os.path.join(shm.SHM_DIR, name), follow_symlinks=False)
+    except OSError:
+        return False
+    return st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode)
+
+
+def skipped_lines(b: shm.BusObjects) -> list[str]:
+    """One line per object of the bus that is another user's (it stays where it is)."""
+    return [f"skipped: /dev/shm/{n}: owned by uid {_private.who(uid)}, mode {mode:04o} (not this user's: "
+            f"remove it as its owner, and check who else runs on this machine)" for n, uid, mode in b.foreign]
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-__all__ = ["Finding", "judge", "shm_advice", "spill_dead_bus", "stale_files"]
+__all__ = ["Finding", "is_mine", "judge", "shm_advice", "skipped_lines", "spill_dead_bus", "stale_files"]

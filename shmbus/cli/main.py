@@ -476,7 +476,8 @@ def doctor(data_dir, yes, as_json):
 
     A bus whose supervisor runs or whose objects a process maps is left alone.
     A dead bus's rings are first spilled into its data dir (if it still
-    exists), then removed. Stale supervisor sockets go too.
+    exists), then removed. Stale supervisor sockets go too. Objects owned by
+    another user are skipped (listed, never opened or removed).
 
     \b
     Example:
@@ -491,12 +492,14 @@ def doctor(data_dir, yes, as_json):
     findings = [D.judge(b) for b in shm.inventory()]
     dirs = {d} | {f.bus.data_dir for f in findings if f.bus.data_dir_exists}
     stale = sorted(p for dd in dirs for p in D.stale_files(dd))
-    act = [f for f in findings if f.action != "keep"]
+    act = [f for f in findings if f.action not in ("keep", "skip")]
+    skipped = [line for f in findings if f.action != "skip" for line in D.skipped_lines(f.bus)]
     advice = D.shm_advice(d)
     if as_json:
         click.echo(json.dumps({
             "buses": [{"bus_id": f.bus.bus_id, "data_dir": f.bus.data_dir, "objects": f.bus.names,
-                       "bytes": f.bus.bytes, "action": f.action, "why": f.why} for f in findings],
+                       "bytes": f.bus.bytes, "action": f.action, "why": f.why,
+                       "skipped": [n for n, _, _ in f.bus.foreign]} for f in findings],
             "stale_files": stale, "shm": advice, "removed": bool(yes and (act or stale))}, indent=2))
     else:
         for line in advice:
@@ -506,6 +509,8 @@ def doctor(data_dir, yes, as_json):
         for f in findings:
             click.echo(f"bus {f.bus.bus_id}: {len(f.bus.names)} objects, {f.bus.bytes / 2**20:.1f} MiB: "
                        f"{f.action.upper()} ({f.why})")
+        for line in skipped:
+            click.echo(line)
         for p in stale:
             click.echo(f"stale file: {p}: REMOVE")
         if not act and not stale:
@@ -531,11 +536,11 @@ def doctor(data_dir, yes, as_json):
                 continue
         # (the spill pass may have made rings a topic lacked: those go too)
         names = set(f.bus.names) | (set(shm.bus_names(f.bus.data_dir)) if f.bus.data_dir_exists else set())
-        removed += shm.unlink_names(sorted(names))
+        removed += shm.unlink_names(sorted(n for n in names if D.is_mine(n)))
     for p in stale:
         try:
             os.unlink(p)
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):
             pass
     if not as_json:
         click.echo(f"removed {removed} shared-memory object(s) and {len(stale)} stale file(s)")

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from shmbus import _paths
+from shmbus import _paths, _private
 from shmbus.errors import CorruptRecordError
 from shmbus.layout import frame as F
 from shmbus import native
@@ -75,9 +75,7 @@ def read_recovery_point(pdir: str) -> int:
 def _write_recovery_point(pdir: str, offset: int) -> None:
     tmp = os.path.join(pdir, f"{RECOVERY_POINT}.tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(f"{offset}\n")
-        os.replace(tmp, os.path.join(pdir, RECOVERY_POINT))
+        _private.write_file(os.path.join(pdir, RECOVERY_POINT), f"{offset}\n".encode(), fsync=False, tmp=tmp)
     except OSError:
         pass  # (a partition being deleted) a stale point only makes recovery check more
 
@@ -131,7 +129,7 @@ class SegmentWriter:
         self.pdir = pdir
         self.segment_bytes = segment_bytes
         self.segment_ms = segment_ms
-        os.makedirs(pdir, exist_ok=True)
+        _private.makedirs(pdir)
         segs = list_segments(pdir)
         self.fd = -1
         self.ifd = -1

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from shmbus import _paths
+from shmbus import _paths, _private
 from shmbus.errors import SupervisorNotRunningError
 
 
@@ -81,8 +81,9 @@ def start(data_dir: str, wait_s: float = 120.0) -> int:
     """
     if running_pid(data_dir) is not None and ping(data_dir):
         return running_pid(data_dir) or -1
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    log = open(_paths.log_path(data_dir), "ab")
+    _private.makedirs(data_dir)
+    log = open(_private.open_file(_paths.log_path(data_dir), os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
+    log_start = log.tell()
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shmbus.supervisor", "--data-dir", data_dir],
@@ -96,13 +97,26 @@ def start(data_dir: str, wait_s: float = 120.0) -> int:
             return running_pid(data_dir) or proc.pid
         rc = proc.poll()
         if rc is not None and running_pid(data_dir) is None:
+            said = _last_line(_paths.log_path(data_dir), log_start)
             raise SupervisorNotRunningError(
-                f"the supervisor exited at start: exit={rc} data_dir={data_dir} (see {_paths.log_path(data_dir)})"
+                f"the supervisor exited at start: exit={rc} data_dir={data_dir}{': ' + said if said else ''} "
+                f"(see {_paths.log_path(data_dir)})"
             )
         time.sleep(0.01)
     raise SupervisorNotRunningError(
         f"the supervisor did not answer within {wait_s:.0f} s: data_dir={data_dir} (see {_paths.log_path(data_dir)})"
     )
+
+
+def _last_line(path: str, start: int) -> str:
+    """The last line written to ``path`` past ``start`` ('' if none)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            lines = f.read()[-4096:].decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
 
 
 def stop(data_dir: str, wait_s: float = 30.0) -> bool:

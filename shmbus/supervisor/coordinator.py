@@ -93,8 +93,8 @@ import numpy as np
 import posix_ipc
 import psutil
 
-from shmbus import _paths, assignors, metadata
-from shmbus.errors import ShmbusError, UnknownTopicError
+from shmbus import _paths, _private, assignors, metadata
+from shmbus.errors import ForeignObjectError, ShmbusError, UnknownTopicError
 from shmbus.group_table import GroupTable
 from shmbus.layout import groups as GL
 from shmbus.records import TopicPartition
@@ -247,7 +247,7 @@ class Coordinator:
 
     # --- life ---
     def start(self) -> None:
-        os.makedirs(groups_dir(self.data_dir), mode=0o700, exist_ok=True)
+        _private.makedirs(groups_dir(self.data_dir))
         self._refresh_topics()
         self._load()
         self._adopt_tables()
@@ -670,6 +670,7 @@ class Coordinator:
                 try:
                     g.table = GroupTable.create(name, g.id, GL.SLOTS)
                 except posix_ipc.ExistentialError:  # a leftover nobody adopted (a group id cut in its header?)
+                    _private.check_path(name)  # never another user's: that one stays as it is
                     _unlink_shm(name)
                     g.table = GroupTable.create(name, g.id, GL.SLOTS)
             except (ShmbusError, OSError, posix_ipc.Error) as e:
@@ -747,6 +748,9 @@ class Coordinator:
             name = "/" + n
             try:
                 t = GroupTable.open(name)
+            except ForeignObjectError as e:
+                self.log(f"leaving alone an offsets table that is not this user's: {e}")
+                continue
             except (posix_ipc.Error, ShmbusError, OSError, ValueError) as e:
                 self.log(f"removing an offsets table that cannot be read: name={name}: {e}")
                 _unlink_shm(name)
@@ -806,12 +810,7 @@ class Coordinator:
                     break
             for path, data in batch.items():
                 try:
-                    tmp = f"{path}.{os.getpid()}.tmp"
-                    with open(tmp, "wb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, path)
+                    _private.write_file(path, data)
                 except OSError as e:
                     self._write_failed = True
                     self.log(f"cannot write the group checkpoint: path={path}: {e}")

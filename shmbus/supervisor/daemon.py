@@ -25,8 +25,9 @@ import time
 
 import psutil
 
-from shmbus import _paths, metadata
+from shmbus import _paths, _private, metadata
 from shmbus.bus import open_or_recreate_ring
+from shmbus.errors import ShmbusError
 from shmbus.ring import ControlBlock
 from shmbus.segments import recovery
 from shmbus.supervisor import cleaner, retention
@@ -63,8 +64,8 @@ class AlreadyRunning(Exception):
 class Supervisor:
     def __init__(self, data_dir: str):
         self.data_dir = _paths.resolve_data_dir(data_dir)
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        self.lock_fd = os.open(_paths.lock_path(self.data_dir), os.O_RDWR | os.O_CREAT, 0o600)
+        _private.makedirs(self.data_dir)
+        self.lock_fd = _private.open_file(_paths.lock_path(self.data_dir), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -72,8 +73,12 @@ class Supervisor:
             raise AlreadyRunning(f"a supervisor is already running for data_dir={self.data_dir}") from None
         os.ftruncate(self.lock_fd, 0)
         os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
-        self.id = _paths.bus_id(self.data_dir)
-        self.ctl = ControlBlock.open_or_create(self.id, self.data_dir)
+        try:
+            self.id = _paths.bus_id(self.data_dir)
+            self.ctl = ControlBlock.open_or_create(self.id, self.data_dir)
+        except BaseException:
+            os.close(self.lock_fd)
+            raise
         self.spillers: dict[tuple[str, int], PartitionSpiller] = {}
         self.topic_ids: dict[str, str] = {}
         self.stopping = threading.Event()
@@ -339,7 +344,7 @@ def log(msg: str) -> None:
 def serve(data_dir: str) -> int:
     try:
         sup = Supervisor(data_dir)
-    except AlreadyRunning as e:
+    except (AlreadyRunning, ShmbusError) as e:
         print(f"shmbus: {e}", file=sys.stderr)
         return 1
     stop = lambda *_: (sup.stopping.set(), sup.ctl.ring_spill_bell())  # noqa: E731
