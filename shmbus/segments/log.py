@@ -486,6 +486,7 @@ class PartitionLog:
             i = max(0, int(np.searchsorted(self.segs, offset, side="right")) - 1)
             base = self.segs[i]
             pos = self._index_pos(base, offset)
+        final = False  # whether ``base`` is known to be complete (a later segment was seen)
         while True:
             try:
                 got = self._read_chunk(base, pos)
@@ -512,7 +513,15 @@ class PartitionLog:
                 # (a segment deleted or replaced meanwhile would keep its disk space)
                 self.release()
                 return 0, self.meta, self.chunk
-            base, pos = later[0], 0
+            if not final:
+                # The writer appends only to the newest segment, and fills it before it makes
+                # the next: with a later segment listed, this one is complete. But it may have
+                # grown between the read above and the listing (the writer finished it and
+                # rolled meanwhile): read the rest of it once more before moving on, or the
+                # records written in between would be passed over.
+                final = True
+                continue
+            base, pos, final = later[0], 0, False
 
     def start_offset(self) -> int | None:
         """The first offset on disk (the first segment's first frame, else its base), or None.
