@@ -243,3 +243,98 @@ def test_every_acknowledged_record_reaches_the_group_through_random_sigkills(dat
         if pid:
             os.kill(pid, signal.SIGKILL)
         bus.close()
+
+
+def seeking_reader_main(data_dir, partition, log_path, stop_path, seed):
+    """Read one partition, seeking back now and then (so the reader moves from the ring to the disk
+    and back again and again); one line per offset gap it sees: ``G expected got``."""
+    from shmbus import Bus, TopicPartition
+
+    rnd = random.Random(seed)
+    tp = TopicPartition(TOPIC, partition)
+    f = open(log_path, "a", buffering=1)  # noqa: SIM115
+    with Bus(data_dir, autostart=False) as bus, bus.consumer(auto_offset_reset="earliest") as c:
+        c.assign([tp])
+        c.seek(tp, 0)
+        expect = 0
+        next_seek = time.monotonic() + rnd.uniform(0.2, 1.0)
+        while not os.path.exists(stop_path):
+            for r in c.poll(timeout_ms=50, max_records=rnd.choice([50, 300, 500])).get(tp, []):
+                if r.offset != expect:
+                    f.write(f"G {expect} {r.offset}\n")
+                expect = r.offset + 1
+            if time.monotonic() >= next_seek:
+                expect = max(0, expect - rnd.randrange(0, 3000))
+                c.seek(tp, expect)
+                next_seek = time.monotonic() + rnd.uniform(0.2, 1.0)
+        f.write(f"E {expect}\n")
+
+
+@pytest.mark.timeout(600)
+def test_readers_that_move_between_disk_and_ring_pass_no_acknowledged_record(data_dir, tmp_path):
+    """Readers seek back at random while producers and the supervisor are SIGKILLed: a gap in the
+    offsets a reader sees may only hold offsets no ``send`` acknowledged (a killed writer's claims)."""
+    from shmbus import Bus
+    from shmbus.supervisor import client
+
+    duration = float(os.environ.get("SHMBUS_SOAK_S", "20"))
+    rnd = random.Random(int(os.environ.get("SHMBUS_SOAK_SEED", str(int(time.time())))))
+    stop = str(tmp_path / "stop")
+    procs, plogs = [], []
+    rlogs = [str(tmp_path / f"reader-{k}.log") for k in range(2)]
+
+    def start(target, *args):
+        p = SPAWN.Process(target=target, args=args, daemon=True)
+        p.start()
+        procs.append(p)
+        return p
+
+    def start_producer():
+        plogs.append(str(tmp_path / f"producer-{len(plogs)}.log"))
+        return start(producer_main, data_dir, plogs[-1], stop, rnd.random())
+
+    bus = Bus(data_dir)
+    try:
+        bus.create_topic(TOPIC, 2, config=CONFIG)
+        producers = [start_producer() for _ in range(2)]
+        readers = [start(seeking_reader_main, data_dir, k, rlogs[k], stop, rnd.random()) for k in range(2)]
+        wait_for(lambda: sum(len(_lines(x)) for x in plogs) > 1000, 60, "the producers to start")
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
+            time.sleep(rnd.uniform(0.2, 1.0))
+            if rnd.random() < 0.5:
+                i = rnd.randrange(len(producers))
+                producers[i].kill()
+                producers[i].join(10)
+                producers[i] = start_producer()
+            else:
+                pid = client.running_pid(data_dir)
+                if pid:
+                    os.kill(pid, signal.SIGKILL)  # the supervisor this test's Bus started
+                    wait_for(lambda: client.running_pid(data_dir) is None, 10, "the supervisor to die")
+                time.sleep(rnd.uniform(0.0, 0.3))
+                client.start(data_dir)
+        open(stop, "w").close()
+        for p in producers + readers:
+            p.join(30)
+            assert p.exitcode == 0, f"a worker exited with {p.exitcode}"
+        acked = acknowledged(plogs)
+        assert len(acked) > 1000, f"only {len(acked)} records acknowledged"
+        passed = []
+        for k, path in enumerate(rlogs):
+            lines = _lines(path)
+            assert lines and lines[-1].startswith("E "), f"reader {k} did not finish"
+            for line in lines:
+                if line.startswith("G "):
+                    a, b = map(int, line.split()[1:])
+                    lost = [o for o in range(a, b) if (k, o) in acked]
+                    if lost:
+                        passed.append((k, a, b, len(lost)))
+        assert not passed, f"readers passed over acknowledged records (partition, expected, got, lost): {passed}"
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        for p in procs:
+            p.join(5)
+        bus.close()
