@@ -17,11 +17,11 @@ coordinator's own figure (trigger to every member having applied its
 assignment) is shown beside it. Commit: ``commit()`` of 6 partitions,
 synchronous, in this process, each call timed: through the group's offsets
 table in shared memory (the default), then over the member's socket to the
-coordinator (the path before the table, kept for partitions without a slot
-and reachable with ``SHMBUS_GROUP_COMMIT=socket``), interleaved in blocks.
+coordinator (the path for partitions without a slot in the table,
+reachable for all with ``SHMBUS_GROUP_COMMIT=socket``), interleaved in blocks.
 
-    /work/venv/bin/python bench/groups.py            # full: 5 rounds
-    /work/venv/bin/python bench/groups.py --quick    # 1 round
+    python bench/groups.py            # full: 5 rounds
+    python bench/groups.py --quick    # 1 round
 """
 
 from __future__ import annotations
