@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     print()
     print(table)
     print()
-    for key, what in (("shm", "shared-memory offsets table"), ("socket", "socket round trip, the old path")):
+    for key, what in (("shm", "shared-memory offsets table"), ("socket", "socket round trip, SHMBUS_GROUP_COMMIT=socket")):
         r = commit.get(key) or {}
         print(f"commit() of 6 partitions ({what}): p50 {C.fmt_num(r.get('p50_us'))} µs, "
               f"p99 {C.fmt_num(r.get('p99_us'))} µs")
