@@ -189,3 +189,33 @@ def test_repository_text_names_nothing_outside_it():
                 if pattern.search(line):
                     hits.append(f"{os.path.relpath(path, ROOT)}:{n}: {what}: {line.strip()[:120]}")
     assert not hits, "text that refers outside the repository or tells its history:\n" + "\n".join(hits)
+
+
+# --- links between the documents ------------------------------------------------------------
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    s = heading.strip().lower().replace("`", "")
+    s = re.sub(r"[^\w\- ]", "", s)
+    return s.replace(" ", "-")
+
+
+def test_relative_links_resolve():
+    docs = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "CHANGELOG.md")]
+    docs += [os.path.join(ROOT, "docs", n) for n in sorted(os.listdir(os.path.join(ROOT, "docs"))) if n.endswith(".md")]
+    bad = []
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)\s]+)\)", _read(doc)):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            full = os.path.normpath(os.path.join(os.path.dirname(doc), path)) if path else doc
+            if not full.startswith(ROOT + os.sep) or not os.path.exists(full):
+                bad.append(f"{os.path.relpath(doc, ROOT)}: {target}: no such file in the repository")
+                continue
+            if anchor:
+                heads = {_slug(h) for h in re.findall(r"^#+ (.+)$", _read(full), re.MULTILINE)}
+                if anchor not in heads:
+                    bad.append(f"{os.path.relpath(doc, ROOT)}: {target}: no such heading")
+    assert not bad, "broken links:\n" + "\n".join(bad)
