@@ -3,7 +3,7 @@
 Kept free of heavy imports (no numpy, no shmbus at module level): every
 spawned child re-imports the script that started it, and this module with it.
 
-Method (the same as the peers' harness in /work/shared/peers/RESULTS.md):
+Method:
 * two processes made with the ``spawn`` context, producer pinned to cpu0 and
   consumer to cpu1 (``--no-pin`` to leave placement to the scheduler); the
   shmbus supervisor is started by the (unpinned) orchestrator, so it is not
@@ -101,14 +101,24 @@ def pin(cpu) -> None:
 
 # --- environment --------------------------------------------------------------------------
 
+def _shown_path(arg: str) -> str:
+    """A command-line word as the results record it: paths in this checkout relative to it,
+    other absolute paths by their last part (results name no folder of the machine)."""
+    if os.path.isabs(arg):
+        full = os.path.abspath(arg)
+        if full.startswith(ROOT + os.sep):
+            return os.path.relpath(full, ROOT)
+        return os.path.basename(full)
+    return arg
+
+
 def environment() -> dict:
     env = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "nproc": os.cpu_count(),
-        "command": " ".join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(ROOT)
-                             else sys.executable] + sys.argv),
+        "command": " ".join(_shown_path(a) for a in [sys.executable] + sys.argv),
     }
     with contextlib.suppress(Exception), open("/proc/cpuinfo") as f:
         for line in f:

@@ -19,8 +19,8 @@
 Cells: median over interleaved rounds [min-max]. Every read is verified
 (offsets dense from 0, N of them); a failed run reports no figure.
 
-    /work/venv/bin/python bench/disk.py            # full: 3 rounds, ~1-2 min
-    /work/venv/bin/python bench/disk.py --quick    # smoke run
+    python bench/disk.py            # full: 3 rounds, ~1-2 min
+    python bench/disk.py --quick    # smoke run
 """
 
 from __future__ import annotations

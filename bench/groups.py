@@ -17,11 +17,11 @@ coordinator's own figure (trigger to every member having applied its
 assignment) is shown beside it. Commit: ``commit()`` of 6 partitions,
 synchronous, in this process, each call timed: through the group's offsets
 table in shared memory (the default), then over the member's socket to the
-coordinator (the path before the table, kept for partitions without a slot
-and reachable with ``SHMBUS_GROUP_COMMIT=socket``), interleaved in blocks.
+coordinator (the path for partitions without a slot in the table,
+reachable for all with ``SHMBUS_GROUP_COMMIT=socket``), interleaved in blocks.
 
-    /work/venv/bin/python bench/groups.py            # full: 5 rounds
-    /work/venv/bin/python bench/groups.py --quick    # 1 round
+    python bench/groups.py            # full: 5 rounds
+    python bench/groups.py --quick    # 1 round
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     print()
     print(table)
     print()
-    for key, what in (("shm", "shared-memory offsets table"), ("socket", "socket round trip, the old path")):
+    for key, what in (("shm", "shared-memory offsets table"), ("socket", "socket round trip, SHMBUS_GROUP_COMMIT=socket")):
         r = commit.get(key) or {}
         print(f"commit() of 6 partitions ({what}): p50 {C.fmt_num(r.get('p50_us'))} µs, "
               f"p99 {C.fmt_num(r.get('p99_us'))} µs")

@@ -14,8 +14,8 @@ Rows: shmbus ``poll(timeout_ms=10 / 100 / 1000)`` with the default
 ``spin_us=100``; ``mp.Queue.get(timeout=0.1)``; ``mp.Pipe`` ``poll(0.1)``;
 the supervisor.
 
-    /work/venv/bin/python bench/idle_cpu.py            # full: 3 rounds × 3 s
-    /work/venv/bin/python bench/idle_cpu.py --quick    # 1 round × 1 s
+    python bench/idle_cpu.py            # full: 3 rounds × 3 s
+    python bench/idle_cpu.py --quick    # 1 round × 1 s
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ plus the wall time of the whole process (interpreter start to exit) and, for
 reference, a consumer + its first ``poll(timeout_ms=0)`` after the send (not in
 the total). One extra run with ``python -X importtime`` lists the slowest imports.
 
-    /work/venv/bin/python bench/import_time.py            # full: 7 runs of each
-    /work/venv/bin/python bench/import_time.py --quick    # 2 runs of each
+    python bench/import_time.py            # full: 7 runs of each
+    python bench/import_time.py --quick    # 2 runs of each
 """
 
 from __future__ import annotations

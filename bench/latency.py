@@ -3,7 +3,7 @@
 The producer stamps ``time.perf_counter_ns()`` (CLOCK_MONOTONIC, the same clock
 in every process on Linux) into the value just before building it and sends one
 record every 20 µs: a paced busy-wait that calls ``os.sched_yield()`` in its
-wait loop (the peers' harness pacer). If the pacer falls more than one period
+wait loop. If the pacer falls more than one period
 behind it restarts from "now" (no catch-up bursts) and counts it in ``behind``.
 The consumer stamps ``perf_counter_ns()`` when its receive call returns; all
 records returned by one ``poll`` get that stamp. 2,000 warm-up + 20,000
@@ -19,8 +19,8 @@ Transports, same run, interleaved rounds:
 * ``multiprocessing.Queue`` put/get of ``bytes``;
 * ``multiprocessing.Pipe(duplex=False)`` send_bytes/recv_bytes.
 
-    /work/venv/bin/python bench/latency.py            # full: 7 rounds, ~1-2 min
-    /work/venv/bin/python bench/latency.py --quick    # smoke run
+    python bench/latency.py            # full: 7 rounds, ~1-2 min
+    python bench/latency.py --quick    # smoke run
 """
 
 from __future__ import annotations

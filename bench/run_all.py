@@ -1,8 +1,8 @@
 """Run every benchmark in bench/ (each in its own process, with a time limit) and print their tables.
 
-    /work/venv/bin/python bench/run_all.py            # full: ~8-10 min on a 2-vCPU machine
-    /work/venv/bin/python bench/run_all.py --quick    # smoke run, ~1 min
-    /work/venv/bin/python bench/run_all.py --only latency,throughput
+    python bench/run_all.py            # full: ~8-10 min on a 2-vCPU machine
+    python bench/run_all.py --quick    # smoke run, ~1 min
+    python bench/run_all.py --only latency,throughput
 
 Each script writes its JSON to bench/results/<name>.json (<name>.quick.json with
 --quick); the tables printed here are also written to bench/results/all.md

@@ -29,8 +29,8 @@ that moment continues from the segment files (a slower path): with N = 10M
 The extra row "no supervisor, N fits the ring" (400k records on a bus with no
 supervisor: nothing is spilled or freed) shows the shared-memory path alone.
 
-    /work/venv/bin/python bench/throughput.py            # full: 3 rounds, ~3 min
-    /work/venv/bin/python bench/throughput.py --quick    # smoke run
+    python bench/throughput.py            # full: 3 rounds, ~3 min
+    python bench/throughput.py --quick    # smoke run
 """
 
 from __future__ import annotations

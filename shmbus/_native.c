@@ -5,7 +5,7 @@
  * call more than for the work: numba's compiled entry point costs ~0.25 us per
  * call, and the process must first import numba (~0.2-0.4 s) and load its
  * cached kernels (~0.3 s), which alone breaks the start-up aim (import + first
- * send <= 0.5 s). These two verbs, built by `pip install .` with the C compiler
+ * send <= 0.5 s). These verbs, built by `pip install .` with the C compiler
  * Python packages are built with, cost ~0.05 us per call and no import.
  *
  * They are the same verbs as the numba kernels, on the same bytes: the layout

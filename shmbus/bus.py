@@ -21,7 +21,7 @@ from shmbus.supervisor import client
 
 
 class Bus:
-    """A handle on the bus kept in ``data_dir`` (see the README for defaults).
+    """A handle on the bus kept in ``data_dir`` (default: ``$SHMBUS_DATA_DIR``, else ``$XDG_DATA_HOME/shmbus``).
 
     ``autostart=True`` starts the supervisor (``shmbus serve``) in the
     background if none runs for this data dir and returns once it answers.
@@ -229,8 +229,8 @@ def partition_start_offset(ring: Ring, log) -> int:
 
     Every offset from the ring's base (the log end when the ring was made) on
     is on disk or in the ring, so with an empty disk the base is the start,
-    whatever the spiller is doing meanwhile. (An earlier version looked for the
-    first frame in the ring and raced the spiller moving it to disk.)
+    whatever the spiller is doing meanwhile. (The first frame found in the
+    ring would not do: that races the spiller moving frames to disk.)
     """
     s = log.start_offset()
     return s if s is not None else ring.base_offset()

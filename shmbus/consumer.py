@@ -150,13 +150,13 @@ class _NativePart(_Part):
 
 
 class Consumer:
-    """Reads records from partitions of one bus (see API.md for every argument).
+    """Reads records from partitions of one bus (docs/api.md lists every argument).
 
     Extra keywords: ``spin_us`` (default 100): how long a blocking poll spins
     before it sleeps. Longer buys latency for CPU. ``load_kernels`` (default
     True) matters only without the compiled verbs (``SHMBUS_NATIVE=0`` or no C
     build): it loads the numba kernels of the general read path (disk,
-    batches, seeks) now, ~0.5 s once per process, rather than at the first read
+    batches, seeks) at construction, ~0.5 s once per process, rather than at the first read
     that needs them, which would stall that poll mid-stream. With the compiled
     verbs a consumer imports no numba and starts in ~30 ms.
     """
@@ -786,7 +786,7 @@ class Consumer:
             n = self.max_poll_records if max_records is None else max_records
             if n.__class__ is int and n >= 1:
                 # (the spin is at most 100 µs per call, below any timeout but 0: it holds the GIL;
-                # a longer spin_us goes on in _poll. No min(): it costs ~0.15 µs a call here.)
+                # a longer spin_us goes on in _poll. No min(): a builtin call costs as much as the rest of this wrapper.)
                 spin = self._spin_cap_ns if timeout_ms else 0
                 got = solo.rd.poll(n, spin)
                 if got:

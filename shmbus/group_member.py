@@ -39,7 +39,7 @@ ours), a few µs for several partitions, no socket round trip. A fenced member
 of an owned partition reads its slot; of any other, asks the coordinator.
 Partitions without a slot (the coordinator's table full or missing) are
 committed over the connection, as are all commits with
-``SHMBUS_GROUP_COMMIT=socket`` (for comparison; ~0.4 ms here).
+``SHMBUS_GROUP_COMMIT=socket`` (for comparison: a round trip costs tenths of a ms).
 
 Safe for the consumer's one thread plus the member's own background thread.
 If the process forks, the child must not use the parent's consumer.

@@ -222,7 +222,7 @@ class _TopicHandle:
 
 
 class Producer:
-    """Sends records to topics of one bus (see API.md for every argument).
+    """Sends records to topics of one bus (docs/api.md lists every argument).
 
     ``acks="memory"``: ``send`` returns once the record is in shared memory,
     visible to every reader and safe from any process's death.

@@ -11,7 +11,7 @@ versions: change any kernel source and every kernel recompiles once.
 
 The heap. Importing numba and loading kernels leaves ~50-100k objects that
 live as long as the process; every full pass of Python's cyclic garbage
-collector walks them all (25-50 ms here), a pause that lands on whatever
+collector walks them all (tens of ms), a pause that lands on whatever
 send or poll runs at that moment. :func:`freeze_heap` moves the objects alive
 at that point into the collector's permanent generation (``gc.freeze``):
 reference counting still frees them, only cycle detection skips them. It runs
@@ -124,7 +124,7 @@ def entry_point(cache: dict, name: str, signatures):
     """The compiled entry point of hot kernel ``name`` (``signatures()[name]`` = (dispatcher, types)).
 
     Calling it skips numba's dispatcher, which types every argument on every
-    call: ~0.35 us instead of ~0.6-1 us per call here. Loading one costs tens
+    call: about half of the dispatcher's cost per call. Loading one costs tens
     of ms, so each is loaded when first needed and kept in ``cache``.
     """
     f = cache.get(name)

@@ -11,8 +11,8 @@ For kernels: :func:`crc32c_update` ``(crc, buf, start, end) -> uint32`` sums
 body without a copy. It never reads outside ``buf``: ``end`` is clamped to
 ``[0, len(buf)]`` and ``start`` to ``[0, end]`` (so a corrupt length yields
 a CRC that does not match, not a crash); it does not raise, because a raise
-in a kernel costs every caller an NRT incref/decref pair (measured: 100 B
-went from 16 to 31 ns).
+in a kernel costs every caller an NRT incref/decref pair (measured: 31 ns
+instead of 16 ns for 100 B).
 Callers check their framing themselves.
 
 Two implementations; :data:`CRC32C_VARIANT` says which one
@@ -282,7 +282,7 @@ def _hw_crc_u8(typingctx, crc, buf, idx):
 def _crc32c_sw(crc, buf, start, end):
     """Slicing-by-8 CRC-32C of ``buf[start:end]`` continuing the finished CRC ``crc``."""
     # Clamp, never raise: a raise in a kernel keeps an NRT incref/decref
-    # pair around every call site (measured: 31 -> 16 ns for 100 B).
+    # pair around every call site (measured: 16 ns instead of 31 ns for 100 B).
     e = min(max(np.int64(end), np.int64(0)), np.int64(len(buf)))
     i = min(max(np.int64(start), np.int64(0)), e)
     t = _TABLES
@@ -319,7 +319,7 @@ def _shift_block(c):
 def _crc32c_hw(crc, buf, start, end):
     """SSE4.2 CRC-32C of ``buf[start:end]`` continuing the finished CRC ``crc``."""
     # Clamp, never raise: a raise in a kernel keeps an NRT incref/decref
-    # pair around every call site (measured: 31 -> 16 ns for 100 B).
+    # pair around every call site (measured: 16 ns instead of 31 ns for 100 B).
     e = min(max(np.int64(end), np.int64(0)), np.int64(len(buf)))
     i = min(max(np.int64(start), np.int64(0)), e)
     c = (np.int64(crc) & 0xFFFFFFFF) ^ 0xFFFFFFFF

@@ -159,8 +159,8 @@ class Supervisor:
     def keep_logs(self) -> None:
         """Retention and compaction of every partition, in the log-keeper thread.
 
-        Not in the spill thread: a compaction pass reads the whole partition (~2.5 s for 1M
-        records here), and spilling, so producers on a full ring, would wait for it. Each
+        Not in the spill thread: a compaction pass reads the whole partition (seconds for a
+        million records), and spilling, so producers on a full ring, would wait for it. Each
         partition is kept under its ``keep_lock`` (the spill thread takes it only to close the
         partition); its writer is touched only under ``state_lock`` (held by the spill thread
         while it spills), briefly: to snapshot the segments for the cleaner, and for
