@@ -70,10 +70,15 @@ def member_main(data_dir, log_path, stop_path):
             try:  # (a member cannot join while the supervisor is down: wait for the next one)
                 c = bus.consumer(group_id="g", auto_offset_reset="earliest", auto_commit_interval_ms=200,
                                  enable_auto_commit=True)
-                break
             except SupervisorNotRunningError:
                 time.sleep(0.1)
-        c.subscribe([TOPIC])
+                continue
+            try:
+                c.subscribe([TOPIC])
+                break
+            except SupervisorNotRunningError:
+                c.close()
+                time.sleep(0.1)
         while not os.path.exists(stop_path):
             got = c.poll(timeout_ms=100)
             for tp, recs in got.items():
