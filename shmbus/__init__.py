@@ -21,6 +21,7 @@ from shmbus.errors import (
     OffsetOutOfRangeError,
     RecordTooLargeError,
     ShmbusError,
+    StalledWriteError,
     SupervisorNotRunningError,
     TopicExistsError,
     UnknownTopicError,
@@ -62,5 +63,5 @@ __all__ = [
     "BatchMetadata", "OffsetAndTimestamp", "PartitionDescription", "TopicDescription",
     "ShmbusError", "InvalidTopicError", "TopicExistsError", "UnknownTopicError", "InvalidConfigError",
     "RecordTooLargeError", "BufferFullError", "OffsetOutOfRangeError", "CommitFailedError",
-    "SupervisorNotRunningError", "CorruptRecordError", "__version__",
+    "SupervisorNotRunningError", "CorruptRecordError", "StalledWriteError", "__version__",
 ]
