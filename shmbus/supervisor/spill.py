@@ -145,19 +145,18 @@ class PartitionSpiller:
 
     def _hold(self) -> int | None:
         """The first fenced claim whose writer may still write into it (RELEASED stops there)."""
-        self.held_by = None
-        if not self.fences:
-            return None
+        hold = held_by = None
         buf = self.ring.buf
         for pos in sorted(self.fences):
             pid, start = self.fences[pos]
             header = int(K.header_at(buf, pos))
             if unblock.fence_held(header, pid, start, unblock.process_start(pid)):
-                self.held_by = pid
-                return pos
+                hold, held_by = pos, pid
+                break
             K.let_go(buf, pos)  # gone (a no-op if it let go itself)
             del self.fences[pos]
-        return None
+        self.held_by = held_by
+        return hold
 
     def _maybe_unblock(self, pos: int, header: int) -> None:
         now = time.monotonic()
