@@ -601,7 +601,7 @@ class Producer:
                 h = self._reload_deleted(topic)
                 continue
             if r == F.ST_STALLED:
-                self._stalled(topic, p, f" batch_records_written={i} of {n} for this partition (those before the stalled claim)")
+                self._stalled(topic, p, f" written_by_this_call={i} of {n} records for this partition")
             # full
             self._ctl.ring_spill_bell()
             if deadline is None:
