@@ -22,6 +22,7 @@ from shmbus.errors import (
     OffsetOutOfRangeError,
     RecordTooLargeError,
     ShmbusError,
+    StalledWriteError,
     SupervisorNotRunningError,
     TopicExistsError,
     UnknownTopicError,
@@ -63,5 +64,5 @@ __all__ = [
     "BatchMetadata", "OffsetAndTimestamp", "PartitionDescription", "TopicDescription",
     "ShmbusError", "InvalidTopicError", "TopicExistsError", "UnknownTopicError", "InvalidConfigError",
     "RecordTooLargeError", "BufferFullError", "OffsetOutOfRangeError", "CommitFailedError",
-    "SupervisorNotRunningError", "CorruptRecordError", "ForeignObjectError", "__version__",
+    "SupervisorNotRunningError", "CorruptRecordError", "ForeignObjectError", "StalledWriteError", "__version__",
 ]

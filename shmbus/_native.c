@@ -19,8 +19,11 @@
  *
  * Memory orders follow the kernels (x86-64, TSO): acquire loads are plain
  * loads the compiler may not fold or move; the publish of a frame's header word
- * is a seq_cst store (xchg), so the load of SLEEPERS that follows it cannot be
- * reordered before it (the Dekker pattern with a consumer going to sleep).
+ * is a compare-and-swap RESERVED(pid) -> DATA (lock cmpxchg, a full barrier), so
+ * the load of SLEEPERS that follows it cannot be reordered before it (the Dekker
+ * pattern with a consumer going to sleep). The swap fails only if the supervisor
+ * fenced the claim (the writer stalled past the topic's unblock.timeout.ms):
+ * then the send fails with ST_STALLED and nothing of it is published.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -80,6 +83,8 @@
 #define ST_DELETED (-2)
 #define ST_TOO_LARGE (-3)
 #define ST_OVER_MAX (-4)
+#define ST_STALLED (-5)
+#define MAX_CLAIM_BYTES ((int64_t)1 << 31)
 
 /* --- atomics ---------------------------------------------------------------- */
 static inline int64_t ld_acq64(const uint8_t *b, int64_t i) {
@@ -167,6 +172,18 @@ static inline uint32_t crc_run(uint32_t c, const uint8_t *p, size_t n) {
     return crc_sw(c, p, n);
 }
 
+/* --- publish (kernels/frames.py: _publish, _let_go) ------------------------- */
+/* CAS the claim's RESERVED word at i to DATA(flen). If the supervisor fenced the
+ * claim meanwhile (PADDING(whole claim, pid)), let go of it (aux -> 0: the spiller
+ * may free it now that this writer no longer writes there) and return 0. */
+static inline int publish(uint8_t *buf, int64_t i, int64_t reserved, int64_t flen) {
+    if (cas64(buf, i, reserved, hdr_word(flen, T_DATA, 0))) return 1;
+    int64_t h = ld_acq64(buf, i);
+    if (((h >> 32) & 0xFF) == T_PADDING && ((h >> 40) & PID_MASK) != 0)
+        cas64(buf, i, h, hdr_word(h & 0xFFFFFFFF, T_PADDING, 0));
+    return 0;
+}
+
 /* --- append: one record (kernels/frames.py: _append) ----------------------- */
 static int64_t append_one(uint8_t *buf, const uint8_t *key, int64_t klen, const uint8_t *value, int64_t vlen,
                           const uint8_t *hdrs, int64_t hlen, int64_t ts, int64_t pid) {
@@ -207,8 +224,8 @@ static int64_t append_one(uint8_t *buf, const uint8_t *key, int64_t klen, const 
         uint32_t c = crc_run(0xFFFFFFFFu, buf + i + F_OFFSET, F_CRC - F_OFFSET);
         c = crc_run(c, buf + i + F_HDR, (size_t)size);
         st32(buf, i + F_CRC, (int32_t)(c ^ 0xFFFFFFFFu));
-        /* publish: the header word last, seq_cst (a full barrier before SLEEPERS is read) */
-        __atomic_store_n((int64_t *)(buf + i), hdr_word(flen, T_DATA, 0), __ATOMIC_SEQ_CST);
+        /* publish: the header word last, a CAS (a full barrier before SLEEPERS is read) */
+        if (!publish(buf, i, hdr_word(flen, T_RESERVED, pid), flen)) return ST_STALLED;
         int64_t bits = 0;
         if (ld_acq32(buf, R_SLEEPERS) > 0) bits |= 1;
         int64_t used = fpos + flen - rel;
@@ -804,7 +821,8 @@ static PyObject *py_partition(PyObject *Py_UNUSED(self), PyObject *const *args, 
  * so readers see the whole claim at once. Record j's value is
  * data[starts[j] : starts[j] + lens[j]] (lens -1: null), its key
  * keys[kstarts[j] : ... + klens[j]] (klens -1: null). Returns count << 2 | wake
- * bits, or a negative status. */
+ * bits, or a negative status (ST_STALLED: the claim was fenced, none of it is
+ * published). */
 static void write_frame(uint8_t *buf, int64_t i, int64_t off, int64_t ts, const uint8_t *key, int64_t klen,
                         const uint8_t *value, int64_t vlen, int64_t flen) {
     int64_t size = (klen > 0 ? klen : 0) + (vlen > 0 ? vlen : 0);
@@ -850,7 +868,7 @@ static PyObject *py_append_batch(PyObject *Py_UNUSED(self), PyObject *const *arg
     }
     uint8_t *buf = (uint8_t *)(uintptr_t)addr;
     int64_t ring = *(const int64_t *)(buf + R_RING_BYTES);
-    int64_t mask = ring - 1, cap = ring / 4, need = 0, n = 0;
+    int64_t mask = ring - 1, cap = ring / 4 < MAX_CLAIM_BYTES ? ring / 4 : MAX_CLAIM_BYTES, need = 0, n = 0;
     for (int64_t j = first; j < n_total; j++) {
         int64_t vl = lens[j], kl = klens[j];
         if ((vl > 0 && (starts[j] < 0 || starts[j] + vl > v[0].len)) ||
@@ -889,7 +907,8 @@ static PyObject *py_append_batch(PyObject *Py_UNUSED(self), PyObject *const *arg
         int64_t fpos = pos + pad;
         if (pad > 0 && !cas64(buf, RING_HDR + (pos & mask), 0, hdr_word(pad, T_PADDING, 0))) continue;
         int64_t i0 = RING_HDR + (fpos & mask);
-        if (!cas64(buf, i0, 0, hdr_word(fl0, T_RESERVED, pid))) continue;
+        /* the first frame's RESERVED word carries the whole claim, so a fence pads all of it */
+        if (!cas64(buf, i0, 0, hdr_word(need, T_RESERVED, pid))) continue;
         int64_t i = i0 + fl0;
         for (int64_t k = 1; k < n; k++) {
             int64_t j = first + k, vl = lens[j], kl = klens[j];
@@ -903,7 +922,10 @@ static PyObject *py_append_batch(PyObject *Py_UNUSED(self), PyObject *const *arg
         int64_t vl = lens[first], kl = klens[first];
         write_frame(buf, i0, off, ts, keys + (kl > 0 ? kstarts[first] : 0), kl,
                     data + (vl > 0 ? starts[first] : 0), vl, fl0);
-        __atomic_store_n((int64_t *)(buf + i0), hdr_word(fl0, T_DATA, 0), __ATOMIC_SEQ_CST);
+        if (!publish(buf, i0, hdr_word(need, T_RESERVED, pid), fl0)) {
+            result = PyLong_FromLongLong(ST_STALLED);
+            goto done;
+        }
         out[first] = off;
         int64_t bits = 0;
         if (ld_acq32(buf, R_SLEEPERS) > 0) bits |= 1;
@@ -952,7 +974,9 @@ static PyObject *py_commit_offset(PyObject *Py_UNUSED(self), PyObject *const *ar
  * round robin), appends, and builds the RecordMetadata. Anything else, or an
  * append that does not succeed at once (a full ring, a deleted topic, a record
  * too large), goes to the Python send with the same arguments (and the chosen
- * partition and timestamp), which handles it; nothing was written then.
+ * partition and timestamp), which handles it; nothing was written then. An
+ * append whose claim was fenced (ST_STALLED: this writer stalled past the
+ * unblock timeout) is not sent again: `stalled(topic, partition)` raises.
  *
  * Per topic it reads a bytearray of int64s: [partitions, round-robin next,
  * ring address 0, ring address 1, ...], kept by Producer._topic.
@@ -963,6 +987,7 @@ typedef struct {
     PyObject *topics;    /* dict: topic -> bytearray state (above) */
     PyObject *fallback;  /* the Python send: (topic, value, key, headers, partition, timestamp_ms) */
     PyObject *after;     /* Producer._after(bits): ring the doorbell / spill bell */
+    PyObject *stalled;   /* Producer._stalled(topic, partition): raises StalledWriteError */
     PyTypeObject *meta;  /* RecordMetadata, a 4-tuple subclass */
     int64_t pid;
 } Sender;
@@ -1050,6 +1075,17 @@ static PyObject *sender_call(PyObject *self, PyObject *const *args, size_t nargs
                            hb ? (const uint8_t *)PyBytes_AS_STRING(hb) : NULL, hb ? PyBytes_GET_SIZE(hb) : 0, ts,
                            s->pid);
     Py_XDECREF(hb);
+    if (r == ST_STALLED) {
+        PyObject *pp = PyLong_FromLongLong(p);
+        if (!pp) return NULL;
+        PyObject *x = PyObject_CallFunctionObjArgs(s->stalled, topic, pp, NULL);
+        Py_DECREF(pp);
+        if (x) {  /* it should have raised */
+            Py_DECREF(x);
+            PyErr_SetString(PyExc_RuntimeError, "Sender: stalled() returned");
+        }
+        return NULL;
+    }
     if (r < 0) {  /* nothing written: the Python send waits, reloads or raises, on the same partition */
         PyObject *pp = PyLong_FromLongLong(p), *tt = PyLong_FromLongLong(ts);
         PyObject *res = NULL;
@@ -1088,10 +1124,10 @@ static PyObject *sender_call(PyObject *self, PyObject *const *args, size_t nargs
 }
 
 static PyObject *sender_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNUSED(kw)) {
-    PyObject *topics, *fallback, *after, *meta;
+    PyObject *topics, *fallback, *after, *meta, *stalled;
     long long pid;
-    if (!PyArg_ParseTuple(args, "O!OOO!L:Sender", &PyDict_Type, &topics, &fallback, &after, &PyType_Type, &meta,
-                          &pid))
+    if (!PyArg_ParseTuple(args, "O!OOO!LO:Sender", &PyDict_Type, &topics, &fallback, &after, &PyType_Type, &meta,
+                          &pid, &stalled))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)meta, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "Sender: meta must be a tuple subclass");
@@ -1103,6 +1139,7 @@ static PyObject *sender_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNU
     s->topics = Py_NewRef(topics);
     s->fallback = Py_NewRef(fallback);
     s->after = Py_NewRef(after);
+    s->stalled = Py_NewRef(stalled);
     s->meta = (PyTypeObject *)Py_NewRef(meta);
     s->pid = pid;
     return (PyObject *)s;
@@ -1112,6 +1149,7 @@ static int sender_traverse(Sender *s, visitproc visit, void *arg) {
     Py_VISIT(s->topics);
     Py_VISIT(s->fallback);
     Py_VISIT(s->after);
+    Py_VISIT(s->stalled);
     Py_VISIT(s->meta);
     return 0;
 }
@@ -1120,6 +1158,7 @@ static int sender_clear(Sender *s) {
     Py_CLEAR(s->topics);
     Py_CLEAR(s->fallback);
     Py_CLEAR(s->after);
+    Py_CLEAR(s->stalled);
     Py_CLEAR(s->meta);
     return 0;
 }
@@ -1525,7 +1564,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     }
     PyObject *layout = Py_BuildValue(
         "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,"
-        "s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
         "RING_HDR", RING_HDR, "R_RING_BYTES", R_RING_BYTES, "R_FLAGS", R_FLAGS, "R_MAX_MESSAGE", R_MAX_MESSAGE,
         "R_CLAIM_POS", R_CLAIM_POS, "R_RELEASED", R_RELEASED, "R_RECLAIMING", R_RECLAIMING, "R_SLEEPERS",
         R_SLEEPERS, "FLAG_DELETED", FLAG_DELETED, "F_HDR", F_HDR, "F_OFFSET", F_OFFSET, "F_TS", F_TS, "F_KLEN",
@@ -1533,7 +1572,7 @@ PyMODINIT_FUNC PyInit__native(void) {
         "T_PADDING", T_PADDING, "T_RESERVED", T_RESERVED, "T_POISON", T_POISON, "META_COLS", META_COLS,
         "STOP_MAX", STOP_MAX, "STOP_EMPTY", STOP_EMPTY, "STOP_END", STOP_END, "STOP_CORRUPT", STOP_CORRUPT,
         "STOP_CRC", STOP_CRC, "R_CLAIM_OFFSET", R_CLAIM_POS + 8, "ST_FULL", ST_FULL, "ST_DELETED", ST_DELETED,
-        "ST_TOO_LARGE", ST_TOO_LARGE, "ST_OVER_MAX", ST_OVER_MAX, "G_HDR", G_HDR, "G_SLOTS", G_SLOTS,
+        "ST_TOO_LARGE", ST_TOO_LARGE, "ST_OVER_MAX", ST_OVER_MAX, "ST_STALLED", ST_STALLED, "G_HDR", G_HDR, "G_SLOTS", G_SLOTS,
         "G_SLOT_BYTES", G_SLOT_BYTES, "S_OFFSET", S_OFFSET, "G_OK", G_OK, "G_FENCED", G_FENCED, "G_BAD_SLOT",
         G_BAD_SLOT);
     if (!layout || PyModule_AddObject(m, "LAYOUT", layout) < 0) {

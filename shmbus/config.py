@@ -25,6 +25,11 @@ min.compaction.lag.ms (int): records younger than this are never compacted.
     >= 0. Default: 0.
 ring.bytes (int): the shared-memory ring of each partition; a power of two,
     4096 to 2**40. Default: 16777216 (16 MiB).
+unblock.timeout.ms (int): a writer that holds a claim unpublished this long
+    (a producer stopped, swapped out or in a debugger mid-send) loses it: the
+    supervisor turns the claim into padding so that readers go on, and that
+    send raises :class:`~shmbus.errors.StalledWriteError` when the writer
+    runs again (nothing of it is written). 10 to 2147483647. Default: 1000.
 
 Values may be ints or decimal strings (from the command line: ``"65536"``,
 ``"-1"``); ``bool`` and ``float`` are refused. Errors are
@@ -59,6 +64,7 @@ TOPIC_DEFAULTS: dict = {
     "delete.retention.ms": 86400000,
     "min.compaction.lag.ms": 0,
     "ring.bytes": 16777216,
+    "unblock.timeout.ms": 1000,
 }
 
 #: key -> one line on what it means and what it takes.
@@ -72,6 +78,7 @@ TOPIC_CONFIG_DOCS: dict = {
     "delete.retention.ms": "how long a compacted tombstone stays readable (>= 0)",
     "min.compaction.lag.ms": "records younger than this are never compacted (>= 0)",
     "ring.bytes": "shared-memory ring per partition, a power of two (4096 to 2**40)",
+    "unblock.timeout.ms": "a send stalled this long mid-write loses its claim and raises (10 to 2147483647)",
 }
 
 # Integer keys: (lowest, highest); None is unbounded.
@@ -84,6 +91,7 @@ _INT_RANGES = {
     "delete.retention.ms": (0, None),
     "min.compaction.lag.ms": (0, None),
     "ring.bytes": (4096, 2**40),
+    "unblock.timeout.ms": (10, 2**31 - 1),
 }
 
 # Kafka stores these as Java longs/ints; nothing above a long makes sense.

@@ -47,6 +47,15 @@ class BufferFullError(ShmbusError):
     retriable = True
 
 
+class StalledWriteError(ShmbusError):
+    """A send whose writer stalled (stopped, swapped out, in a debugger) between claiming ring
+    space and publishing, for longer than the topic's ``unblock.timeout.ms``: the supervisor
+    gave the space up so that readers could go on. The record (for ``send_batch``: the
+    records of that claim and after) was NOT written; it can be sent again."""
+
+    retriable = True
+
+
 class OffsetOutOfRangeError(ShmbusError):
     """A read below the partition's start (or past its end) with auto_offset_reset='none'."""
 
@@ -82,6 +91,7 @@ __all__ = [
     "InvalidConfigError",
     "RecordTooLargeError",
     "BufferFullError",
+    "StalledWriteError",
     "OffsetOutOfRangeError",
     "CommitFailedError",
     "SupervisorNotRunningError",

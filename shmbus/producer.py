@@ -17,7 +17,7 @@ import numpy as np
 
 from shmbus import native
 from shmbus.config import validate_topic_name
-from shmbus.errors import BufferFullError, RecordTooLargeError, ShmbusError, UnknownTopicError
+from shmbus.errors import BufferFullError, RecordTooLargeError, ShmbusError, StalledWriteError, UnknownTopicError
 from shmbus.layout import frame as F
 from shmbus.partitioner import partition_for_key
 from shmbus.records import BatchMetadata, RecordMetadata
@@ -255,7 +255,8 @@ class Producer:
         self._shapes: dict = {}  # (rows, width) -> send_batch's index arrays for a 2-D array (_send_rows)
         if native.Sender is not None and key_serializer is None and value_serializer is None and acks == "memory":
             # send's common case in one C call; everything else it hands to the Python send below
-            self.send = native.Sender(self._fast, Producer.send.__get__(self), self._after, RecordMetadata, _PID)
+            self.send = native.Sender(self._fast, Producer.send.__get__(self), self._after, RecordMetadata, _PID,
+                                      self._stalled)
             _SENDERS.add(self)
 
     # --- topics ---
@@ -346,6 +347,18 @@ class Producer:
             f"record too large: bytes={size} max.message.bytes={ring.max_message_bytes()} topic={topic!r} "
             f"(raise the topic's max.message.bytes with alter_topic_config, or split the record)")
 
+    def _stalled(self, topic, p, sent: str = "") -> None:
+        """Raise for an append whose claim the supervisor fenced (ST_STALLED): nothing of it was written."""
+        try:
+            timeout = self._bus.topic_meta(topic).config.get("unblock.timeout.ms")
+        except Exception:  # noqa: BLE001 (deleted meanwhile: the message still says what happened)
+            timeout = "?"
+        raise StalledWriteError(
+            f"record not written: this process stalled between claiming ring space and publishing for longer "
+            f"than unblock.timeout.ms={timeout}, and the supervisor gave the space to the readers: "
+            f"topic={topic!r} partition={p}{sent} (send it again; if stalls this long are expected, "
+            f"raise the topic's unblock.timeout.ms with alter_topic_config)")
+
     def _after(self, bits: int) -> None:
         if bits & 1:
             self._ctl.ring_doorbell()
@@ -360,6 +373,8 @@ class Producer:
         while True:
             h = self._topics.get(topic) or self._topic(topic)
             ring = h.rings[p]
+            if r == F.ST_STALLED:
+                self._stalled(topic, p)
             if r == F.ST_OVER_MAX:
                 self._too_large(ring, topic, key, value, hdrs)
             if r == F.ST_TOO_LARGE:
@@ -585,6 +600,8 @@ class Producer:
             if r == F.ST_DELETED:
                 h = self._reload_deleted(topic)
                 continue
+            if r == F.ST_STALLED:
+                self._stalled(topic, p, f" written_by_this_call={i} of {n} records for this partition")
             # full
             self._ctl.ring_spill_bell()
             if deadline is None:

@@ -787,7 +787,8 @@ def test_list_describe_alter_delete_topics(bus):
     cfg = bus.describe_topic("one").config
     assert cfg == {"cleanup.policy": "delete", "retention.ms": 60000, "retention.bytes": -1,
                    "segment.bytes": 67108864, "segment.ms": 604800000, "max.message.bytes": 1048576,
-                   "delete.retention.ms": 86400000, "min.compaction.lag.ms": 0, "ring.bytes": 65536}
+                   "delete.retention.ms": 86400000, "min.compaction.lag.ms": 0, "ring.bytes": 65536,
+                   "unblock.timeout.ms": 1000}
     with bus.producer() as p:
         p.send_batch("one", [b"x"] * 4, partition=1)
     d = bus.describe_topic("one")

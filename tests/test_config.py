@@ -25,6 +25,7 @@ EXPECTED_DEFAULTS = {
     "delete.retention.ms": 86400000,
     "min.compaction.lag.ms": 0,
     "ring.bytes": 16777216,
+    "unblock.timeout.ms": 1000,
 }
 
 # key -> [(given, stored)]
@@ -46,6 +47,7 @@ GOOD = {
     "delete.retention.ms": [(0, 0), ("0", 0), (86400000, 86400000)],
     "min.compaction.lag.ms": [(0, 0), ("+5", 5), (10**12, 10**12)],
     "ring.bytes": [(4096, 4096), ("65536", 65536), (2**40, 2**40), ("1099511627776", 2**40), (np.uint64(8192), 8192)],
+    "unblock.timeout.ms": [(10, 10), ("1000", 1000), (2**31 - 1, 2**31 - 1), (np.int64(15000), 15000)],
 }
 
 BAD = {
@@ -58,6 +60,7 @@ BAD = {
     "delete.retention.ms": [-1, "-1", 0.5],
     "min.compaction.lag.ms": [-1, "-100", "x"],
     "ring.bytes": [100000, "100000", 4095, 2048, 0, -4096, 2**41, 2**40 + 1, 6144, "4096.0", True, 65536.0],
+    "unblock.timeout.ms": [9, 0, -1, "5", 2**31, 1000.0, True, None, "1s"],
 }
 
 

@@ -992,3 +992,149 @@ def test_random_frames_roundtrip_against_the_reference():
     assert all(f.crc_ok for f in data_frames(buf, 65536 - 1000))
     n, meta = scan_ring(buf, 65536 - 1000, verify=True, meta=new_meta(300))
     assert n == 200 and meta[0, 2] == K.STOP_EMPTY
+
+
+# --- stalled writers: fence, publish by compare-and-swap, let go ---------------
+
+import threading  # noqa: E402
+
+from numba import njit  # noqa: E402
+
+from shmbus.kernels._atomics import cas64, load_acquire64  # noqa: E402
+
+
+@njit(nogil=True, cache=False)
+def _fence_when_reserved(buf, i, max_spins):
+    """A supervisor's fence, racing a writer: spin on the header word at buffer index ``i`` until
+    it is RESERVED, then CAS it to PADDING(its length, its pid). 1 = fenced, 0 = missed it."""
+    for _ in range(max_spins):
+        h = load_acquire64(buf, i)
+        t = (h >> 32) & 0xFF
+        if t == F.RESERVED:
+            pid = (h >> 40) & F.PID_MASK
+            return 1 if cas64(buf, i, h, (h & 0xFFFFFFFF) | (np.int64(F.PADDING) << 32) | (pid << 40)) else 0
+        if t != F.FREE:
+            return 0
+    return 0
+
+
+def _race_a_fence(make, send, pos, attempts=20):
+    """Send on fresh rings while a thread fences the claim at ``pos`` as soon as it is reserved;
+    returns (buf, the send's result) of the first attempt the fence won, or fails."""
+    for _ in range(attempts):
+        buf = make()
+        won = []
+        racer = threading.Thread(target=lambda: won.append(_fence_when_reserved(buf, HDR + pos, 2_000_000_000)))
+        racer.start()
+        r = send(buf)
+        racer.join(30)
+        if won == [1]:
+            return buf, r
+        assert r >= 0, r  # the writer won the race: a normal send
+    pytest.fail(f"the fencing thread never caught a claim between reserve and publish in {attempts} tries")
+
+
+_BIG = b"".join(b"%08d" % i for i in range(1 << 20))  # 8 MiB: a few ms between reserve and publish
+
+
+def _big_ring():
+    return make_ring(1 << 25, base_offset=10)  # 32 MiB
+
+
+def test_fence_pads_the_whole_claim_keeps_the_pid_and_readers_step_over_it():
+    buf = make_ring()
+    fill(buf, 2)
+    pos = K.claim_and_abandon(buf, 30, True, 99)  # a live writer stopped mid-write
+    fill(buf, 2)
+    h = ring_word(buf, pos)
+    assert K.fence_reserved(buf, pos, h)
+    f = ring_word(buf, pos)
+    assert (htype(f), hlen(f), hpid(f)) == (F.PADDING, flen(-1, 30), 99)
+    assert not K.fence_reserved(buf, pos, h)  # once
+    n, meta = scan_ring(buf, 0)
+    assert n == 4 and meta[0, 2] == K.STOP_EMPTY and meta[0, 0] == claim_pos(buf)
+    assert [int(x) for x in meta[1:5, 1]] == [0, 1, 3, 4]  # offset 2 is the fenced claim's gap
+    # the spill scan steps over it too and reports the pid of the writer that may still write there
+    m = new_meta()
+    assert K.spill_scan(buf, 0, 4096, m) == 5
+    assert [(int(r[4]), int(r[5])) for r in m[1:6]] == [(F.DATA, 0)] * 2 + [(F.PADDING, 99)] + [(F.DATA, 0)] * 2
+    assert K.header_at(buf, pos) == ring_word(buf, pos)
+    # the writer (or the supervisor, for a dead pid) lets go: aux 0, once
+    assert K.let_go(buf, pos) and not K.let_go(buf, pos)
+    f = ring_word(buf, pos)
+    assert (htype(f), hlen(f), hpid(f)) == (F.PADDING, flen(-1, 30), 0)
+
+
+def test_a_writer_resuming_after_a_fence_publishes_nothing_and_lets_go():
+    buf = make_ring(base_offset=5)
+    pos = K.claim_and_abandon(buf, 30, True, 77)
+    assert K.fence_reserved(buf, pos, ring_word(buf, pos))
+    assert K.finish_claim(buf, pos, 5, 30, TS, 77) == K.ST_STALLED
+    f = ring_word(buf, pos)
+    assert (htype(f), hlen(f), hpid(f)) == (F.PADDING, flen(-1, 30), 0)  # let go
+    assert data_frames(buf) == []
+    # without a fence the same steps publish the record
+    pos = K.claim_and_abandon(buf, 30, True, 77)
+    assert K.finish_claim(buf, pos, 6, 30, TS, 77) == 6
+    assert [(f.offset, f.value, f.crc_ok) for f in data_frames(buf)] == [(6, b"\x07" * 30, True)]
+
+
+def test_dead_writer_unblock_leaves_no_pid():
+    buf = make_ring()
+    pos = K.claim_and_abandon(buf, 30, True, 99)
+    assert K.unblock_reserved(buf, pos, ring_word(buf, pos))
+    f = ring_word(buf, pos)
+    assert (htype(f), hlen(f), hpid(f)) == (F.PADDING, flen(-1, 30), 0)
+
+
+def test_append_fenced_between_reserve_and_publish_fails_and_publishes_nothing():
+    # a thread fences the claim while the writer copies 8 MiB into it (both twins: append_impl)
+    buf, r = _race_a_fence(_big_ring, lambda b: append(b, _BIG, key=b"k"), 0)
+    assert r == K.ST_STALLED
+    h = ring_word(buf, 0)
+    assert (htype(h), hlen(h), hpid(h)) == (F.PADDING, flen(1, len(_BIG)), 0)  # fenced, then let go
+    assert data_frames(buf) == []
+    assert next_offset(buf) == 11  # the offset is a gap
+    # the ring goes on
+    assert append(buf, b"after") >> 2 == 11
+    assert [(f.offset, f.value) for f in data_frames(buf)] == [(11, b"after")]
+
+
+def _batch_args(values):
+    n = len(values)
+    lens = np.array([len(v) for v in values], np.int64)
+    data = np.frombuffer(b"".join(values), np.uint8)
+    starts = np.zeros(n, np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    return data, starts, lens, np.frombuffer(b"", np.uint8), np.zeros(n, np.int64), np.full(n, -1, np.int64)
+
+
+@pytest.mark.parametrize("impl", ["numba", "native"])
+def test_append_batch_fenced_pads_the_whole_claim_and_publishes_nothing(impl):
+    if impl == "native" and native.append_batch is None:
+        pytest.skip(f"compiled verbs not loaded: {native.REASON}")
+    values = [b"first", _BIG[: 3 << 20], _BIG[: 3 << 20], b"last"]  # ~6 MiB: one claim (cap: 8 MiB)
+    args = _batch_args(values)
+    need = sum(flen(-1, len(v)) for v in values)
+
+    def send(buf):
+        out = np.full(len(values), -1, np.int64)
+        if impl == "native":
+            return native.append_batch(buf.ctypes.data, *args, TS, PID, 0, out)
+        return K.append_batch(buf, *args, TS, PID, 0, out)
+
+    buf, r = _race_a_fence(_big_ring, send, 0)
+    assert r == K.ST_STALLED
+    h = ring_word(buf, 0)
+    # the first frame's RESERVED word carried the whole claim, so the fence padded all of it
+    assert (htype(h), hlen(h), hpid(h)) == (F.PADDING, need, 0)  # (and the writer let go)
+    # frames 2..4 were published inside it before the failed publish: no reader may see them
+    assert data_frames(buf) == []
+    n, meta = scan_ring(buf, 0)
+    assert n == 0 and meta[0, 0] == claim_pos(buf) == need
+    m = new_meta()
+    assert K.spill_scan(buf, 0, 1 << 25, m) == 1 and int(m[1, 1]) == need
+    assert next_offset(buf) == 14  # four offsets, a gap
+    r2 = send(buf)
+    assert r2 >> 2 == 4
+    assert [f.offset for f in data_frames(buf)] == [14, 15, 16, 17]

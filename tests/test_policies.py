@@ -41,8 +41,42 @@ def test_unblock_reserved_only_for_a_dead_pid_after_a_while():
     h = hdr(F.RESERVED, pid=1234)
     assert unblock.decide(h, True, 0, dead) == unblock.WAIT
     assert unblock.decide(h, True, unblock.DEAD_AFTER_MS, dead) == unblock.PAD_RESERVED
-    assert unblock.decide(h, True, 10_000, alive) == unblock.WAIT
+    assert unblock.decide(h, True, 10_000, alive, timeout_ms=15_000) == unblock.WAIT
     assert unblock.header_pid(h) == 1234
+
+
+def test_unblock_fences_a_live_stalled_writer_after_the_timeout():
+    alive = lambda pid: True  # noqa: E731
+    dead = lambda pid: False  # noqa: E731
+    h = hdr(F.RESERVED, pid=1234)
+    assert unblock.decide(h, True, 999, alive, timeout_ms=1000) == unblock.WAIT
+    assert unblock.decide(h, True, 1000, alive, timeout_ms=1000) == unblock.FENCE
+    assert unblock.decide(h, True, 50, alive, timeout_ms=50) == unblock.FENCE
+    assert unblock.decide(h, True, 1000, dead, timeout_ms=1000) == unblock.PAD_RESERVED  # dead: no fence needed
+    assert unblock.decide(h, True, unblock.UNBLOCK_TIMEOUT_MS, alive) == unblock.FENCE  # the default
+    # never a published frame, nor a FREE word nobody claimed
+    assert unblock.decide(hdr(F.DATA), True, 10**9, alive, timeout_ms=10) == unblock.WAIT
+    assert unblock.decide(hdr(F.PADDING, pid=1234), True, 10**9, alive, timeout_ms=10) == unblock.WAIT
+    assert unblock.decide(0, False, 10**9, alive, timeout_ms=10) == unblock.WAIT
+
+
+def test_a_fence_holds_while_its_writer_lives_and_has_not_let_go():
+    fenced = hdr(F.PADDING, pid=1234)
+    assert unblock.fence_held(fenced, 1234, 777, 777)
+    assert unblock.fence_held(fenced, 1234, None, 777)  # start unknown: the pid alone
+    assert not unblock.fence_held(hdr(F.PADDING), 1234, 777, 777)  # the writer let go
+    assert not unblock.fence_held(fenced, 1234, 777, None)  # gone
+    assert not unblock.fence_held(fenced, 1234, 777, 778)  # the pid now names another process
+    assert not unblock.fence_held(hdr(F.DATA), 1234, 777, 777)  # (released and reused: not ours)
+
+
+def test_release_never_passes_a_held_fence():
+    # half full: would free up to the last boundary before the newest quarter (700)
+    assert release_to(0, 1000, [100, 300, 500, 700, 900], 1024) == 700
+    assert release_to(0, 1000, [100, 300, 500, 700, 900], 1024, hold=400) == 400
+    assert release_to(0, 1000, [100, 300, 500, 700, 900], 1024, hold=300) == 300
+    assert release_to(300, 1000, [100, 300, 500, 700, 900], 1024, hold=300) is None  # held right here
+    assert release_to(0, 1000, [100, 300, 500, 700, 900], 1024, hold=950) == 700
 
 
 def test_unblock_free_only_behind_the_claim_tail_after_a_while():

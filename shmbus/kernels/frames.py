@@ -8,7 +8,7 @@ Python turns statuses into exceptions in one place (``shmbus/ring.py``).
 Writers:   append_one, append_batch
 Readers:   scan (metadata of frames), scan_copy (values into one buffer)
 Spiller:   spill_scan, release
-Unblocker: unblock_reserved, unblock_free
+Unblocker: unblock_reserved, unblock_free, fence_reserved, let_go
 
 All positions are absolute (they only grow); ``pos & mask`` is the place in
 the ring. A frame never straddles the end of the ring.
@@ -71,6 +71,8 @@ ST_FULL = _F.ST_FULL
 ST_DELETED = _F.ST_DELETED
 ST_TOO_LARGE = _F.ST_TOO_LARGE
 ST_OVER_MAX = _F.ST_OVER_MAX
+ST_STALLED = _F.ST_STALLED
+MAX_CLAIM_BYTES = _F.MAX_CLAIM_BYTES
 
 # reasons a scan stopped (meta[0, 2])
 STOP_MAX = _F.STOP_MAX
@@ -163,7 +165,7 @@ def _claim(buf, ring, need, nrec):
 
 @jit
 def _reserve(buf, mask, ppos, pad, fpos, flen, pid):
-    """Turn the claim's FREE words into PADDING and RESERVED(pid).
+    """Turn the claim's FREE words into PADDING and RESERVED(pid) (``flen``: the whole claim after the padding).
 
     Fails (False) only if the supervisor unblocked this claim because the
     writer stalled between claim and reserve; the caller claims again.
@@ -172,6 +174,32 @@ def _reserve(buf, mask, ppos, pad, fpos, flen, pid):
         if not cas64(buf, RING_HDR + (ppos & mask), 0, _hdr(pad, T_PADDING, 0)):
             return False
     return cas64(buf, RING_HDR + (fpos & mask), 0, _hdr(flen, T_RESERVED, pid))
+
+
+@jit
+def _let_go(buf, i):
+    """A fenced claim's writer (or the supervisor, for a dead pid) lets go of it: PADDING aux -> 0.
+
+    The header at buffer index ``i`` is PADDING(length, pid) after a fence; afterwards the
+    spiller may free (zero) the region. Returns True if this call let it go.
+    """
+    h = load_acquire64(buf, i)
+    if _htype(h) != T_PADDING or (h >> 40) & PID_MASK == 0:
+        return False
+    return cas64(buf, i, h, _hdr(_hlen(h), T_PADDING, 0))
+
+
+@jit
+def _publish(buf, i, reserved, flen):
+    """Publish the frame at buffer index ``i``: CAS RESERVED -> DATA(flen) (a full barrier).
+
+    False if the supervisor fenced the claim (the writer stalled longer than the
+    unblock timeout): nothing of it is published; the writer lets go of it here.
+    """
+    if cas64(buf, i, reserved, _hdr(flen, T_DATA, 0)):
+        return True
+    _let_go(buf, i)
+    return False
 
 
 @jit
@@ -241,7 +269,8 @@ def _append(buf, key, klen, value, vlen, hdrs, hlen, ts, pid):
             continue
         i = RING_HDR + (fpos & mask)
         _write_frame(buf, i, off, ts, key, klen, value, vlen, hdrs, hlen, flen)
-        store_seqcst64(buf, i, _hdr(flen, T_DATA, 0))
+        if not _publish(buf, i, _hdr(flen, T_RESERVED, pid), flen):
+            return ST_STALLED
         return (off << 2) | _after_publish(buf, ring, fpos, flen, pad, rel)
 
 
@@ -274,13 +303,15 @@ def append_batch(buf, data, starts, lens, keys, kstarts, klens, ts, pid, first, 
     Record j's value is ``data[starts[j]:starts[j]+lens[j]]`` (lens -1 = null);
     its key ``keys[kstarts[j]:...+klens[j]]`` (klens -1 = null). The records get
     consecutive offsets, written to ``out_offsets[j]``; readers see the whole
-    claim at once (its first frame is published last).
-    Returns ``count << 2 | wake bits`` or a negative status (count >= 1).
+    claim at once (its first frame is published last; its RESERVED header
+    carries the whole claim's length, so a fence pads the whole claim).
+    Returns ``count << 2 | wake bits`` or a negative status (count >= 1);
+    ST_STALLED: the claim was fenced, none of its records is published.
     """
     ring = _ring_bytes(buf)
     mask = ring - 1
     n_total = len(starts)
-    cap = ring // 4
+    cap = min(ring // 4, MAX_CLAIM_BYTES)
     need = 0
     n = 0
     j = first
@@ -303,7 +334,7 @@ def append_batch(buf, data, starts, lens, keys, kstarts, klens, ts, pid, first, 
         st, fpos, off, ppos, pad, rel = _claim(buf, ring, need, n)
         if st != 0:
             return st
-        if not _reserve(buf, mask, ppos, pad, fpos, fl0, pid):
+        if not _reserve(buf, mask, ppos, pad, fpos, need, pid):
             continue
         i0 = RING_HDR + (fpos & mask)
         i = i0 + fl0
@@ -319,7 +350,8 @@ def append_batch(buf, data, starts, lens, keys, kstarts, klens, ts, pid, first, 
         vl = lens[first]
         kl = klens[first]
         _write_frame(buf, i0, off, ts, keys[kstarts[first]:], kl, data[starts[first]:], vl, empty, 0, fl0)
-        store_seqcst64(buf, i0, _hdr(fl0, T_DATA, 0))
+        if not _publish(buf, i0, _hdr(need, T_RESERVED, pid), fl0):
+            return ST_STALLED
         out_offsets[first] = off
         return (np.int64(n) << 2) | _after_publish(buf, ring, fpos, need, pad, rel)
 
@@ -449,8 +481,8 @@ def spill_scan(buf, pos, max_bytes, meta):
     """Frames the spiller may copy to disk, from ``pos`` (the released position).
 
     ``meta[0]`` = (new pos, frames described, stop reason, blocked header word);
-    ``meta[1 + r]`` = (ring index, frame len, offset, timestamp, type, 0, 0, 0)
-    for DATA and PADDING frames; stops at FREE or RESERVED (the blocked word's
+    ``meta[1 + r]`` = (ring index, frame len, offset, timestamp, type, aux, 0, 0)
+    for DATA and PADDING frames (aux: a fenced claim's pid, else 0); stops at FREE or RESERVED (the blocked word's
     header is reported so the unblocker can judge it) or after ``max_bytes``.
     """
     ring = _ring_bytes(buf)
@@ -477,7 +509,7 @@ def spill_scan(buf, pos, max_bytes, meta):
         r[0] = i
         r[1] = ln
         r[4] = t
-        r[5] = 0
+        r[5] = (h >> 40) & PID_MASK if t == T_PADDING else 0
         r[6] = 0
         r[7] = 0
         if t == T_DATA:
@@ -523,6 +555,54 @@ def unblock_reserved(buf, pos, header):
     ring = _ring_bytes(buf)
     i = RING_HDR + (pos & (ring - 1))
     return cas64(buf, i, header, _hdr(_hlen(header), T_PADDING, 0))
+
+
+@jit
+def fence_reserved(buf, pos, header):
+    """A live but stalled writer's RESERVED claim at ``pos`` becomes PADDING(whole claim, pid).
+
+    Readers and the spiller step over it; the writer's publish (a CAS from
+    RESERVED) then fails, and it lets go (aux -> 0) when it runs again. The
+    spiller must not free the region before that (or before the pid is gone):
+    the writer may still be writing its body there. True if done.
+    """
+    if _htype(header) != T_RESERVED or _hlen(header) < F_HDR:
+        return False
+    ring = _ring_bytes(buf)
+    i = RING_HDR + (pos & (ring - 1))
+    return cas64(buf, i, header, _hdr(_hlen(header), T_PADDING, (header >> 40) & PID_MASK))
+
+
+@jit
+def header_at(buf, pos):
+    """The header word at ring position ``pos`` (an acquire load)."""
+    return load_acquire64(buf, RING_HDR + (pos & (_ring_bytes(buf) - 1)))
+
+
+@jit
+def let_go(buf, pos):
+    """The supervisor lets go of a fenced claim at ``pos`` whose writer is gone. True if done."""
+    ring = _ring_bytes(buf)
+    return _let_go(buf, RING_HDR + (pos & (ring - 1)))
+
+
+@jit
+def finish_claim(buf, pos, off, value_len, ts, pid):
+    """For tests: the rest of a send over a claim from :func:`claim_and_abandon` (reserved,
+    ``value_len`` as given there), as a stalled writer resumes: write the body, publish.
+
+    ``off``: the claim's offset. Returns it, or ST_STALLED if the claim was fenced meanwhile
+    (then let go).
+    """
+    ring = _ring_bytes(buf)
+    i = RING_HDR + (pos & (ring - 1))
+    flen = _align8(F_HDR + value_len)
+    value = np.full(value_len, 7, np.uint8)
+    empty = np.empty(0, np.uint8)
+    _write_frame(buf, i, off, ts, empty, -1, value, value_len, empty, 0, flen)
+    if not _publish(buf, i, _hdr(flen, T_RESERVED, pid), flen):
+        return ST_STALLED
+    return off
 
 
 @jit
@@ -577,8 +657,8 @@ def add_sleepers(buf, delta):
     """Count a consumer going to sleep on (+1) or waking from (-1) this ring.
 
     A full barrier: a consumer increments, then re-checks for data; a
-    producer publishes with a seq_cst store, then reads the count; so one of
-    the two always sees the other.
+    producer publishes with a compare-and-swap (a full barrier), then reads
+    the count; so one of the two always sees the other.
     """
     return fetch_add32(buf, R_SLEEPERS, delta)
 
@@ -679,6 +759,9 @@ def warm() -> None:
     release(buf, 0, 0)
     unblock_reserved(buf, 0, 0)
     unblock_free(buf, 0)
+    fence_reserved(buf, 0, 0)
+    let_go(buf, 0)
+    header_at(buf, 0)
     from shmbus.kernels import groups as G
 
     G.warm()  # the group offsets table's kernels (commits)

@@ -6,8 +6,8 @@ Frames are 8-byte aligned and never straddle the end of a ring::
      0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
     +---------------------------------------------------------------+
     |        frame length (u32): header + body, a multiple of 8      | +0  \  the header word,
-    +---------------+-----------------------------------------------+      |  one 64-bit store,
-    |   type (u8)   |  aux (24 bits): the writer's pid if RESERVED   | +4  /  written last
+    +---------------+-----------------------------------------------+      |  one 64-bit word,
+    |   type (u8)   | aux (24 bits): a pid (RESERVED, fenced PADDING)| +4  /  written last
     +---------------+-----------------------------------------------+
     |                          offset (i64)                          | +8
     |                                                                |
@@ -29,10 +29,19 @@ Frames are 8-byte aligned and never straddle the end of a ring::
 The header word's states (its low 32 bits are the length, except for FREE):
 
 - FREE (0): nothing here yet. A reader stops.
-- RESERVED: a writer claimed the space and is writing it; aux = its pid. A
-  reader stops. If that pid is dead, the supervisor turns it into PADDING.
-- DATA: a published record. Written with a release store after the body.
-- PADDING: space to skip: the end of the ring, or an unblocked dead claim.
+- RESERVED: a writer claimed the space and is writing it; aux = its pid;
+  the length is the whole claim (for a batch: every frame of it, the first
+  frame's header being the one reserved and published last). A reader stops.
+- DATA: a published record. The writer publishes with a compare-and-swap
+  RESERVED(pid) -> DATA after the body; if the swap fails, the supervisor
+  took the claim (below) and the send fails: nothing of it is published.
+- PADDING: space to skip: the end of the ring, or an unblocked claim. aux 0,
+  or the pid of a stalled writer whose claim was *fenced*: the supervisor
+  turned its RESERVED word into PADDING(whole claim, pid) because the writer
+  held readers up for longer than the topic's ``unblock.timeout.ms``. That
+  writer, when it runs again, still writes its body into the claim, then its
+  publish fails and it sets aux to 0 ("lets go", a compare-and-swap). Until
+  then (or until the pid is gone) the spiller does not free (zero) the region.
 - POISON: an 8-byte word inside a region the supervisor is unblocking, so a
   late writer's reserve (compare-and-swap from FREE) fails and it retries.
 
@@ -82,6 +91,10 @@ ST_FULL = -1  # no room until the supervisor spills
 ST_DELETED = -2  # the topic was deleted
 ST_TOO_LARGE = -3  # the frame would take more than half the ring
 ST_OVER_MAX = -4  # key + value + headers > the topic's max.message.bytes
+ST_STALLED = -5  # the writer stalled past unblock.timeout.ms; its claim was fenced, nothing written
+
+# a batch's claim is at most this many bytes (its RESERVED header carries the whole length in 32 bits)
+MAX_CLAIM_BYTES = 1 << 31
 
 
 def align(n: int) -> int:

@@ -313,6 +313,8 @@ class Supervisor:
                 "ring_bytes": sp.ring.ring_bytes, "ring_used": max(sp.ring.fill(), 0),
                 "spilled_frames": sp.spilled_frames, "spilled_bytes": sp.spilled_bytes,
                 "unblocked": sp.unblocked,
+                "fenced": sp.fenced,
+                "release_held_by_pid": sp.held_by,
                 "spill_lag_bytes": max(sp.ring.claim_position() - sp.spilled_pos, 0),
             })
         return {

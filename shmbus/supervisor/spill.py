@@ -8,6 +8,13 @@ publish the new RELEASED (``release``, policy in :func:`release_to`).
 Producers may reuse ring space only after that, so nothing is overwritten
 before it is on disk; and records stay readable in the ring for a while
 after they are on disk.
+
+A claim the unblocker fenced (a live writer stalled mid-send past the
+topic's ``unblock.timeout.ms``; see ``unblock.py``) is padding that readers
+and the spill step over at once, but RELEASED does not pass it while its
+writer may still write there: until that writer lets go (its failed publish
+clears the padding's pid) or is gone. So producers may block on a full ring
+behind a stalled writer; readers do not.
 """
 
 from __future__ import annotations
@@ -24,17 +31,20 @@ from shmbus.segments.log import SegmentWriter
 from shmbus.supervisor import unblock
 
 
-def release_to(released: int, claim: int, boundaries, ring_bytes: int) -> int | None:
+def release_to(released: int, claim: int, boundaries, ring_bytes: int, hold: int | None = None) -> int | None:
     """Where RELEASED should move now, or None (a pure policy).
 
     Freeing ring space is needed only for producers, and it pushes readers
     that are a little behind onto the disk path, so: nothing while at most
     half the ring is in use; past that, free up to the last spilled frame
     boundary that still leaves the newest quarter of the ring for readers
-    (or, failing one, the first boundary there is).
+    (or, failing one, the first boundary there is). ``hold``: a spilled frame
+    boundary (a held fenced claim's start) never to pass; it counts as a boundary.
     """
     if claim - released <= ring_bytes // 2:
         return None
+    if hold is not None:
+        boundaries = [b for b in boundaries if b < hold] + [hold]
     keep_from = claim - ring_bytes // 4
     best = None
     for b in boundaries:
@@ -72,6 +82,9 @@ class PartitionSpiller:
         self.spilled_frames = 0
         self.spilled_bytes = 0
         self.unblocked = 0
+        self.fenced = 0  # claims of live stalled writers turned into padding
+        self.fences: dict[int, tuple[int, object]] = {}  # fenced claim pos -> (pid, process start)
+        self.held_by = None  # the pid of the stalled writer RELEASED waits for (status)
         # the log-keeper thread (daemon.py keep_logs) works beside the spill thread
         self.state_lock = threading.Lock()  # the writer's state: held while spilling
         self.keep_lock = threading.Lock()  # held by the keeper while it keeps this partition
@@ -96,6 +109,8 @@ class PartitionSpiller:
             rows = self.meta[1: n + 1]
             now_ms = int(time.time() * 1000)
             self.writer.append(self.mv, rows, now_ms)  # skips what is on disk already (a restart)
+            if rows[:, 5].any():  # fenced claims (padding with a pid): hold RELEASED before them
+                self._note_fences(frm, rows)
             self.spilled_frames += n
             self.spilled_bytes += new - frm
         if new > frm:
@@ -111,7 +126,7 @@ class PartitionSpiller:
         # (every round, also one that found nothing new: a release may take two rounds, and a
         # producer waiting for ring space publishes nothing until it is done)
         rel = ring.released()
-        to = release_to(rel, ring.claim_position(), self.boundaries, ring.ring_bytes)
+        to = release_to(rel, ring.claim_position(), self.boundaries, ring.ring_bytes, self._hold())
         if to is not None:
             K.release(ring.buf, rel, to)
             while self.boundaries and self.boundaries[0] <= to:
@@ -120,6 +135,29 @@ class PartitionSpiller:
             self._maybe_unblock(new, int(self.meta[0, 3]))
         return new - frm
 
+    def _note_fences(self, frm: int, rows) -> None:
+        ends = frm + np.cumsum(rows[:, 1])
+        for k in np.nonzero(rows[:, 5])[0]:
+            pos = int(ends[k] - rows[k, 1])
+            if pos not in self.fences:
+                pid = int(rows[k, 5])
+                self.fences[pos] = (pid, unblock.process_start(pid))
+
+    def _hold(self) -> int | None:
+        """The first fenced claim whose writer may still write into it (RELEASED stops there)."""
+        hold = held_by = None
+        buf = self.ring.buf
+        for pos in sorted(self.fences):
+            pid, start = self.fences[pos]
+            header = int(K.header_at(buf, pos))
+            if unblock.fence_held(header, pid, start, unblock.process_start(pid)):
+                hold, held_by = pos, pid
+                break
+            K.let_go(buf, pos)  # gone (a no-op if it let go itself)
+            del self.fences[pos]
+        self.held_by = held_by
+        return hold
+
     def _maybe_unblock(self, pos: int, header: int) -> None:
         now = time.monotonic()
         if pos != self.blocked_pos:
@@ -127,11 +165,15 @@ class PartitionSpiller:
             self.blocked_since = now
             return
         self.stuck = True  # the same claim blocks the ring a second round: judge it soon again
+        timeout = self.config.get("unblock.timeout.ms", unblock.UNBLOCK_TIMEOUT_MS)
         action = unblock.decide(header, self.ring.claim_position() > pos, (now - self.blocked_since) * 1000.0,
-                                unblock.pid_alive)
+                                unblock.pid_alive, timeout)
         done = False
         if action == unblock.PAD_RESERVED:
             done = K.unblock_reserved(self.ring.buf, pos, header)
+        elif action == unblock.FENCE:
+            done = K.fence_reserved(self.ring.buf, pos, header)
+            self.fenced += int(done)
         elif action == unblock.PAD_FREE:
             done = K.unblock_free(self.ring.buf, pos) > 0
         if done:
