@@ -15,6 +15,7 @@
 from shmbus.errors import (
     BufferFullError,
     CommitFailedError,
+    ConcurrentAccessError,
     CorruptRecordError,
     InvalidConfigError,
     InvalidTopicError,
@@ -62,5 +63,5 @@ __all__ = [
     "BatchMetadata", "OffsetAndTimestamp", "PartitionDescription", "TopicDescription",
     "ShmbusError", "InvalidTopicError", "TopicExistsError", "UnknownTopicError", "InvalidConfigError",
     "RecordTooLargeError", "BufferFullError", "OffsetOutOfRangeError", "CommitFailedError",
-    "SupervisorNotRunningError", "CorruptRecordError", "__version__",
+    "SupervisorNotRunningError", "CorruptRecordError", "ConcurrentAccessError", "__version__",
 ]

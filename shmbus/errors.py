@@ -61,6 +61,10 @@ class SupervisorNotRunningError(ShmbusError):
     retriable = True
 
 
+class ConcurrentAccessError(ShmbusError):
+    """A second thread called a Consumer while another thread was inside one of its methods."""
+
+
 class CorruptRecordError(ShmbusError):
     """A frame failed its checksum or framing check; names the file and position."""
 
@@ -77,4 +81,5 @@ __all__ = [
     "CommitFailedError",
     "SupervisorNotRunningError",
     "CorruptRecordError",
+    "ConcurrentAccessError",
 ]

@@ -1,7 +1,10 @@
 """``Producer``: appends records to partition rings, lock-free, from any process.
 
-A ``Producer`` belongs to one process and is not thread-safe (kafka-python's
-is; here a send is ~1 µs, so give each thread its own producer). Many
+A ``Producer`` belongs to one process and may be shared by its threads (as
+kafka-python's): the append to a ring is lock-free and atomic between
+processes, so between threads too; the rest of its state is the topic
+handles (a dict, filled once per topic), the round-robin counter (a race there
+only changes which partition an unkeyed record goes to) and caches. Many
 producers in many processes may write the same partition at once.
 """
 
