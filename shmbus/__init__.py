@@ -17,7 +17,9 @@ from shmbus.errors import (
     CommitFailedError,
     ConcurrentAccessError,
     CorruptRecordError,
+    InvalidArgumentError,
     InvalidConfigError,
+    InvalidRecordError,
     InvalidTopicError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
@@ -63,5 +65,6 @@ __all__ = [
     "BatchMetadata", "OffsetAndTimestamp", "PartitionDescription", "TopicDescription",
     "ShmbusError", "InvalidTopicError", "TopicExistsError", "UnknownTopicError", "InvalidConfigError",
     "RecordTooLargeError", "BufferFullError", "OffsetOutOfRangeError", "CommitFailedError",
-    "SupervisorNotRunningError", "CorruptRecordError", "ConcurrentAccessError", "__version__",
+    "SupervisorNotRunningError", "CorruptRecordError", "ConcurrentAccessError",
+    "InvalidArgumentError", "InvalidRecordError", "__version__",
 ]

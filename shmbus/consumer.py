@@ -39,6 +39,7 @@ from shmbus.config import validate_topic_name
 from shmbus.errors import (
     CommitFailedError,
     ConcurrentAccessError,
+    InvalidArgumentError,
     InvalidConfigError,
     OffsetOutOfRangeError,
     ShmbusError,
@@ -60,6 +61,7 @@ from shmbus.records import ConsumerRecord, OffsetAndTimestamp, RecordBatch, Topi
 from shmbus.segments.log import PartitionLog
 
 _BIG = 1 << 62
+_INT64_END = 1 << 63  # offsets and timestamps are int64, >= 0
 _new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (faster)
 _RESETS = ("earliest", "latest", "none")
 _EMPTY = ()  # _take1: nothing published at the cursor
@@ -373,8 +375,8 @@ class Consumer:
 
     @_one_thread
     def seek(self, tp, offset: int) -> None:
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise ValueError(f"offset must be an int >= 0: offset={offset!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < _INT64_END:
+            raise InvalidArgumentError(f"offset must be an int >= 0 and < 2**63: offset={offset!r}")
         p = self._part(tp)
         p.position = offset
         p.cursor = -1
@@ -414,8 +416,9 @@ class Consumer:
     def offsets_for_times(self, timestamps: dict) -> dict:
         out = {}
         for tp, ts in timestamps.items():
-            if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
-                raise ValueError(f"timestamp must be an int >= 0 (ms since the epoch): timestamp={ts!r}")
+            if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts < _INT64_END:
+                raise InvalidArgumentError(f"timestamp must be an int >= 0 and < 2**63 (ms since the epoch): "
+                                           f"timestamp={ts!r}")
             out[TopicPartition(*tp)] = self._with_part(tp, lambda p, ts=ts: self._offset_for_time(p, ts))
         return out
 

@@ -22,6 +22,14 @@ class InvalidTopicError(ShmbusError, ValueError):
     """A topic name breaks Kafka's rule (1-249 of [A-Za-z0-9._-], not . or ..)."""
 
 
+class InvalidArgumentError(ShmbusError, ValueError):
+    """An argument out of its range (an offset, a timestamp); nothing was done."""
+
+
+class InvalidRecordError(InvalidArgumentError):
+    """A record field with a bad value (a timestamp, a header name); nothing was written."""
+
+
 class TopicExistsError(ShmbusError):
     """create_topic for a name that already exists."""
 
@@ -72,6 +80,8 @@ class CorruptRecordError(ShmbusError):
 __all__ = [
     "ShmbusError",
     "InvalidTopicError",
+    "InvalidArgumentError",
+    "InvalidRecordError",
     "TopicExistsError",
     "UnknownTopicError",
     "InvalidConfigError",

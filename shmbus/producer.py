@@ -20,7 +20,7 @@ import numpy as np
 
 from shmbus import native
 from shmbus.config import validate_topic_name
-from shmbus.errors import BufferFullError, RecordTooLargeError, ShmbusError, UnknownTopicError
+from shmbus.errors import BufferFullError, InvalidRecordError, RecordTooLargeError, ShmbusError, UnknownTopicError
 from shmbus.layout import frame as F
 from shmbus.partitioner import partition_for_key
 from shmbus.records import BatchMetadata, RecordMetadata
@@ -42,6 +42,15 @@ _KEY_CACHE_MAX = 65536
 _time_ns = time.time_ns
 _new_tuple = tuple.__new__
 _NO_KEYS = np.frombuffer(b"", np.uint8)
+_TS_END = 1 << 63  # timestamps are int64 ms since the epoch, >= 0
+
+
+def _check_timestamp(ts) -> int:
+    """``timestamp_ms`` as an int in [0, 2**63), or InvalidRecordError."""
+    if isinstance(ts, bool) or not isinstance(ts, numbers.Integral) or not 0 <= ts < _TS_END:
+        raise InvalidRecordError(f"timestamp_ms must be an int >= 0 and < 2**63 (ms since the epoch), or None "
+                                 f"for now: timestamp_ms={ts!r}")
+    return int(ts)
 
 
 def _kernels():
@@ -152,7 +161,12 @@ def _encode_headers(headers) -> bytes:
             raise TypeError(f"headers must be (str, bytes) pairs: got {item!r}") from None
         if not isinstance(k, str):
             raise TypeError(f"a header key must be str: key={k!r}")
-        kb = k.encode()
+        try:
+            kb = k.encode()
+        except UnicodeEncodeError as e:
+            raise InvalidRecordError(f"a header key must be valid Unicode (it is stored as UTF-8): key={k!r} "
+                                     f"({e.reason} at index {e.start}; a lone surrogate, from bytes decoded "
+                                     f"with errors='surrogateescape'?)") from None
         if len(kb) > 0xFFFF:
             raise ValueError(f"a header key is at most 65535 bytes: len={len(kb)}")
         if v is None:
@@ -332,7 +346,12 @@ class Producer:
                 raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
                                  f"(it has {h.n} partitions: 0..{h.n - 1})")
             p = partition
-        ts = timestamp_ms if timestamp_ms is not None else _time_ns() // 1_000_000
+        if timestamp_ms is None:
+            ts = _time_ns() // 1_000_000
+        else:
+            ts = timestamp_ms
+            if ts.__class__ is not int or not 0 <= ts < _TS_END:
+                ts = _check_timestamp(ts)
         # (append refuses a record over max.message.bytes, read from the ring's header)
         r = _append(h.addrs[p], key, value, encode_headers(headers) if headers else b"", ts, _PID)
         if r < 0:
