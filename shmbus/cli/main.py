@@ -471,23 +471,32 @@ def demo(records, producers, partitions, data_dir):
 @data_dir_option
 @click.option("--yes", "-y", is_flag=True, help="Remove without asking.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report (removes only with --yes).")
-def doctor(data_dir, yes, as_json):
+@click.option("--verify", is_flag=True,
+              help="Instead: check the checksum of every record of every segment of the data dir; a report per "
+                   "partition; exit 1 if a record is corrupt.")
+def doctor(data_dir, yes, as_json, verify):
     """Find and remove what dead buses left in /dev/shm; check /dev/shm's size.
 
     A bus whose supervisor runs or whose objects a process maps is left alone.
     A dead bus's rings are first spilled into its data dir (if it still
     exists), then removed. Stale supervisor sockets go too.
 
+    With --verify: read every segment of every partition of the data dir and
+    check every record's checksum (nothing is changed or removed).
+
     \b
     Example:
       shmbus doctor          # shows what it found, asks before removing
       shmbus doctor --yes    # for scripts
+      shmbus doctor --verify # are the segment files intact?
     """
     from shmbus import shm
     from shmbus._paths import resolve_data_dir
     from shmbus.cli import doctor as D
 
     d = resolve_data_dir(data_dir)
+    if verify:
+        sys.exit(D.run_verify(d, as_json))
     findings = [D.judge(b) for b in shm.inventory()]
     dirs = {d} | {f.bus.data_dir for f in findings if f.bus.data_dir_exists}
     stale = sorted(p for dd in dirs for p in D.stale_files(dd))

@@ -14,6 +14,7 @@ on the supervisor except when a ring is full or acks="disk".
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import os
@@ -84,6 +85,7 @@ class Supervisor:
         self._stamp = None
         self.cleaner = cleaner.Cleaner()
         self._spill_errors: dict = {}
+        self._unchecked: collections.deque = collections.deque()  # segment files for _check_older
         self.rounds = 0  # spill rounds, the time they took, and the longest
         self.busy_s = 0.0
         self.round_max_s = 0.0
@@ -150,6 +152,20 @@ class Supervisor:
             log(f"recovery: cut a bad tail ({why}) file={path} size={old} -> {new}")
         for what in rep.swaps + [f"rebuilt {p}" for p in rep.rebuilt]:
             log(f"recovery: {what} dir={pdir}")
+        self._unchecked.extend(rep.older)  # checksummed by the log keeper (_check_older)
+
+    def _check_older(self) -> None:
+        """Checksums of the segments recovery kept without reading them; a warning for each corrupt one."""
+        while self._unchecked and not self.stopping.is_set():
+            path = self._unchecked.popleft()
+            try:
+                _n, bad = recovery.check_segment(path)
+            except FileNotFoundError:
+                continue  # deleted by retention, or its topic
+            if bad is not None:
+                log(f"WARNING: corrupt record in a segment ({bad.why}), kept: readers get CorruptRecordError "
+                    f"there and may seek past it: offset={bad.offset} file={bad.file} position={bad.position} "
+                    f"(restore the file from a copy if you have one; `shmbus doctor --verify` checks every segment)")
 
     def keep_logs(self) -> None:
         """Retention and compaction of every partition, in the log-keeper thread.
@@ -183,6 +199,7 @@ class Supervisor:
     def _keep_loop(self) -> None:
         while not self.stopping.wait(KEEP_S):
             try:
+                self._check_older()
                 self.keep_logs()
             except Exception as e:  # noqa: BLE001 (keep the thread: the next round tries again)
                 log(f"log keeping failed: {type(e).__name__}: {e}")
