@@ -50,7 +50,7 @@ class RecordTooLargeError(ShmbusError, ValueError):
 
 
 class BufferFullError(ShmbusError):
-    """The partition ring stayed full for max_block_ms (is the supervisor running?)."""
+    """The partition ring stayed full for max_block_ms (no supervisor, or its spills fail: the message says which)."""
 
     retriable = True
 

@@ -368,6 +368,13 @@ class Producer:
             f"record too large: bytes={size} max.message.bytes={ring.max_message_bytes()} topic={topic!r} "
             f"(raise the topic's max.message.bytes with alter_topic_config, or split the record)")
 
+    def _why_full(self) -> str:
+        """The likely cause of a ring that stayed full, for BufferFullError."""
+        failing = self._ctl.spill_failure(self._bus.data_dir)
+        if failing:
+            return f"{failing}: free space there; the ring empties once spilling works again; `shmbus status`"
+        return "is the supervisor running? `shmbus status`; a larger ring.bytes absorbs longer bursts"
+
     def _after(self, bits: int) -> None:
         if bits & 1:
             self._ctl.ring_doorbell()
@@ -399,8 +406,7 @@ class Producer:
                 if now >= deadline:
                     raise BufferFullError(
                         f"ring full for max_block_ms: topic={topic!r} partition={p} max_block_ms={self.max_block_ms} "
-                        f"ring.bytes={ring.ring_bytes} (is the supervisor running? `shmbus status`; a larger "
-                        f"ring.bytes absorbs longer bursts)")
+                        f"ring.bytes={ring.ring_bytes} ({self._why_full()})")
                 spins += 1
                 if spins > 50:
                     time.sleep(min(0.0005 * (spins // 50), 0.005, max(deadline - now, 0)))
@@ -420,9 +426,12 @@ class Producer:
             if i % 20 == 0:
                 self._ctl.ring_spill_bell()
             if time.monotonic() > deadline:
+                failing = self._ctl.spill_failure(self._bus.data_dir)
                 raise BufferFullError(
                     f"record not fsynced within max_block_ms: topic={topic!r} partition={p} offset={off} "
-                    f"max_block_ms={self.max_block_ms} (acks='disk' needs a running supervisor: `shmbus status`)")
+                    f"max_block_ms={self.max_block_ms} ("
+                    + (f"{failing}: free space there" if failing else
+                       "acks='disk' needs a running supervisor: `shmbus status`") + ")")
             time.sleep(0.0002 if i < 50 else 0.002)
             i += 1
 
@@ -615,7 +624,7 @@ class Producer:
             if now >= deadline:
                 raise BufferFullError(
                     f"ring full for max_block_ms: topic={topic!r} partition={p} max_block_ms={self.max_block_ms} "
-                    f"sent={i} of {n} (is the supervisor running? `shmbus status`)")
+                    f"sent={i} of {n} ({self._why_full()})")
             spins += 1
             if spins > 20:
                 time.sleep(min(0.0002 * (spins // 20), 0.005))

@@ -140,6 +140,9 @@ def status(data_dir, as_json):
         return
     click.echo(f"supervisor: running  pid={st['pid']}  uptime={st['uptime_s']:.0f}s  "
                f"rss={st['rss_bytes'] / 2**20:.1f} MiB  data_dir={d}")
+    if st.get("spill_error"):
+        click.echo(f"WARNING: {st['spill_error']} (partitions failing: {st.get('failing_partitions')}; "
+                   f"producers block once their rings are full)")
     if st["partitions"]:
         click.echo(f"{'TOPIC':<24} {'PART':>4} {'END OFFSET':>12} {'RING USED':>12} {'RING':>10} {'SPILLED':>12}")
         for p in st["partitions"]:

@@ -38,6 +38,7 @@ IDLE_WAIT_S = 0.05  # the spiller's longest sleep; producers ring the spill bell
 BLOCKED_WAIT_S = 0.01  # the sleep while a claim blocks a ring (the unblocker judges it on the next rounds)
 RESCAN_S = 0.2  # how often the topic list is re-read
 KEEP_S = 0.5  # how often retention and compaction look at the partitions
+SPILL_LOG_S = 10.0  # a spill failure is logged again this often while it lasts
 
 
 def next_round_wait(backlogs, blocked: bool) -> float:
@@ -75,6 +76,7 @@ class Supervisor:
         os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
         self.id = _paths.bus_id(self.data_dir)
         self.ctl = ControlBlock.open_or_create(self.id, self.data_dir)
+        self.ctl.set_spill_errno(0)  # (a predecessor's failure is not ours)
         self.spillers: dict[tuple[str, int], PartitionSpiller] = {}
         self.topic_ids: dict[str, str] = {}
         self.stopping = threading.Event()
@@ -85,6 +87,7 @@ class Supervisor:
         self._stamp = None
         self.cleaner = cleaner.Cleaner()
         self._spill_errors: dict = {}
+        self._failing: dict = {}  # partition dir -> the exception its last spill raised (cleared by a good one)
         self._unchecked: collections.deque = collections.deque()  # segment files for _check_older
         self.rounds = 0  # spill rounds, the time they took, and the longest
         self.busy_s = 0.0
@@ -222,18 +225,44 @@ class Supervisor:
             except Exception as e:  # noqa: BLE001 (a full disk, say: keep the other partitions going)
                 self._spill_failed(sp, e)
                 continue
+            if self._failing and self._failing.pop(sp.writer.pdir, None) is not None:
+                self._spill_recovered(sp)
             backlogs.append((sp.ring.claim_position() - sp.spilled_pos, sp.ring.ring_bytes))
             blocked = blocked or sp.stuck
         return next_round_wait(backlogs, blocked)
 
     def _spill_failed(self, sp, e: Exception) -> None:
-        """Log a failed spill (at most once a minute per partition and error); the next round retries."""
-        key = (sp.writer.pdir, type(e).__name__, str(e))
+        """Record and log a failed spill; the next round retries.
+
+        Logged every ``SPILL_LOG_S`` per error while it lasts (one line for
+        all the partitions it hits), and published in the control block
+        (``SPILL_ERRNO``) so that a producer blocked on a full ring says why.
+        """
+        self._failing[sp.writer.pdir] = e
+        errno = getattr(e, "errno", None)
+        if isinstance(errno, int) and errno > 0:
+            self.ctl.set_spill_errno(errno)
+        key = (type(e).__name__, str(e))
         now = time.monotonic()
-        if now - self._spill_errors.get(key, -1e9) >= 60:
+        if now - self._spill_errors.get(key, -1e9) >= SPILL_LOG_S:
             self._spill_errors[key] = now
-            log(f"spill failed, retrying: dir={sp.writer.pdir} error={type(e).__name__}: {e}")
+            what = self.ctl.spill_failure(self.data_dir) if isinstance(errno, int) and errno > 0 else None
+            log(f"spill failed, retrying: {what + ': ' if what else ''}dir={sp.writer.pdir} "
+                f"failing_partitions={len(self._failing)} error={type(e).__name__}: {e}")
         time.sleep(0.01)
+
+    def _spill_recovered(self, sp) -> None:
+        if not self._failing:
+            self.ctl.set_spill_errno(0)
+            self._spill_errors.clear()
+            log(f"spilling works again: dir={sp.writer.pdir}")
+
+    def spill_error(self, pdir: str | None = None) -> str | None:
+        """What status shows: the failing spills' error (of partition ``pdir``, or of any), or None."""
+        e = self._failing.get(pdir) if pdir is not None else next(iter(list(self._failing.values())), None)
+        if e is None:
+            return None
+        return self.ctl.spill_failure(self.data_dir) or f"spilling is failing: {type(e).__name__}: {e}"
 
     def run(self) -> None:
         from shmbus.kernels import frames as K
@@ -326,6 +355,7 @@ class Supervisor:
                 "spilled_frames": sp.spilled_frames, "spilled_bytes": sp.spilled_bytes,
                 "unblocked": sp.unblocked,
                 "spill_lag_bytes": max(sp.ring.claim_position() - sp.spilled_pos, 0),
+                "spill_error": self.spill_error(sp.writer.pdir),
             })
         return {
             "pid": os.getpid(), "data_dir": self.data_dir, "bus_id": self.id,
@@ -333,6 +363,7 @@ class Supervisor:
             "cpu_percent": proc.cpu_percent(interval=None), "rss_bytes": proc.memory_info().rss,
             "spill_rounds": self.rounds, "spill_busy_s": round(self.busy_s, 6),
             "spill_round_max_ms": round(self.round_max_s * 1000, 3),
+            "spill_error": self.spill_error(), "failing_partitions": len(self._failing),
             "partitions": parts,
         }
 
