@@ -96,18 +96,25 @@ def serve(data_dir, foreground):
 
 @cli.command()
 @data_dir_option
-def stop(data_dir):
+@click.option("--keep-rings", is_flag=True,
+              help="Leave the rings in /dev/shm (a quicker restart; they take RAM until `shmbus doctor`).")
+def stop(data_dir, keep_rings):
     """Stop the supervisor (it spills what is published first).
+
+    Then the bus's rings are removed from /dev/shm (RAM), once everything in
+    them is on disk and no other process maps them; the next start makes them
+    anew. A process that still has the bus open keeps them.
 
     \b
     Example:
       shmbus stop
+      shmbus stop --keep-rings   # for a quick restart
     """
     from shmbus._paths import resolve_data_dir
     from shmbus.supervisor import client
 
     d = resolve_data_dir(data_dir)
-    if not client.stop(d):
+    if not client.stop(d, keep_rings=keep_rings):
         fail(f"no supervisor is running: data_dir={d}")
     click.echo(f"supervisor stopped: data_dir={d}")
 

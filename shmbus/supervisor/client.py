@@ -105,12 +105,16 @@ def start(data_dir: str, wait_s: float = 120.0) -> int:
     )
 
 
-def stop(data_dir: str, wait_s: float = 30.0) -> bool:
-    """Ask the supervisor to stop; wait until it has. False if none was running."""
+def stop(data_dir: str, wait_s: float = 30.0, keep_rings: bool = False) -> bool:
+    """Ask the supervisor to stop; wait until it has. False if none was running.
+
+    It removes the bus's rings from /dev/shm once they are spilled and no
+    other process maps them, unless ``keep_rings``.
+    """
     if running_pid(data_dir) is None:
         return False
     try:
-        request(data_dir, {"cmd": "stop"})
+        request(data_dir, {"cmd": "stop", "keep_rings": bool(keep_rings)})
     except SupervisorNotRunningError:
         pass
     deadline = time.monotonic() + wait_s

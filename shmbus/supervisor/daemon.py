@@ -87,6 +87,8 @@ class Supervisor:
         self._stamp = None
         self.cleaner = cleaner.Cleaner()
         self._spill_errors: dict = {}
+        self.release_rings = True  # at a clean stop, remove the bus's objects from /dev/shm (stop --keep-rings: no)
+        self._all_spilled = False  # set by run() after its last spill: every claimed byte is on disk
         self._failing: dict = {}  # partition dir -> the exception its last spill raised (cleared by a good one)
         self._unchecked: collections.deque = collections.deque()  # segment files for _check_older
         self.rounds = 0  # spill rounds, the time they took, and the longest
@@ -294,10 +296,13 @@ class Supervisor:
         # a last spill so that what is published is on disk (topics made since the last rescan too)
         self.rescan(force=False)
         self.spill_all()
+        spilled = not self._failing
         for sp in self.spillers.values():
+            spilled = spilled and sp.ring.claim_position() <= sp.spilled_pos
             sp.writer.fsync_all()  # and the recovery point moves to the log end: a quick restart
             sp.close()
             sp.ring.close()
+        self._all_spilled = spilled
 
     # --- control socket ---
     def start_control(self) -> None:
@@ -337,6 +342,8 @@ class Supervisor:
         if cmd == "ping":
             return {"ok": True}
         if cmd == "stop":
+            if req.get("keep_rings"):
+                self.release_rings = False
             self.stopping.set()
             self.ctl.ring_spill_bell()
             return {"ok": True}
@@ -377,7 +384,29 @@ class Supervisor:
             except FileNotFoundError:
                 pass
         self.ctl.close()
+        if self.release_rings and self._all_spilled:
+            self._release_rings()
         os.close(self.lock_fd)  # releases the flock
+
+    def _release_rings(self) -> None:
+        """Remove the bus's objects from /dev/shm (RAM) at a clean stop, under the lock.
+
+        Only after the last spill put every claimed byte on disk (``run``) and
+        the groups' checkpoints are written; kept if another process maps any
+        of them (a client still using the bus). The next ``Bus()`` makes the
+        rings anew at the log end.
+        """
+        from shmbus import shm
+
+        try:
+            removed, kept = shm.release_bus(self.id)
+        except Exception as e:  # noqa: BLE001 (a stop never fails on this)
+            log(f"rings kept in /dev/shm: {type(e).__name__}: {e}")
+            return
+        if kept:
+            log(f"rings kept in /dev/shm: {kept} (`shmbus stop` again once they are done, or `shmbus doctor`)")
+        elif removed:
+            log(f"removed {len(removed)} shared-memory objects of the bus (spilled; the next start makes them anew)")
 
 
 def log(msg: str) -> None:
