@@ -169,3 +169,40 @@ def test_a_producer_shared_by_8_threads_writes_every_record_once_at_its_offset(b
                     log[(tp.partition, r.offset)] = r.value
     assert total == len(acked), "the log holds records nobody was told about, or lacks some"
     assert log == acked
+
+
+@pytest.mark.timeout(60)
+def test_a_rebalance_listener_may_call_the_consumer_from_inside_poll(bus):
+    """Listener callbacks run inside poll, on the consumer's thread: their calls are not refused."""
+    bus.create_topic("t", partitions=2)
+    with bus.producer() as p:
+        for i in range(10):
+            p.send("t", b"%d" % i, partition=0)
+    seen = []
+
+    class Listener:
+        def on_partitions_assigned(self, tps):
+            for tp in tps:
+                try:
+                    c.seek(tp, 3) if tp.partition == 0 else c.seek_to_beginning(tp)
+                    seen.append((tp.partition, c.position(tp)))
+                except Exception as e:  # noqa: BLE001 (the listener's errors are logged, not raised)
+                    seen.append(repr(e))
+
+        def on_partitions_revoked(self, tps):
+            try:
+                c.commit()
+            except Exception as e:  # noqa: BLE001
+                seen.append(repr(e))
+
+    with bus.consumer(group_id="g", auto_offset_reset="earliest") as c:
+        c.subscribe(["t"], listener=Listener())
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 7 and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=100).values():
+                got.extend(r.offset for r in recs)
+        assert sorted(seen) == [(0, 3), (1, 0)], seen
+        assert got == list(range(3, 10))
+        c.unsubscribe()  # revokes: the listener commits from inside
+        assert not [s for s in seen if isinstance(s, str)], seen
