@@ -168,7 +168,7 @@ def _encode_headers(headers) -> bytes:
                                      f"({e.reason} at index {e.start}; a lone surrogate, from bytes decoded "
                                      f"with errors='surrogateescape'?)") from None
         if len(kb) > 0xFFFF:
-            raise ValueError(f"a header key is at most 65535 bytes: len={len(kb)}")
+            raise InvalidRecordError(f"a header key is at most 65535 bytes: len={len(kb)}")
         if v is None:
             out.append(struct.pack("<H", len(kb)) + kb + struct.pack("<i", -1))
         else:

@@ -532,10 +532,15 @@ class PartitionLog:
         got = self._read_chunk(base, bad)
         if got < F.HEADER_BYTES:
             return None
-        h = int.from_bytes(self.chunk[0:8].tobytes(), "little")
-        ln = h & 0xFFFFFFFF
+        words = self.chunk[: got - got % F.ALIGN].view("<u8")
+        ln = int(words[0]) & 0xFFFFFFFF
+        at = np.arange(len(words), dtype=np.int64) * F.ALIGN
+        lens = (words & 0xFFFFFFFF).astype(np.int64)
+        # 8-byte boundaries whose word could head a DATA frame lying wholly in what was read
+        maybe = np.nonzero((((words >> 32) & 0xFF) == F.DATA) & (lens >= F.HEADER_BYTES) & (lens % F.ALIGN == 0)
+                           & (at + lens <= got) & (at > 0))[0]
         cands = [ln] if ln >= F.HEADER_BYTES and ln % F.ALIGN == 0 and ln < got else []
-        for i in cands + list(range(F.ALIGN, got - F.HEADER_BYTES + 1, F.ALIGN)):
+        for i in cands + (at[maybe]).tolist():
             off = self._intact_at(i, got, after_offset + 1)
             if off is not None:
                 return bad + i, off

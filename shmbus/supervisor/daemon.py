@@ -144,6 +144,8 @@ class Supervisor:
                     sp.writer.segment_ms = meta.config["segment.ms"]
         for key in [k for k in self.spillers if k not in live]:
             sp = self.spillers.pop(key)
+            if self._failing.pop(sp.writer.pdir, None) is not None and not self._failing:
+                self.ctl.set_spill_errno(0)  # (its failure went with it)
             with sp.keep_lock, sp.state_lock:  # not under the log keeper's feet
                 sp.closed = True
                 sp.close()
@@ -404,7 +406,8 @@ class Supervisor:
             log(f"rings kept in /dev/shm: {type(e).__name__}: {e}")
             return
         if kept:
-            log(f"rings kept in /dev/shm: {kept} (`shmbus stop` again once they are done, or `shmbus doctor`)")
+            log(f"rings kept in /dev/shm: {kept} (everything in them is on disk; `shmbus doctor` removes them "
+                f"once no process has the bus open, or the next start uses them)")
         elif removed:
             log(f"removed {len(removed)} shared-memory objects of the bus (spilled; the next start makes them anew)")
 
