@@ -15,9 +15,12 @@
 from shmbus.errors import (
     BufferFullError,
     CommitFailedError,
+    ConcurrentAccessError,
     CorruptRecordError,
     ForeignObjectError,
+    InvalidArgumentError,
     InvalidConfigError,
+    InvalidRecordError,
     InvalidTopicError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
@@ -64,5 +67,6 @@ __all__ = [
     "BatchMetadata", "OffsetAndTimestamp", "PartitionDescription", "TopicDescription",
     "ShmbusError", "InvalidTopicError", "TopicExistsError", "UnknownTopicError", "InvalidConfigError",
     "RecordTooLargeError", "BufferFullError", "OffsetOutOfRangeError", "CommitFailedError",
-    "SupervisorNotRunningError", "CorruptRecordError", "ForeignObjectError", "StalledWriteError", "__version__",
+    "SupervisorNotRunningError", "CorruptRecordError", "ForeignObjectError", "StalledWriteError",
+    "ConcurrentAccessError", "InvalidArgumentError", "InvalidRecordError", "__version__",
 ]

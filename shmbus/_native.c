@@ -294,7 +294,11 @@ static int headers_encode(PyObject *headers, PyObject **out) {
         PyObject *k = PyTuple_GET_ITEM(it, 0), *v = PyTuple_GET_ITEM(it, 1);
         if (!PyUnicode_CheckExact(k) || (v != Py_None && !PyBytes_CheckExact(v))) return 1;
         Py_ssize_t kl;
-        if (!PyUnicode_AsUTF8AndSize(k, &kl)) return -1;
+        if (!PyUnicode_AsUTF8AndSize(k, &kl)) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return -1;
+            PyErr_Clear();  /* a lone surrogate: the Python encoder raises the library's error */
+            return 1;
+        }
         if (kl > 0xFFFF) return 1;
         total += 2 + kl + 4 + (v == Py_None ? 0 : PyBytes_GET_SIZE(v));
     }
@@ -1062,7 +1066,7 @@ static PyObject *sender_call(PyObject *self, PyObject *const *args, size_t nargs
     } else {
         int overflow;
         ts = PyLong_AsLongLongAndOverflow(tso, &overflow);
-        if (overflow) {
+        if (overflow || ts < 0) {  /* out of range: the Python send raises its error */
             Py_XDECREF(hb);
             return sender_fallback(s, a);
         }

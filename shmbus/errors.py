@@ -22,6 +22,14 @@ class InvalidTopicError(ShmbusError, ValueError):
     """A topic name breaks Kafka's rule (1-249 of [A-Za-z0-9._-], not . or ..)."""
 
 
+class InvalidArgumentError(ShmbusError, ValueError):
+    """An argument out of its range (an offset, a timestamp); nothing was done."""
+
+
+class InvalidRecordError(InvalidArgumentError):
+    """A record field with a bad value (a timestamp, a header name); nothing was written."""
+
+
 class TopicExistsError(ShmbusError):
     """create_topic for a name that already exists."""
 
@@ -42,7 +50,7 @@ class RecordTooLargeError(ShmbusError, ValueError):
 
 
 class BufferFullError(ShmbusError):
-    """The partition ring stayed full for max_block_ms (is the supervisor running?)."""
+    """The partition ring stayed full for max_block_ms (no supervisor, or its spills fail: the message says which)."""
 
     retriable = True
 
@@ -70,6 +78,10 @@ class SupervisorNotRunningError(ShmbusError):
     retriable = True
 
 
+class ConcurrentAccessError(ShmbusError):
+    """A second thread called a Consumer while another thread was inside one of its methods."""
+
+
 class CorruptRecordError(ShmbusError):
     """A frame failed its checksum or framing check; names the file and position."""
 
@@ -86,6 +98,8 @@ class ForeignObjectError(ShmbusError):
 __all__ = [
     "ShmbusError",
     "InvalidTopicError",
+    "InvalidArgumentError",
+    "InvalidRecordError",
     "TopicExistsError",
     "UnknownTopicError",
     "InvalidConfigError",
@@ -97,4 +111,5 @@ __all__ = [
     "SupervisorNotRunningError",
     "CorruptRecordError",
     "ForeignObjectError",
+    "ConcurrentAccessError",
 ]

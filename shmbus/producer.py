@@ -1,7 +1,10 @@
 """``Producer``: appends records to partition rings, lock-free, from any process.
 
-A ``Producer`` belongs to one process and is not thread-safe (kafka-python's
-is; here a send is ~1 µs, so give each thread its own producer). Many
+A ``Producer`` belongs to one process and may be shared by its threads (as
+kafka-python's): the append to a ring is lock-free and atomic between
+processes, so between threads too; the rest of its state is the topic
+handles (a dict, filled once per topic), the round-robin counter (a race there
+only changes which partition an unkeyed record goes to) and caches. Many
 producers in many processes may write the same partition at once.
 """
 
@@ -17,7 +20,14 @@ import numpy as np
 
 from shmbus import native
 from shmbus.config import validate_topic_name
-from shmbus.errors import BufferFullError, RecordTooLargeError, ShmbusError, StalledWriteError, UnknownTopicError
+from shmbus.errors import (
+    BufferFullError,
+    InvalidRecordError,
+    RecordTooLargeError,
+    ShmbusError,
+    StalledWriteError,
+    UnknownTopicError,
+)
 from shmbus.layout import frame as F
 from shmbus.partitioner import partition_for_key
 from shmbus.records import BatchMetadata, RecordMetadata
@@ -39,6 +49,15 @@ _KEY_CACHE_MAX = 65536
 _time_ns = time.time_ns
 _new_tuple = tuple.__new__
 _NO_KEYS = np.frombuffer(b"", np.uint8)
+_TS_END = 1 << 63  # timestamps are int64 ms since the epoch, >= 0
+
+
+def _check_timestamp(ts) -> int:
+    """``timestamp_ms`` as an int in [0, 2**63), or InvalidRecordError."""
+    if isinstance(ts, bool) or not isinstance(ts, numbers.Integral) or not 0 <= ts < _TS_END:
+        raise InvalidRecordError(f"timestamp_ms must be an int >= 0 and < 2**63 (ms since the epoch), or None "
+                                 f"for now: timestamp_ms={ts!r}")
+    return int(ts)
 
 
 def _kernels():
@@ -149,9 +168,14 @@ def _encode_headers(headers) -> bytes:
             raise TypeError(f"headers must be (str, bytes) pairs: got {item!r}") from None
         if not isinstance(k, str):
             raise TypeError(f"a header key must be str: key={k!r}")
-        kb = k.encode()
+        try:
+            kb = k.encode()
+        except UnicodeEncodeError as e:
+            raise InvalidRecordError(f"a header key must be valid Unicode (it is stored as UTF-8): key={k!r} "
+                                     f"({e.reason} at index {e.start}; a lone surrogate, from bytes decoded "
+                                     f"with errors='surrogateescape'?)") from None
         if len(kb) > 0xFFFF:
-            raise ValueError(f"a header key is at most 65535 bytes: len={len(kb)}")
+            raise InvalidRecordError(f"a header key is at most 65535 bytes: len={len(kb)}")
         if v is None:
             out.append(struct.pack("<H", len(kb)) + kb + struct.pack("<i", -1))
         else:
@@ -330,7 +354,12 @@ class Producer:
                 raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
                                  f"(it has {h.n} partitions: 0..{h.n - 1})")
             p = partition
-        ts = timestamp_ms if timestamp_ms is not None else _time_ns() // 1_000_000
+        if timestamp_ms is None:
+            ts = _time_ns() // 1_000_000
+        else:
+            ts = timestamp_ms
+            if ts.__class__ is not int or not 0 <= ts < _TS_END:
+                ts = _check_timestamp(ts)
         # (append refuses a record over max.message.bytes, read from the ring's header)
         r = _append(h.addrs[p], key, value, encode_headers(headers) if headers else b"", ts, _PID)
         if r < 0:
@@ -358,6 +387,12 @@ class Producer:
             f"than unblock.timeout.ms={timeout}, and the supervisor gave the space to the readers: "
             f"topic={topic!r} partition={p}{sent} (send it again; if stalls this long are expected, "
             f"raise the topic's unblock.timeout.ms with alter_topic_config)")
+    def _why_full(self) -> str:
+        """The likely cause of a ring that stayed full, for BufferFullError."""
+        failing = self._ctl.spill_failure(self._bus.data_dir)
+        if failing:
+            return f"{failing}: free space there; the ring empties once spilling works again; `shmbus status`"
+        return "is the supervisor running? `shmbus status`; a larger ring.bytes absorbs longer bursts"
 
     def _after(self, bits: int) -> None:
         if bits & 1:
@@ -392,8 +427,7 @@ class Producer:
                 if now >= deadline:
                     raise BufferFullError(
                         f"ring full for max_block_ms: topic={topic!r} partition={p} max_block_ms={self.max_block_ms} "
-                        f"ring.bytes={ring.ring_bytes} (is the supervisor running? `shmbus status`; a larger "
-                        f"ring.bytes absorbs longer bursts)")
+                        f"ring.bytes={ring.ring_bytes} ({self._why_full()})")
                 spins += 1
                 if spins > 50:
                     time.sleep(min(0.0005 * (spins // 50), 0.005, max(deadline - now, 0)))
@@ -413,9 +447,12 @@ class Producer:
             if i % 20 == 0:
                 self._ctl.ring_spill_bell()
             if time.monotonic() > deadline:
+                failing = self._ctl.spill_failure(self._bus.data_dir)
                 raise BufferFullError(
                     f"record not fsynced within max_block_ms: topic={topic!r} partition={p} offset={off} "
-                    f"max_block_ms={self.max_block_ms} (acks='disk' needs a running supervisor: `shmbus status`)")
+                    f"max_block_ms={self.max_block_ms} ("
+                    + (f"{failing}: free space there" if failing else
+                       "acks='disk' needs a running supervisor: `shmbus status`") + ")")
             time.sleep(0.0002 if i < 50 else 0.002)
             i += 1
 
@@ -610,7 +647,7 @@ class Producer:
             if now >= deadline:
                 raise BufferFullError(
                     f"ring full for max_block_ms: topic={topic!r} partition={p} max_block_ms={self.max_block_ms} "
-                    f"sent={i} of {n} (is the supervisor running? `shmbus status`)")
+                    f"sent={i} of {n} ({self._why_full()})")
             spins += 1
             if spins > 20:
                 time.sleep(min(0.0002 * (spins // 20), 0.005))

@@ -270,6 +270,20 @@ class ControlBlock(_Mapped):
         if self.u32[R.CTL_OFF_SPILLER_ASLEEP // 4]:
             _futex.wake(self.spill_bell_addr)
 
+    def spill_errno(self) -> int:
+        """The errno with which the supervisor's spills fail (0: spilling works)."""
+        return self.u32[R.CTL_OFF_SPILL_ERRNO // 4]
+
+    def set_spill_errno(self, errno: int) -> None:
+        self.u32[R.CTL_OFF_SPILL_ERRNO // 4] = errno & 0xFFFFFFFF
+
+    def spill_failure(self, data_dir: str) -> str | None:
+        """'spilling is failing: <what> at <data dir>' while the supervisor's spills fail, else None."""
+        e = self.spill_errno()
+        if not e:
+            return None
+        return f"spilling is failing: {os.strerror(e)[:1].lower()}{os.strerror(e)[1:]} at {data_dir}"
+
     def spiller_sleep(self, seen: int, timeout_s: float) -> None:
         i = R.CTL_OFF_SPILLER_ASLEEP // 4
         self.u32[i] = 1

@@ -201,6 +201,54 @@ def remove_bus(data_dir: str, stop_timeout_s: float = 15.0) -> list[str]:
     return names
 
 
+def release_bus(bid: str) -> tuple[list[str], str | None]:
+    """Unlink every object of bus ``bid`` if no other process maps any; (names unlinked, why kept or None).
+
+    For a supervisor at a clean stop, after its last spill (it checks that
+    every claimed byte is on disk first) and while it still holds the data
+    dir's lock. A process that maps an object keeps them all. A process that
+    opens one meanwhile is caught by renaming the objects first (a mapping
+    follows the rename in /proc/<pid>/maps) and checking again: then they are
+    renamed back. A client that opens the bus afterwards makes them anew at
+    the log end (``bus.open_or_recreate_ring``).
+    """
+    me = os.getpid()
+    tag = f"{PREFIX}{bid}-"
+    try:
+        names = sorted(n for n in os.listdir(SHM_DIR) if n.startswith(tag))
+    except OSError:
+        return [], f"cannot list {SHM_DIR}"
+
+    def users(ns):
+        maps = _mappers()
+        return sorted({pid for n in ns for pid in maps.get(n, ())} - {me})
+
+    u = users(names)
+    if u:
+        return [], f"mapped by pids={','.join(map(str, u[:8]))}"
+    moved = []
+    for n in names:
+        tomb = n if n.startswith(f"{tag}released-") else f"{tag}released-{n[len(tag):]}"
+        try:
+            os.rename(os.path.join(SHM_DIR, n), os.path.join(SHM_DIR, tomb))
+            moved.append((n, tomb))
+        except FileNotFoundError:
+            pass
+    u = users([t for _n, t in moved])
+    if u:
+        for n, t in moved:
+            if n == t:
+                continue
+            try:
+                os.link(os.path.join(SHM_DIR, t), os.path.join(SHM_DIR, n))  # (never over one made meanwhile)
+                os.unlink(os.path.join(SHM_DIR, t))
+            except OSError:
+                pass  # left under its released name: `shmbus doctor` finds it
+        return [], f"mapped by pids={','.join(map(str, u[:8]))}"
+    unlink_names(t for _n, t in moved)
+    return [n for n, _t in moved], None
+
+
 def shm_space() -> tuple[int, int]:
     """(/dev/shm size, free bytes), or (-1, -1) if there is no /dev/shm."""
     try:
@@ -210,5 +258,5 @@ def shm_space() -> tuple[int, int]:
     return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
 
 
-__all__ = ["BusObjects", "bus_names", "inventory", "read_ctl_data_dir", "remove_bus", "shm_space", "supervisor_pid",
-           "unlink_names"]
+__all__ = ["BusObjects", "bus_names", "inventory", "read_ctl_data_dir", "release_bus", "remove_bus", "shm_space",
+           "supervisor_pid", "unlink_names"]

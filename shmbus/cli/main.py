@@ -96,18 +96,25 @@ def serve(data_dir, foreground):
 
 @cli.command()
 @data_dir_option
-def stop(data_dir):
+@click.option("--keep-rings", is_flag=True,
+              help="Leave the rings in /dev/shm (a quicker restart; they take RAM until `shmbus doctor`).")
+def stop(data_dir, keep_rings):
     """Stop the supervisor (it spills what is published first).
+
+    Then the bus's rings are removed from /dev/shm (RAM), once everything in
+    them is on disk and no other process maps them; the next start makes them
+    anew. A process that still has the bus open keeps them.
 
     \b
     Example:
       shmbus stop
+      shmbus stop --keep-rings   # for a quick restart
     """
     from shmbus._paths import resolve_data_dir
     from shmbus.supervisor import client
 
     d = resolve_data_dir(data_dir)
-    if not client.stop(d):
+    if not client.stop(d, keep_rings=keep_rings):
         fail(f"no supervisor is running: data_dir={d}")
     click.echo(f"supervisor stopped: data_dir={d}")
 
@@ -140,6 +147,9 @@ def status(data_dir, as_json):
         return
     click.echo(f"supervisor: running  pid={st['pid']}  uptime={st['uptime_s']:.0f}s  "
                f"rss={st['rss_bytes'] / 2**20:.1f} MiB  data_dir={d}")
+    if st.get("spill_error"):
+        click.echo(f"WARNING: {st['spill_error']} (partitions failing: {st.get('failing_partitions')}; "
+                   f"producers block once their rings are full)")
     if st["partitions"]:
         click.echo(f"{'TOPIC':<24} {'PART':>4} {'END OFFSET':>12} {'RING USED':>12} {'RING':>10} {'SPILLED':>12}")
         for p in st["partitions"]:
@@ -471,7 +481,10 @@ def demo(records, producers, partitions, data_dir):
 @data_dir_option
 @click.option("--yes", "-y", is_flag=True, help="Remove without asking.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report (removes only with --yes).")
-def doctor(data_dir, yes, as_json):
+@click.option("--verify", is_flag=True,
+              help="Instead: check the checksum of every record of every segment of the data dir; a report per "
+                   "partition; exit 1 if a record is corrupt.")
+def doctor(data_dir, yes, as_json, verify):
     """Find and remove what dead buses left in /dev/shm; check /dev/shm's size.
 
     A bus whose supervisor runs or whose objects a process maps is left alone.
@@ -479,16 +492,22 @@ def doctor(data_dir, yes, as_json):
     exists), then removed. Stale supervisor sockets go too. Objects owned by
     another user are skipped (listed, never opened or removed).
 
+    With --verify: read every segment of every partition of the data dir and
+    check every record's checksum (nothing is changed or removed).
+
     \b
     Example:
       shmbus doctor          # shows what it found, asks before removing
       shmbus doctor --yes    # for scripts
+      shmbus doctor --verify # are the segment files intact?
     """
     from shmbus import shm
     from shmbus._paths import resolve_data_dir
     from shmbus.cli import doctor as D
 
     d = resolve_data_dir(data_dir)
+    if verify:
+        sys.exit(D.run_verify(d, as_json))
     findings = [D.judge(b) for b in shm.inventory()]
     dirs = {d} | {f.bus.data_dir for f in findings if f.bus.data_dir_exists}
     stale = sorted(p for dd in dirs for p in D.stale_files(dd))

@@ -58,6 +58,7 @@ def snapshot(bus) -> dict:
                 "topic": name, "partition": p, "end_offset": ring.next_offset(),
                 "ring_bytes": ring.ring_bytes, "ring_used": max(claim - ring.released(), 0),
                 "spill_lag_bytes": s.get("spill_lag_bytes"),
+                "spill_error": s.get("spill_error"),
                 "disk_bytes": _disk_bytes(_paths.partition_dir(bus.data_dir, name, p)),
             })
     groups = []
@@ -77,7 +78,7 @@ def snapshot(bus) -> dict:
     supervisor = None
     if sup:
         supervisor = {"pid": sup.get("pid"), "cpu_percent": sup.get("cpu_percent"), "rss_bytes": sup.get("rss_bytes"),
-                      "uptime_s": sup.get("uptime_s")}
+                      "uptime_s": sup.get("uptime_s"), "spill_error": sup.get("spill_error")}
     return {"t": now, "partitions": parts, "groups": groups, "supervisor": supervisor}
 
 
@@ -119,6 +120,8 @@ def render(snap: dict, data_dir: str) -> str:
     if s:
         lines.append(f"supervisor pid={s['pid']} cpu={s['cpu_percent']:.1f}% rss={_b(s['rss_bytes'])} "
                      f"uptime={s['uptime_s']:.0f}s")
+        if s.get("spill_error"):
+            lines.append(f"WARNING: {s['spill_error']}")
     else:
         lines.append("supervisor: NOT RUNNING (nothing is spilled; `shmbus serve`)")
     lines.append("")

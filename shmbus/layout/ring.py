@@ -35,6 +35,9 @@ The bus control block (one per data dir) holds the wake-up words::
     +128  SPILL_BELL u32: bumped by a producer whose ring passes half full;
           the supervisor's spiller sleeps on it
     +132  SPILLER_ASLEEP i32
+    +192  SPILL_ERRNO u32: the errno of the supervisor's failing spills (ENOSPC: the
+          disk is full), 0 while spilling works; a producer reads it when a full
+          ring makes it give up, to say why
     +1024 DATA_DIR: u32 length, then the data dir's path in utf-8 (for tools
           that find objects in /dev/shm and ask whose they are)
 """
@@ -73,6 +76,7 @@ CTL_OFF_MAGIC = 0
 CTL_OFF_DOORBELL = 1 * CACHE_LINE
 CTL_OFF_SPILL_BELL = 2 * CACHE_LINE
 CTL_OFF_SPILLER_ASLEEP = CTL_OFF_SPILL_BELL + 4
+CTL_OFF_SPILL_ERRNO = 3 * CACHE_LINE
 CTL_OFF_DATA_DIR = 1024
 
 MIN_RING_BYTES = 4096

@@ -455,16 +455,94 @@ class PartitionLog:
         return got
 
     def _scan_chunk(self, base, pos, nbytes, max_n, min_offset, verify):
+        """Frames of the chunk read from ``pos``; CorruptRecordError if a bad frame comes before any.
+
+        Records before a bad frame are returned (``meta[0, 0]`` then stops at
+        the bad frame, so that the next read from there raises).
+        """
         n = scan_frames(self.chunk, 0, -1, 0, nbytes, max_n, min_offset, verify, self.meta)
-        reason = int(self.meta[0, 2])
-        if reason in (F.STOP_CORRUPT, F.STOP_CRC):
-            bad = pos + int(self.meta[0, 3])
-            what = "checksum mismatch" if reason == F.STOP_CRC else "bad frame header"
-            raise CorruptRecordError(
-                f"corrupt record in segment: {what} file={_seg_path(self.pdir, base)} position={bad} "
-                f"(the supervisor cuts torn tails on start; otherwise restore the file or seek past it)"
-            )
+        if n == 0 and int(self.meta[0, 2]) in (F.STOP_CORRUPT, F.STOP_CRC):
+            raise self._corrupt(base, pos, int(self.meta[0, 3]), int(self.meta[0, 2]))
         return n
+
+    def _corrupt(self, base: int, pos: int, at: int, reason: int, offset: int | None = None,
+                 after: tuple | None = None) -> CorruptRecordError:
+        """The error for a bad frame at chunk index ``at`` of a chunk read from file position ``pos``.
+
+        ``offset``: the offset the frame should hold (the one after the last
+        good frame), when the caller knows it; else the frames of the chunk
+        before it tell, else the frame's own offset field.
+        """
+        bad = pos + at
+        if offset is None:
+            offset = self._offset_before(at)
+        if offset is None:
+            field = int.from_bytes(self.chunk[at + F.OFF_OFFSET: at + F.OFF_OFFSET + 8].tobytes(), "little", signed=True)
+            offset = field if field >= base else None
+        what = "checksum mismatch" if reason == F.STOP_CRC else "bad frame header"
+        if after is not None:
+            skip = f"seek to offset {after[1]} or later to read on past it"
+        else:
+            skip = "no intact frame follows it in this segment: seek to a later segment"
+        return CorruptRecordError(
+            f"corrupt record in segment: {what} offset={offset if offset is not None else 'unknown'} "
+            f"file={_seg_path(self.pdir, base)} position={bad} ({skip}; records before it are read; "
+            f"`shmbus doctor --verify` checks every segment)")
+
+    def _offset_before(self, at: int) -> int | None:
+        """The offset after the last frame that ends at chunk index ``at`` (walking from index 0), or None."""
+        i = 0
+        last = None
+        while i < at:
+            h = int.from_bytes(self.chunk[i: i + 8].tobytes(), "little")
+            ln = h & 0xFFFFFFFF
+            if ln < F.HEADER_BYTES or ln % F.ALIGN:
+                return None
+            last = int.from_bytes(self.chunk[i + F.OFF_OFFSET: i + F.OFF_OFFSET + 8].tobytes(), "little", signed=True)
+            i += ln
+        return last + 1 if i == at and last is not None else None
+
+    def _intact_at(self, i: int, nbytes: int, min_offset: int) -> int | None:
+        """The offset of an intact DATA frame (header, bounds, checksum) at chunk index ``i``, or None."""
+        if i + F.HEADER_BYTES > nbytes:
+            return None
+        h = int.from_bytes(self.chunk[i: i + 8].tobytes(), "little")
+        ln = h & 0xFFFFFFFF
+        if (h >> 32) & 0xFF != F.DATA or ln < F.HEADER_BYTES or ln % F.ALIGN or i + ln > nbytes:
+            return None
+        off = int.from_bytes(self.chunk[i + F.OFF_OFFSET: i + F.OFF_OFFSET + 8].tobytes(), "little", signed=True)
+        if off < min_offset:
+            return None
+        one = np.zeros((2, F.META_COLS), np.int64)
+        if scan_frames(self.chunk, 0, -1, i, i + ln, 1, 0, True, one) != 1:
+            return None
+        return off
+
+    def _next_intact(self, base: int, bad: int, after_offset: int):
+        """(file position, offset) of the first intact frame after the bad frame at file position ``bad``.
+
+        First where the bad frame's own length points (if the length is
+        sane), else at each 8-byte boundary after it (frames are aligned; a
+        frame counts only with a matching checksum and an offset above
+        ``after_offset``), up to what one chunk read from ``bad`` holds.
+        None if there is none.
+        """
+        got = self._read_chunk(base, bad)
+        if got < F.HEADER_BYTES:
+            return None
+        words = self.chunk[: got - got % F.ALIGN].view("<u8")
+        ln = int(words[0]) & 0xFFFFFFFF
+        at = np.arange(len(words), dtype=np.int64) * F.ALIGN
+        lens = (words & 0xFFFFFFFF).astype(np.int64)
+        # 8-byte boundaries whose word could head a DATA frame lying wholly in what was read
+        maybe = np.nonzero((((words >> 32) & 0xFF) == F.DATA) & (lens >= F.HEADER_BYTES) & (lens % F.ALIGN == 0)
+                           & (at + lens <= got) & (at > 0))[0]
+        cands = [ln] if ln >= F.HEADER_BYTES and ln % F.ALIGN == 0 and ln < got else []
+        for i in cands + (at[maybe]).tolist():
+            off = self._intact_at(i, got, after_offset + 1)
+            if off is not None:
+                return bad + i, off
+        return None
 
     def read(self, offset: int, max_n: int):
         """Up to ``max_n`` records at or after ``offset``.
@@ -472,12 +550,18 @@ class PartitionLog:
         Returns (n, meta, chunk): ``meta[1:n+1]`` rows as from the ``scan`` kernel with
         body indexes into ``chunk``; n == 0 means nothing on disk at or after
         ``offset`` (yet). Valid until the next call.
+
+        A corrupt frame: the records before it are returned; a read that
+        starts at it raises CorruptRecordError naming its offset, file and
+        position. A read for an offset past it (a ``seek`` beyond the bad
+        record) steps over it to the next intact frame.
         """
         max_n = min(max_n, self.meta.shape[0] - 1)
         if self._fds and time.monotonic() - self._checked > self.CHECK_S:
             self.refresh()  # a long read: let go of files deleted or replaced meanwhile
         if self.cursor is not None and self.cursor[2] == offset:
             base, pos = self.cursor[0], self.cursor[1]
+            known = offset  # the frame at pos holds this offset (the one after the last read)
         else:
             if not self.segs or offset >= self.segs[-1]:
                 self.refresh()
@@ -486,6 +570,7 @@ class PartitionLog:
             i = max(0, int(np.searchsorted(self.segs, offset, side="right")) - 1)
             base = self.segs[i]
             pos = self._index_pos(base, offset)
+            known = None
         final = False  # whether ``base`` is known to be complete (a later segment was seen)
         while True:
             try:
@@ -494,13 +579,27 @@ class PartitionLog:
                 self.refresh()
                 self.cursor = None
                 return self.read(offset, max_n) if self.segs else (0, self.meta, self.chunk)
-            n = self._scan_chunk(base, pos, got, max_n, offset, self.verify) if got else 0
-            new_pos = pos + int(self.meta[0, 0])
+            n = scan_frames(self.chunk, 0, -1, 0, got, max_n, offset, self.verify, self.meta) if got else 0
+            adv = int(self.meta[0, 0]) if got else 0
+            new_pos = pos + adv
             if n:
                 # body indexes are chunk-relative already (base 0)
                 last = int(self.meta[n, 1])
                 self.cursor = (base, new_pos, last + 1)
                 return n, self.meta, self.chunk
+            reason = int(self.meta[0, 2]) if got else F.STOP_END
+            if reason in (F.STOP_CORRUPT, F.STOP_CRC):
+                at = int(self.meta[0, 3])
+                expect = known if at == 0 and known is not None else self._offset_before(at)
+                nxt = self._next_intact(base, pos + at, (expect if expect is not None else base) - 1)
+                if nxt is not None and nxt[1] <= offset:
+                    pos = nxt[0]  # the record wanted is past the bad frame: read on from the next intact one
+                    known = None
+                    continue
+                self._read_chunk(base, pos)  # (the chunk as scanned, for the offsets before the bad frame)
+                self.cursor = None
+                raise self._corrupt(base, pos, at, reason, expect, nxt)
+            known = None
             if got and new_pos > pos:
                 pos = new_pos  # skipped frames below `offset`; keep going in this segment
                 continue

@@ -18,8 +18,13 @@ opens (or recreates) the partition's ring and starts spilling. In order:
 
 Indexes are derived data (``log.py``): rebuilding one only costs a scan.
 Older segments are not truncated: a corrupt record in the middle of the log
-is reported to readers as ``CorruptRecordError`` (file and position), and
-cutting it would also cut every good record after it.
+is reported to readers as ``CorruptRecordError`` (offset, file and
+position; a seek past it reads on), and cutting it would also cut every
+good record after it. :func:`recover_partition` lists them in
+``Report.older``; the supervisor checks their checksums in the background
+(:func:`check_segment`, not at start: that reads the whole log) and logs a
+warning for each corrupt one; ``shmbus doctor --verify`` checks every
+segment (:func:`verify_partition`).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Report:
     truncated: list = field(default_factory=list)  # (file, old size, new size, why)
     rebuilt: list = field(default_factory=list)  # index files rebuilt
     swaps: list = field(default_factory=list)  # leftovers of an interrupted clean, resolved
+    older: list = field(default_factory=list)  # segment files below the recovery point: not checksummed here
 
     def __bool__(self) -> bool:
         return bool(self.truncated or self.rebuilt or self.swaps)
@@ -230,6 +236,7 @@ def recover_partition(pdir: str) -> Report:
     rp = read_recovery_point(pdir)
     # the first segment that may hold an offset >= the recovery point (all of them if it is 0)
     first = max([i for i, b in enumerate(segs) if b <= rp] or [0])
+    rep.older = [_seg_path(pdir, base) for base in segs[:first]]
     for base in segs[:first]:
         if not indexes_ok(pdir, base):
             rebuild_indexes(pdir, base)
@@ -263,6 +270,57 @@ def recover_partition(pdir: str) -> Report:
     return rep
 
 
+@dataclass
+class BadFrame:
+    """The first bad frame of a segment: where, the offset it should hold, and what is wrong."""
+
+    file: str
+    position: int
+    offset: int  # the offset after the last good frame before it (the segment's base if none)
+    why: str
+
+
+def check_segment(path: str, newest: bool = False) -> tuple[int, BadFrame | None]:
+    """(good records, first bad frame or None) of one segment file, checksums checked.
+
+    In the ``newest`` segment a tail of zeros or a frame cut short is a write
+    in progress (or what recovery cuts at the next start), not corruption.
+    """
+    sc = scan_segment(path, verify=True)
+    n = len(sc.offsets)
+    if sc.good_end >= sc.size or (newest and sc.stop in (K.STOP_END, K.STOP_EMPTY)):
+        return n, None
+    base = int(os.path.basename(path)[:20])
+    offset = int(sc.offsets[-1]) + 1 if n else base
+    return n, BadFrame(path, sc.good_end, offset, _REASONS.get(sc.stop, str(sc.stop)))
+
+
+def verify_partition(pdir: str) -> dict:
+    """Checksums of every segment of a partition: {segments, records, bytes, bad: BadFrame | None}.
+
+    ``records`` counts the good records before the first bad frame of each
+    segment; ``bad`` is the first bad frame of the partition. Segments deleted
+    or replaced while this reads (a running supervisor) are skipped.
+    """
+    segs = list_segments(pdir)
+    out = {"segments": 0, "records": 0, "bytes": 0, "bad": None, "corrupt_segments": 0}
+    for k, base in enumerate(segs):
+        path = _seg_path(pdir, base)
+        try:
+            size = os.stat(path).st_size
+            n, bad = check_segment(path, newest=k == len(segs) - 1)
+        except FileNotFoundError:
+            continue
+        out["segments"] += 1
+        out["records"] += n
+        out["bytes"] += size
+        if bad is not None:
+            out["corrupt_segments"] += 1
+            if out["bad"] is None:
+                out["bad"] = bad
+    return out
+
+
 def log_end_offset(pdir: str) -> int | None:
     """The offset after the last good record on disk (checksums checked), or None if no segment.
 
@@ -283,5 +341,5 @@ def log_end_offset(pdir: str) -> int | None:
     return None
 
 
-__all__ = ["Report", "SegmentScan", "index_entries", "index_ok", "indexes_ok", "log_end_offset",
+__all__ = ["BadFrame", "Report", "SegmentScan", "check_segment", "verify_partition", "index_entries", "index_ok", "indexes_ok", "log_end_offset",
            "rebuild_indexes", "recover_partition", "scan_segment", "write_indexes"]

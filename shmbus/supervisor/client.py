@@ -119,12 +119,16 @@ def _last_line(path: str, start: int) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def stop(data_dir: str, wait_s: float = 30.0) -> bool:
-    """Ask the supervisor to stop; wait until it has. False if none was running."""
+def stop(data_dir: str, wait_s: float = 30.0, keep_rings: bool = False) -> bool:
+    """Ask the supervisor to stop; wait until it has. False if none was running.
+
+    It removes the bus's rings from /dev/shm once they are spilled and no
+    other process maps them, unless ``keep_rings``.
+    """
     if running_pid(data_dir) is None:
         return False
     try:
-        request(data_dir, {"cmd": "stop"})
+        request(data_dir, {"cmd": "stop", "keep_rings": bool(keep_rings)})
     except SupervisorNotRunningError:
         pass
     deadline = time.monotonic() + wait_s

@@ -14,6 +14,7 @@ on the supervisor except when a ring is full or acks="disk".
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import os
@@ -38,6 +39,7 @@ IDLE_WAIT_S = 0.05  # the spiller's longest sleep; producers ring the spill bell
 BLOCKED_WAIT_S = 0.01  # the sleep while a claim blocks a ring (the unblocker judges it on the next rounds)
 RESCAN_S = 0.2  # how often the topic list is re-read
 KEEP_S = 0.5  # how often retention and compaction look at the partitions
+SPILL_LOG_S = 10.0  # a spill failure is logged again this often while it lasts
 
 
 def next_round_wait(backlogs, blocked: bool) -> float:
@@ -79,6 +81,7 @@ class Supervisor:
         except BaseException:
             os.close(self.lock_fd)
             raise
+        self.ctl.set_spill_errno(0)  # (a predecessor's failure is not ours)
         self.spillers: dict[tuple[str, int], PartitionSpiller] = {}
         self.topic_ids: dict[str, str] = {}
         self.stopping = threading.Event()
@@ -89,6 +92,10 @@ class Supervisor:
         self._stamp = None
         self.cleaner = cleaner.Cleaner()
         self._spill_errors: dict = {}
+        self.release_rings = True  # at a clean stop, remove the bus's objects from /dev/shm (stop --keep-rings: no)
+        self._all_spilled = False  # set by run() after its last spill: every claimed byte is on disk
+        self._failing: dict = {}  # partition dir -> the exception its last spill raised (cleared by a good one)
+        self._unchecked: collections.deque = collections.deque()  # segment files for _check_older
         self.rounds = 0  # spill rounds, the time they took, and the longest
         self.busy_s = 0.0
         self.round_max_s = 0.0
@@ -142,6 +149,8 @@ class Supervisor:
                     sp.writer.segment_ms = meta.config["segment.ms"]
         for key in [k for k in self.spillers if k not in live]:
             sp = self.spillers.pop(key)
+            if self._failing.pop(sp.writer.pdir, None) is not None and not self._failing:
+                self.ctl.set_spill_errno(0)  # (its failure went with it)
             with sp.keep_lock, sp.state_lock:  # not under the log keeper's feet
                 sp.closed = True
                 sp.close()
@@ -155,6 +164,20 @@ class Supervisor:
             log(f"recovery: cut a bad tail ({why}) file={path} size={old} -> {new}")
         for what in rep.swaps + [f"rebuilt {p}" for p in rep.rebuilt]:
             log(f"recovery: {what} dir={pdir}")
+        self._unchecked.extend(rep.older)  # checksummed by the log keeper (_check_older)
+
+    def _check_older(self) -> None:
+        """Checksums of the segments recovery kept without reading them; a warning for each corrupt one."""
+        while self._unchecked and not self.stopping.is_set():
+            path = self._unchecked.popleft()
+            try:
+                _n, bad = recovery.check_segment(path)
+            except FileNotFoundError:
+                continue  # deleted by retention, or its topic
+            if bad is not None:
+                log(f"WARNING: corrupt record in a segment ({bad.why}), kept: readers get CorruptRecordError "
+                    f"there and may seek past it: offset={bad.offset} file={bad.file} position={bad.position} "
+                    f"(restore the file from a copy if you have one; `shmbus doctor --verify` checks every segment)")
 
     def keep_logs(self) -> None:
         """Retention and compaction of every partition, in the log-keeper thread.
@@ -188,6 +211,7 @@ class Supervisor:
     def _keep_loop(self) -> None:
         while not self.stopping.wait(KEEP_S):
             try:
+                self._check_older()
                 self.keep_logs()
             except Exception as e:  # noqa: BLE001 (keep the thread: the next round tries again)
                 log(f"log keeping failed: {type(e).__name__}: {e}")
@@ -210,18 +234,44 @@ class Supervisor:
             except Exception as e:  # noqa: BLE001 (a full disk, say: keep the other partitions going)
                 self._spill_failed(sp, e)
                 continue
+            if self._failing and self._failing.pop(sp.writer.pdir, None) is not None:
+                self._spill_recovered(sp)
             backlogs.append((sp.ring.claim_position() - sp.spilled_pos, sp.ring.ring_bytes))
             blocked = blocked or sp.stuck
         return next_round_wait(backlogs, blocked)
 
     def _spill_failed(self, sp, e: Exception) -> None:
-        """Log a failed spill (at most once a minute per partition and error); the next round retries."""
-        key = (sp.writer.pdir, type(e).__name__, str(e))
+        """Record and log a failed spill; the next round retries.
+
+        Logged every ``SPILL_LOG_S`` per error while it lasts (one line for
+        all the partitions it hits), and published in the control block
+        (``SPILL_ERRNO``) so that a producer blocked on a full ring says why.
+        """
+        self._failing[sp.writer.pdir] = e
+        errno = getattr(e, "errno", None)
+        if isinstance(errno, int) and errno > 0:
+            self.ctl.set_spill_errno(errno)
+        key = (type(e).__name__, str(e))
         now = time.monotonic()
-        if now - self._spill_errors.get(key, -1e9) >= 60:
+        if now - self._spill_errors.get(key, -1e9) >= SPILL_LOG_S:
             self._spill_errors[key] = now
-            log(f"spill failed, retrying: dir={sp.writer.pdir} error={type(e).__name__}: {e}")
+            what = self.ctl.spill_failure(self.data_dir) if isinstance(errno, int) and errno > 0 else None
+            log(f"spill failed, retrying: {what + ': ' if what else ''}dir={sp.writer.pdir} "
+                f"failing_partitions={len(self._failing)} error={type(e).__name__}: {e}")
         time.sleep(0.01)
+
+    def _spill_recovered(self, sp) -> None:
+        if not self._failing:
+            self.ctl.set_spill_errno(0)
+            self._spill_errors.clear()
+            log(f"spilling works again: dir={sp.writer.pdir}")
+
+    def spill_error(self, pdir: str | None = None) -> str | None:
+        """What status shows: the failing spills' error (of partition ``pdir``, or of any), or None."""
+        e = self._failing.get(pdir) if pdir is not None else next(iter(list(self._failing.values())), None)
+        if e is None:
+            return None
+        return self.ctl.spill_failure(self.data_dir) or f"spilling is failing: {type(e).__name__}: {e}"
 
     def run(self) -> None:
         from shmbus.kernels import frames as K
@@ -253,10 +303,13 @@ class Supervisor:
         # a last spill so that what is published is on disk (topics made since the last rescan too)
         self.rescan(force=False)
         self.spill_all()
+        spilled = not self._failing
         for sp in self.spillers.values():
+            spilled = spilled and sp.ring.claim_position() <= sp.spilled_pos
             sp.writer.fsync_all()  # and the recovery point moves to the log end: a quick restart
             sp.close()
             sp.ring.close()
+        self._all_spilled = spilled
 
     # --- control socket ---
     def start_control(self) -> None:
@@ -296,6 +349,8 @@ class Supervisor:
         if cmd == "ping":
             return {"ok": True}
         if cmd == "stop":
+            if req.get("keep_rings"):
+                self.release_rings = False
             self.stopping.set()
             self.ctl.ring_spill_bell()
             return {"ok": True}
@@ -316,6 +371,7 @@ class Supervisor:
                 "fenced": sp.fenced,
                 "release_held_by_pid": sp.held_by,
                 "spill_lag_bytes": max(sp.ring.claim_position() - sp.spilled_pos, 0),
+                "spill_error": self.spill_error(sp.writer.pdir),
             })
         return {
             "pid": os.getpid(), "data_dir": self.data_dir, "bus_id": self.id,
@@ -323,6 +379,7 @@ class Supervisor:
             "cpu_percent": proc.cpu_percent(interval=None), "rss_bytes": proc.memory_info().rss,
             "spill_rounds": self.rounds, "spill_busy_s": round(self.busy_s, 6),
             "spill_round_max_ms": round(self.round_max_s * 1000, 3),
+            "spill_error": self.spill_error(), "failing_partitions": len(self._failing),
             "partitions": parts,
         }
 
@@ -336,7 +393,30 @@ class Supervisor:
             except FileNotFoundError:
                 pass
         self.ctl.close()
+        if self.release_rings and self._all_spilled:
+            self._release_rings()
         os.close(self.lock_fd)  # releases the flock
+
+    def _release_rings(self) -> None:
+        """Remove the bus's objects from /dev/shm (RAM) at a clean stop, under the lock.
+
+        Only after the last spill put every claimed byte on disk (``run``) and
+        the groups' checkpoints are written; kept if another process maps any
+        of them (a client still using the bus). The next ``Bus()`` makes the
+        rings anew at the log end.
+        """
+        from shmbus import shm
+
+        try:
+            removed, kept = shm.release_bus(self.id)
+        except Exception as e:  # noqa: BLE001 (a stop never fails on this)
+            log(f"rings kept in /dev/shm: {type(e).__name__}: {e}")
+            return
+        if kept:
+            log(f"rings kept in /dev/shm: {kept} (everything in them is on disk; `shmbus doctor` removes them "
+                f"once no process has the bus open, or the next start uses them)")
+        elif removed:
+            log(f"removed {len(removed)} shared-memory objects of the bus (spilled; the next start makes them anew)")
 
 
 def log(msg: str) -> None:
