@@ -20,6 +20,7 @@ from shmbus.errors import (
     InvalidTopicError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
+    ResourceLimitError,
     ShmbusError,
     SupervisorNotRunningError,
     TopicExistsError,
@@ -62,5 +63,5 @@ __all__ = [
     "BatchMetadata", "OffsetAndTimestamp", "PartitionDescription", "TopicDescription",
     "ShmbusError", "InvalidTopicError", "TopicExistsError", "UnknownTopicError", "InvalidConfigError",
     "RecordTooLargeError", "BufferFullError", "OffsetOutOfRangeError", "CommitFailedError",
-    "SupervisorNotRunningError", "CorruptRecordError", "__version__",
+    "SupervisorNotRunningError", "CorruptRecordError", "ResourceLimitError", "__version__",
 ]

@@ -65,6 +65,11 @@ class CorruptRecordError(ShmbusError):
     """A frame failed its checksum or framing check; names the file and position."""
 
 
+class ResourceLimitError(ShmbusError):
+    """An operating-system limit was reached (open files, memory mappings); the message names the
+    limit, its values, and how to raise it. Nothing was made."""
+
+
 __all__ = [
     "ShmbusError",
     "InvalidTopicError",
@@ -77,4 +82,5 @@ __all__ = [
     "CommitFailedError",
     "SupervisorNotRunningError",
     "CorruptRecordError",
+    "ResourceLimitError",
 ]
