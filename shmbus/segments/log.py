@@ -297,13 +297,14 @@ class SegmentWriter:
         ``fsync_all`` sync a parked segment by name). The caller holds ``lock``."""
         if self.fd < 0:
             return False
-        for fd in (self.fd, self.ifd, self.tfd):
+        fds = (self.fd, self.ifd, self.tfd)
+        self.parked = True  # first: active_base() is read without the lock (retention.enforce)
+        self.fd = self.ifd = self.tfd = -1
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.fd = self.ifd = self.tfd = -1
-        self.parked = True
         if self.pool is not None:
             self.pool.dropped(self)
             self.pool.closed_fds(_FDS)
