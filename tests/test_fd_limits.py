@@ -140,6 +140,33 @@ def test_a_parked_writer_still_fsyncs_for_acks_disk_and_its_roll_moves_the_recov
     assert [v for _, v in _read_all(pdir)] == [b"v0", b"v1", b"v2", b"v3"]
 
 
+def test_retention_keeps_a_last_segment_that_became_active_while_it_was_judged(tmp_path):
+    """The log keeper judges segments without the state lock. A last segment seen empty and
+    closed (an open that failed half-way on EMFILE left it; or it was being opened) may be the
+    active one again, with records, by the time the keeper holds the lock: it stays."""
+    from shmbus.supervisor import retention
+
+    now = 10**12
+    pdir = str(tmp_path / "0")
+    w = L.SegmentWriter(pdir, 1 << 20, 10**9, now)
+    open(os.path.join(pdir, _paths.segment_name(0)), "wb").close()  # made, then the .index open failed
+    buf, rows = _rows([frame(i, now, None, b"v%d" % i) for i in range(3)], [0, 1, 2], now)
+
+    class SpillFirst:
+        """The state lock, with the spill thread getting it first: it appends the records."""
+
+        def __enter__(self):
+            w.append(memoryview(buf), rows, now_ms=now)
+
+        def __exit__(self, *exc):
+            return False
+
+    cfg = {"cleanup.policy": "delete", "retention.ms": 1000, "retention.bytes": -1}
+    retention.enforce(w, cfg, now, SpillFirst())
+    w.close()
+    assert [v for _, v in _read_all(pdir)] == [b"v0", b"v1", b"v2"]
+
+
 # --- a real supervisor under RLIMIT_NOFILE ---
 
 def _limit(n: int):
@@ -313,14 +340,16 @@ def test_a_supervisor_out_of_fds_survives_reports_it_and_spills_once_they_are_ba
                 for t in range(4):
                     for part in range(4):
                         p.send(f"a{t}", b"before-%d-%d" % (t, part), partition=part)
-            for _ in range(400):  # more than the supervisor may open
+            deadline = time.monotonic() + 3
+            while len(socks) < 400 and time.monotonic() < deadline:  # more than the supervisor may open
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.setblocking(False)
-                socks.append(s)
                 try:
                     s.connect(os.path.join(data_dir, "groups.sock"))
-                except BlockingIOError:
-                    break  # the backlog is full: the supervisor holds all it can
+                    socks.append(s)
+                except BlockingIOError:  # the backlog is full: wait for accepts (until it runs out)
+                    s.close()
+                    time.sleep(0.01)
             time.sleep(1.0)  # the coordinator accepts what it can, then runs out
             bus.create_topic("late", 2, {"ring.bytes": 65536})
             with bus.producer() as p:
