@@ -50,7 +50,8 @@ def _map(fd: int, size: int) -> np.ndarray:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap failed: {os.strerror(err)}")
     raw = (ctypes.c_ubyte * size).from_address(addr)
-    weakref.finalize(raw, _libc.munmap, addr, size)
+    # not at exit: a daemon thread may still be reading it; the mapping goes with the process
+    weakref.finalize(raw, _libc.munmap, addr, size).atexit = False
     return np.frombuffer(raw, np.uint8)
 
 
