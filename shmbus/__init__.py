@@ -24,6 +24,7 @@ from shmbus.errors import (
     InvalidTopicError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
+    ResourceLimitError,
     ShmbusError,
     StalledWriteError,
     SupervisorNotRunningError,
@@ -68,5 +69,5 @@ __all__ = [
     "ShmbusError", "InvalidTopicError", "TopicExistsError", "UnknownTopicError", "InvalidConfigError",
     "RecordTooLargeError", "BufferFullError", "OffsetOutOfRangeError", "CommitFailedError",
     "SupervisorNotRunningError", "CorruptRecordError", "ForeignObjectError", "StalledWriteError",
-    "ConcurrentAccessError", "InvalidArgumentError", "InvalidRecordError", "__version__",
+    "ConcurrentAccessError", "InvalidArgumentError", "InvalidRecordError", "ResourceLimitError", "__version__",
 ]

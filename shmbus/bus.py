@@ -13,6 +13,7 @@ import threading
 import posix_ipc
 
 from shmbus import _paths, _private, metadata
+from shmbus._limits import limit_error
 from shmbus.config import validate_topic_config, validate_topic_name
 from shmbus.errors import InvalidConfigError, SupervisorNotRunningError, UnknownTopicError
 from shmbus.records import PartitionDescription, TopicDescription
@@ -87,7 +88,13 @@ class Bus:
         with self._lock:
             r = self._rings.get(key)
             if r is None:
-                r = open_or_recreate_ring(self.data_dir, self.id, meta, partition)
+                try:
+                    r = open_or_recreate_ring(self.data_dir, self.id, meta, partition)
+                except OSError as e:
+                    err = limit_error(e, f"opening the ring of topic={meta.name!r} partition={partition}")
+                    if err is None:
+                        raise
+                    raise err from None
                 self._rings[key] = r
         return r
 
@@ -117,9 +124,12 @@ class Bus:
 
         try:
             metadata.create_topic(self.data_dir, name, partitions, cfg, make_rings)
-        except BaseException:
+        except BaseException as e:
             for n in made:
                 unlink(n)
+            err = limit_error(e, f"creating topic={name!r} partitions={partitions}") if isinstance(e, OSError) else None
+            if err is not None:
+                raise err from None  # (nothing of the topic is left)
             raise
         return self.describe_topic(name)
 

@@ -93,6 +93,9 @@ class ForeignObjectError(ShmbusError):
     nothing was read from or written to it; the message names the object, its
     owner and mode, and how to remove it.
     """
+class ResourceLimitError(ShmbusError):
+    """An operating-system limit was reached (open files, memory mappings); the message names the
+    limit, its values, and how to raise it. Nothing was made."""
 
 
 __all__ = [
@@ -112,4 +115,5 @@ __all__ = [
     "CorruptRecordError",
     "ForeignObjectError",
     "ConcurrentAccessError",
+    "ResourceLimitError",
 ]

@@ -10,8 +10,9 @@ coordinator and the describe path import this without loading kernels.
 
 from __future__ import annotations
 
-import mmap
 import secrets
+
+import numpy as np
 
 from shmbus.errors import ShmbusError
 from shmbus.layout import groups as G
@@ -21,7 +22,7 @@ _Q = 8
 
 
 class GroupTable(_Mapped):
-    def __init__(self, name: str, mm: mmap.mmap):
+    def __init__(self, name: str, mm: np.ndarray):
         super().__init__(name, mm, len(mm))
         w = self.words
         if w[G.OFF_MAGIC // _Q] != G.MAGIC or (w[G.OFF_VERSION // _Q] & 0xFFFF_FFFF) != G.VERSION:
@@ -46,8 +47,10 @@ class GroupTable(_Mapped):
         w[G.OFF_USED // _Q] = 0
         w[G.OFF_INCARNATION // _Q] = secrets.randbits(62) + 1
         gid = group_id.encode()[: G.MAX_GROUP_BYTES]
-        mm[G.OFF_GROUP_LEN: G.OFF_GROUP_LEN + 4] = len(gid).to_bytes(4, "little")
-        mm[G.OFF_GROUP: G.OFF_GROUP + len(gid)] = gid
+        mv = memoryview(mm)
+        mv[G.OFF_GROUP_LEN: G.OFF_GROUP_LEN + 4] = len(gid).to_bytes(4, "little")
+        mv[G.OFF_GROUP: G.OFF_GROUP + len(gid)] = gid
+        mv.release()
         w[G.OFF_MAGIC // _Q] = G.MAGIC  # last: the table is ready
         w.release()
         return cls(name, mm)
@@ -62,7 +65,7 @@ class GroupTable(_Mapped):
 
     # --- reads (any process) ---
     def group_id(self) -> str:
-        n = int.from_bytes(self._mm[G.OFF_GROUP_LEN: G.OFF_GROUP_LEN + 4], "little")
+        n = int.from_bytes(bytes(self._mm[G.OFF_GROUP_LEN: G.OFF_GROUP_LEN + 4]), "little")
         return bytes(self._mm[G.OFF_GROUP: G.OFF_GROUP + min(n, G.MAX_GROUP_BYTES)]).decode("utf-8", "replace")
 
     def used(self) -> int:

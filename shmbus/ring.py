@@ -10,9 +10,12 @@ processes (claims, publishes, counters) happens in the kernels.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import mmap
 import os
 import time
+import weakref
 
 import numpy as np
 import posix_ipc
@@ -27,12 +30,52 @@ _Q = 8  # bytes per int64 word
 # page costs a fault (microseconds in a VM), which would land on sends.
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _map(fd: int, size: int) -> np.ndarray:
+    """Map ``size`` bytes of ``fd`` shared, read-write, as a uint8 array; no fd is kept.
+
+    (``mmap.mmap`` keeps a duplicate of the fd for as long as the mapping lives: one fd
+    per ring would make the open-files limit a limit on partitions.) The mapping goes
+    when the last array or memoryview over it is gone, never under a live view.
+    """
+    addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, _MAP_FLAGS, fd, 0)
+    if addr is None or addr == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap failed: {os.strerror(err)}")
+    raw = (ctypes.c_ubyte * size).from_address(addr)
+    # not at exit: a daemon thread may still be reading it; the mapping goes with the process
+    weakref.finalize(raw, _libc.munmap, addr, size).atexit = False
+    return np.frombuffer(raw, np.uint8)
+
+
+def _shm_open(name: str, **kw):
+    """``posix_ipc.SharedMemory`` whose running out of fds is an OSError with errno EMFILE or ENFILE."""
+    try:
+        return posix_ipc.SharedMemory(name, **kw)
+    except posix_ipc.Error:
+        raise
+    except OSError as e:
+        if e.errno is None:  # posix_ipc gives no errno; its messages tell the two cases apart
+            msg = str(e)
+            if "maximum number of files open" in msg:
+                raise OSError(errno.EMFILE, msg) from None
+            if "total number of open files" in msg:
+                raise OSError(errno.ENFILE, msg) from None
+        raise
+
 
 def _create_shm(name: str, size: int):
     """Create ``name`` exclusively, mode 0600, and map it. Raises ExistentialError if it exists."""
     old = os.umask(0o077)
     try:
-        shm = posix_ipc.SharedMemory(name, flags=posix_ipc.O_CREX, mode=0o600, size=size)
+        shm = _shm_open(name, flags=posix_ipc.O_CREX, mode=0o600, size=size)
     finally:
         os.umask(old)
     try:
@@ -46,7 +89,11 @@ def _create_shm(name: str, size: int):
                 f"no room in /dev/shm for a shared-memory object: name={name} bytes={size} free_bytes={free} "
                 f"({e.strerror}; use a smaller ring.bytes, delete unused topics, or enlarge /dev/shm, e.g. "
                 f"docker run --shm-size=1g)") from None
-        mm = mmap.mmap(shm.fd, size, flags=_MAP_FLAGS)
+        try:
+            mm = _map(shm.fd, size)
+        except OSError:
+            shm.unlink()
+            raise
     finally:
         shm.close_fd()
     return mm
@@ -67,7 +114,7 @@ def _open_shm(name: str):
     another user owns it or others may open it (nothing is read or written).
     """
     try:
-        shm = posix_ipc.SharedMemory(name)
+        shm = _shm_open(name)
     except posix_ipc.PermissionsError:
         _private.check_path(name)  # another user's, mode 0600: say whose
         raise
@@ -76,7 +123,7 @@ def _open_shm(name: str):
         size = os.fstat(shm.fd).st_size
         if size == 0:
             raise posix_ipc.ExistentialError(f"{name} is still being created")
-        mm = mmap.mmap(shm.fd, size, flags=_MAP_FLAGS)
+        mm = _map(shm.fd, size)
     finally:
         shm.close_fd()
     return mm
@@ -91,24 +138,21 @@ def unlink(name: str) -> bool:
 
 
 class _Mapped:
-    """An mmap with a uint8 array view (for kernels) and an int64 view of its header."""
+    """A shared mapping (a uint8 array, see :func:`_map`; ``buf`` for kernels) and an int64 view of its header."""
 
-    def __init__(self, name: str, mm: mmap.mmap, header_bytes: int):
+    def __init__(self, name: str, mm: np.ndarray, header_bytes: int):
         self.name = name
         self._mm = mm
-        self.buf = np.frombuffer(mm, dtype=np.uint8)
+        self.buf = mm
         self.words = memoryview(mm)[:header_bytes].cast("q")
         self.address = self.buf.ctypes.data
 
     def close(self) -> None:
+        """Drop this object's views; the mapping goes with the last view anyone holds (never under one)."""
         if self._mm is None:
             return
         self.words.release()
         self.buf = None
-        try:
-            self._mm.close()
-        except BufferError:
-            pass  # a view is still alive somewhere; the mapping goes with the process
         self._mm = None
 
     def memoryview(self) -> memoryview:
@@ -118,7 +162,7 @@ class _Mapped:
 class Ring(_Mapped):
     """One partition's ring (see layout/ring.py for the bytes)."""
 
-    def __init__(self, name: str, mm: mmap.mmap):
+    def __init__(self, name: str, mm: np.ndarray):
         super().__init__(name, mm, R.HEADER_BYTES)
         w = self.words
         self.ring_bytes = w[R.OFF_RING_BYTES // _Q]
@@ -158,7 +202,7 @@ class Ring(_Mapped):
             w.release()
             if ok:
                 return cls(name, mm)
-            mm.close()
+            del mm
             if time.monotonic() > deadline:
                 raise posix_ipc.ExistentialError(f"{name} was never initialised")
             time.sleep(0.001)
@@ -217,7 +261,7 @@ class Ring(_Mapped):
 class ControlBlock(_Mapped):
     """The bus's wake-up words (one per data dir)."""
 
-    def __init__(self, name: str, mm: mmap.mmap):
+    def __init__(self, name: str, mm: np.ndarray):
         super().__init__(name, mm, R.CTL_BYTES)
         self.u32 = memoryview(mm)[: R.CTL_BYTES].cast("I")
         self.doorbell_addr = self.address + R.CTL_OFF_DOORBELL
@@ -234,7 +278,7 @@ class ControlBlock(_Mapped):
         try:
             mm = _create_shm(name, R.CTL_BYTES)
             path = data_dir.encode()[: R.CTL_BYTES - R.CTL_OFF_DATA_DIR - 4]
-            mm[R.CTL_OFF_DATA_DIR: R.CTL_OFF_DATA_DIR + 4 + len(path)] = len(path).to_bytes(4, "little") + path
+            memoryview(mm)[R.CTL_OFF_DATA_DIR: R.CTL_OFF_DATA_DIR + 4 + len(path)] = len(path).to_bytes(4, "little") + path
             w = memoryview(mm)[:8].cast("q")
             w[0] = R.CTL_MAGIC
             w.release()
@@ -244,8 +288,8 @@ class ControlBlock(_Mapped):
 
     def data_dir(self) -> str:
         """The data dir of the bus that made this block ('' if unknown)."""
-        n = int.from_bytes(self._mm[R.CTL_OFF_DATA_DIR: R.CTL_OFF_DATA_DIR + 4], "little")
-        return self._mm[R.CTL_OFF_DATA_DIR + 4: R.CTL_OFF_DATA_DIR + 4 + n].decode(errors="replace")
+        n = int.from_bytes(bytes(self._mm[R.CTL_OFF_DATA_DIR: R.CTL_OFF_DATA_DIR + 4]), "little")
+        return bytes(self._mm[R.CTL_OFF_DATA_DIR + 4: R.CTL_OFF_DATA_DIR + 4 + n]).decode(errors="replace")
 
     # consumers
     def doorbell(self) -> int:

@@ -145,11 +145,13 @@ def status(data_dir, as_json):
     if as_json:
         click.echo(json.dumps(st, indent=1))
         return
-    click.echo(f"supervisor: running  pid={st['pid']}  uptime={st['uptime_s']:.0f}s  "
-               f"rss={st['rss_bytes'] / 2**20:.1f} MiB  data_dir={d}")
+    rss = f"{st['rss_bytes'] / 2**20:.1f} MiB" if st.get("rss_bytes") is not None else "?"
+    click.echo(f"supervisor: running  pid={st['pid']}  uptime={st['uptime_s']:.0f}s  rss={rss}  data_dir={d}")
     if st.get("spill_error"):
         click.echo(f"WARNING: {st['spill_error']} (partitions failing: {st.get('failing_partitions')}; "
                    f"producers block once their rings are full)")
+    for problem in st.get("problems", []):
+        click.echo(f"PROBLEM: {problem}")
     if st["partitions"]:
         click.echo(f"{'TOPIC':<24} {'PART':>4} {'END OFFSET':>12} {'RING USED':>12} {'RING':>10} {'SPILLED':>12}")
         for p in st["partitions"]:

@@ -78,7 +78,8 @@ def snapshot(bus) -> dict:
     supervisor = None
     if sup:
         supervisor = {"pid": sup.get("pid"), "cpu_percent": sup.get("cpu_percent"), "rss_bytes": sup.get("rss_bytes"),
-                      "uptime_s": sup.get("uptime_s"), "spill_error": sup.get("spill_error")}
+                      "uptime_s": sup.get("uptime_s"), "spill_error": sup.get("spill_error"),
+                      "problems": sup.get("problems", [])}
     return {"t": now, "partitions": parts, "groups": groups, "supervisor": supervisor}
 
 
@@ -118,10 +119,11 @@ def render(snap: dict, data_dir: str) -> str:
     lines = [f"shmbus stats  data_dir={data_dir}  {time.strftime('%H:%M:%S')}"]
     s = snap["supervisor"]
     if s:
-        lines.append(f"supervisor pid={s['pid']} cpu={s['cpu_percent']:.1f}% rss={_b(s['rss_bytes'])} "
-                     f"uptime={s['uptime_s']:.0f}s")
+        cpu = "-" if s["cpu_percent"] is None else f"{s['cpu_percent']:.1f}%"
+        lines.append(f"supervisor pid={s['pid']} cpu={cpu} rss={_b(s['rss_bytes'])} uptime={s['uptime_s']:.0f}s")
         if s.get("spill_error"):
             lines.append(f"WARNING: {s['spill_error']}")
+        lines.extend(f"PROBLEM: {p}" for p in s.get("problems", []))
     else:
         lines.append("supervisor: NOT RUNNING (nothing is spilled; `shmbus serve`)")
     lines.append("")

@@ -24,10 +24,12 @@ import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
 
 from shmbus import _paths, _private
+from shmbus._limits import fd_exhausted
 from shmbus.errors import CorruptRecordError
 from shmbus.layout import frame as F
 from shmbus import native
@@ -80,82 +82,282 @@ def _write_recovery_point(pdir: str, offset: int) -> None:
         pass  # (a partition being deleted) a stale point only makes recovery check more
 
 
+def _fsync_path(path: str, patience_s: float = 0.0) -> bool:
+    """fsync a file by name (a parked writer's, whose fds are closed; fsync syncs the file,
+    whichever fd wrote it). True if synced or gone (deleted: nothing to keep). Out of fds,
+    it retries for up to ``patience_s``, then raises."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        except OSError as e:
+            if fd_exhausted(e) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+
 class _Flusher:
     """One background thread that fsyncs and closes rolled segments, oldest first (as Kafka's
     flush on roll): a roll costs the spill loop nothing. Each job then moves its partition's
     recovery point, so a crash of the machine before the fsync makes recovery check that
-    segment too (segments/recovery.py)."""
+    segment too (segments/recovery.py). A job's files are open fds (closed here, and given
+    back to the writer's :class:`FilePool`) or, for a writer that was parked, paths."""
+
+    PATH_PATIENCE_S = 10.0  # out of fds: how long a path's fsync is retried before its point stays
 
     def __init__(self):
         self.q: queue.Queue = queue.Queue()
         self.thread = None
         self.lock = threading.Lock()
 
-    def submit(self, fds, pdir: str, point: int) -> threading.Event:
+    def submit(self, items, pdir: str, point: int, pool=None) -> threading.Event:
+        """Queue a job; its event is set when done, with ``synced`` False if a file could not be synced."""
         done = threading.Event()
+        done.synced = False
         with self.lock:
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._run, name="segment-flusher", daemon=True)
                 self.thread.start()
-        self.q.put((fds, pdir, point, done))
+        self.q.put((items, pdir, point, pool, done))
         return done
 
     def _run(self) -> None:
         while True:
-            fds, pdir, point, done = self.q.get()
+            items, pdir, point, pool, done = self.q.get()
+            synced = True
+            closed = 0
             try:
-                for fd in fds:
-                    try:
-                        os.fsync(fd)
-                    except OSError:
-                        pass
-                    finally:
-                        os.close(fd)
-                _write_recovery_point(pdir, point)
+                for item in items:
+                    if isinstance(item, int):
+                        try:
+                            os.fsync(item)
+                        except OSError:
+                            pass
+                        finally:
+                            os.close(item)
+                            closed += 1
+                    else:
+                        try:
+                            _fsync_path(item, self.PATH_PATIENCE_S)
+                        except OSError:
+                            synced = False  # not known to be on disk: recovery keeps checking it
+                if synced:
+                    _write_recovery_point(pdir, point)
             finally:
+                if pool is not None and closed:
+                    pool.closed_fds(closed)
+                done.synced = synced
                 done.set()
 
 
 _FLUSHER = _Flusher()
 
 
+def _pending(done: threading.Event) -> bool:
+    """Is a flusher job not done, or done without syncing every file?"""
+    return not done.is_set() or not done.synced
+
+_FDS = 3  # a writer's open segment: .log, .index, .timeindex
+
+
+class FilePool:
+    """Bounds the segment files the :class:`SegmentWriter` s of a pool hold open (the supervisor's).
+
+    A writer with an active segment holds three fds until it is *parked*: its fds are
+    closed, everything else about the segment stays (base, size, index position, newest
+    timestamp, age, whether it is fsynced), and its next append reopens the files
+    (``O_APPEND``). Writers are parked when idle (:meth:`park_idle`) and, least recently
+    used first (a CLOCK: a writer used since it was last looked at gets another turn),
+    when opening a segment would take the pool past ``cap_fds`` (:meth:`make_room`).
+    Fds of rolled segments count until the flusher has closed them.
+
+    A writer is parked only under its lock (its partition's state lock), taken without
+    waiting: a writer busy in another thread is passed over. Appends to an open writer
+    cost two attribute stores: no syscall, no lock.
+    """
+
+    def __init__(self, cap_fds: int):
+        self.base_cap = max(cap_fds, 4 * _FDS)
+        self.cap_fds = self.base_cap
+        self.lock = threading.Lock()
+        self.open_fds = 0
+        self._writers: OrderedDict = OrderedDict()  # writers with open files, CLOCK order
+        self.parked = 0  # how many times a writer was parked, and reopened
+        self.reopened = 0
+
+    def writers_open(self) -> int:
+        return len(self._writers)
+
+    def opened(self, w: "SegmentWriter") -> None:
+        with self.lock:
+            self.open_fds += _FDS
+            self._writers[w] = None
+            self._writers.move_to_end(w)
+
+    def dropped(self, w: "SegmentWriter") -> None:
+        """``w`` holds no files any more (parked, closed, or handed to the flusher)."""
+        with self.lock:
+            self._writers.pop(w, None)
+
+    def closed_fds(self, n: int) -> None:
+        with self.lock:
+            self.open_fds -= n
+
+    def make_room(self, w: "SegmentWriter | None" = None) -> None:
+        """Park writers, least recently used first, until a segment more fits under the cap."""
+        turns = 2 * len(self._writers) + 2
+        while self.open_fds + _FDS > self.cap_fds and turns > 0:
+            turns -= 1
+            with self.lock:
+                if not self._writers:
+                    return
+                v = next(iter(self._writers))
+                self._writers.move_to_end(v)
+            if v is w:
+                continue
+            if v.used:
+                v.used = False
+                continue
+            self._try_park(v)
+
+    def park_idle(self, now_ms: int, idle_ms: int) -> int:
+        """Park the writers that appended nothing for ``idle_ms``; let the cap grow back. Returns how many."""
+        self.cap_fds = min(self.base_cap, self.cap_fds + max(self.base_cap // 8, _FDS))
+        with self.lock:
+            idle = [v for v in self._writers if now_ms - v.last_used_ms >= idle_ms]
+        return sum(self._try_park(v) for v in idle)
+
+    def pressure(self) -> None:
+        """Out of fds: something else holds more than the cap left for it. Shrink the pool by an eighth."""
+        self.cap_fds = max(4 * _FDS, min(self.cap_fds, self.open_fds) * 7 // 8)
+        self.make_room()
+
+    @staticmethod
+    def _try_park(v: "SegmentWriter") -> bool:
+        if not v.lock.acquire(blocking=False):
+            return False
+        try:
+            return v.park()
+        finally:
+            v.lock.release()
+
+
 class SegmentWriter:
     """Appends spilled frames to a partition's active segment; rolls by size and age.
 
-    Owned by one supervisor thread; not for concurrent use.
+    Owned by one supervisor thread; not for concurrent use. With a :class:`FilePool`, its
+    files may be closed while it is idle (parked) and are reopened on the next append;
+    ``lock`` (the partition's state lock, held by whoever uses the writer) guards that.
     """
 
-    def __init__(self, pdir: str, segment_bytes: int, segment_ms: int, now_ms: int):
+    def __init__(self, pdir: str, segment_bytes: int, segment_ms: int, now_ms: int,
+                 pool: FilePool | None = None, lock=None):
         self.pdir = pdir
         self.segment_bytes = segment_bytes
         self.segment_ms = segment_ms
+        self.pool = pool
+        self.lock = lock if lock is not None else threading.Lock()
+        self.used = False  # appended since the pool last looked (FilePool's CLOCK)
+        self.last_used_ms = now_ms
         _private.makedirs(pdir)
         segs = list_segments(pdir)
         self.fd = -1
         self.ifd = -1
         self.tfd = -1
-        self._flushing: list[tuple] = []  # (fds, done event) of rolled segments whose fsync is under way
+        self.parked = False  # an active segment whose files are closed (see FilePool)
+        self.dirty = False
+        self._flushing: list[tuple] = []  # (files, done event) of rolled segments whose fsync is under way
         self.next_offset = -1
-        if segs:
-            self._open(segs[-1], now_ms)
-        self.next_offset = self._scan_end() if segs else -1
+        with self.lock:  # in a pool from its first open on
+            if segs:
+                self._open(segs[-1], now_ms)
+            self.next_offset = self._scan_end() if segs else -1
+            if pool is not None:
+                self.park()  # the first append opens the files again
+
+    def _paths(self) -> tuple[str, str, str]:
+        return tuple(_seg_path(self.pdir, self.base, sfx) for sfx in (".log", ".index", ".timeindex"))
+
+    def _has_segment(self) -> bool:
+        """Is there an active segment (open, or parked)?"""
+        return self.fd >= 0 or self.parked
+
+    def park(self) -> bool:
+        """Close the active segment's files, keeping its state (not fsynced: ``fsync`` and
+        ``fsync_all`` sync a parked segment by name). The caller holds ``lock``."""
+        if self.fd < 0:
+            return False
+        fds = (self.fd, self.ifd, self.tfd)
+        self.parked = True  # first: active_base() is read without the lock (retention.enforce)
+        self.fd = self.ifd = self.tfd = -1
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.pool is not None:
+            self.pool.dropped(self)
+            self.pool.closed_fds(_FDS)
+            self.pool.parked += 1
+        return True
+
+    def _open_files(self, base: int, create: bool) -> tuple[int, int, int]:
+        """Open a segment's three files for appending (all or none)."""
+        if self.pool is not None:
+            self.pool.make_room(self)
+        flags = os.O_WRONLY | os.O_APPEND
+        fds = []
+        try:
+            for i, sfx in enumerate((".log", ".index", ".timeindex")):
+                # a parked .log must still be there (else the partition is being deleted)
+                f = flags | os.O_CREAT if create or i else flags
+                fds.append(os.open(_seg_path(self.pdir, base, sfx), f, 0o600))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        if self.pool is not None:
+            self.pool.opened(self)
+        return fds[0], fds[1], fds[2]
+
+    def _reopen(self) -> None:
+        """Open a parked segment's files again; its size is the file's."""
+        self.fd, self.ifd, self.tfd = self._open_files(self.base, create=False)
+        self.parked = False
+        self.size = os.fstat(self.fd).st_size
+        if self.pool is not None:
+            self.pool.reopened += 1
 
     def _retire(self) -> None:
         """Hand the active segment to the flusher (fsync, close, then the recovery point moves)."""
-        if self.fd < 0:
+        if self.fd >= 0:
+            items = (self.fd, self.ifd, self.tfd)
+            self.fd = self.ifd = self.tfd = -1
+            if self.pool is not None:
+                self.pool.dropped(self)  # its fds count until the flusher closes them
+        elif self.parked:
+            items = self._paths()
+            self.parked = False
+        else:
             return
-        fds = (self.fd, self.ifd, self.tfd)
-        self.fd = self.ifd = self.tfd = -1
-        self._flushing = [(f, e) for f, e in self._flushing if not e.is_set()]
-        self._flushing.append((fds, _FLUSHER.submit(fds, self.pdir, max(self.next_offset, 0))))
+        self._flushing = [(f, e) for f, e in self._flushing if _pending(e)]
+        self._flushing.append((items, _FLUSHER.submit(items, self.pdir, max(self.next_offset, 0), self.pool)))
         self.dirty = False
 
     def wait_flushed(self, timeout: float | None = None) -> bool:
         """Wait for the flusher to finish the rolled segments (before closing: no fd is left open)."""
-        for _fds, e in self._flushing:
+        for _items, e in self._flushing:
             if not e.wait(timeout):
                 return False
-        self._flushing = []
+        self._flushing = [(f, e) for f, e in self._flushing if _pending(e)]  # (fsync_all syncs what is left)
         return True
 
     def _sync_rolled(self) -> None:
@@ -165,23 +367,29 @@ class SegmentWriter:
         closes an fd only after its fsync, so an fd closed meanwhile is synced
         already (EBADF, or a reused number: an extra fsync of another file).
         """
-        for fds, e in self._flushing:
-            if e.is_set():
+        for items, e in self._flushing:
+            if not _pending(e):
                 continue
-            for fd in fds:
-                try:
-                    os.fsync(fd)
-                except OSError:
-                    pass
-        self._flushing = [(f, e) for f, e in self._flushing if not e.is_set()]
+            for item in items:
+                if isinstance(item, int):
+                    try:
+                        os.fsync(item)
+                    except OSError:
+                        pass
+                else:  # a parked segment's file, by name: not synced unless this succeeds
+                    try:
+                        _fsync_path(item)
+                    except OSError:
+                        if _pending(e):
+                            raise
+            if e.is_set():
+                e.synced = True
+        self._flushing = [(f, e) for f, e in self._flushing if _pending(e)]
 
     def _open(self, base: int, now_ms: int) -> None:
         self._retire()  # fsynced in the background; recovery checks it until that is done
+        self.fd, self.ifd, self.tfd = self._open_files(base, create=True)
         self.base = base
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-        self.fd = os.open(_seg_path(self.pdir, base), flags, 0o600)
-        self.ifd = os.open(_seg_path(self.pdir, base, ".index"), flags, 0o600)
-        self.tfd = os.open(_seg_path(self.pdir, base, ".timeindex"), flags, 0o600)
         self.size = os.fstat(self.fd).st_size
         # a new segment's first frame always gets an entry
         self.last_index_pos = -INDEX_INTERVAL if self.size == 0 else self.size - 1
@@ -200,11 +408,17 @@ class SegmentWriter:
     def close(self) -> None:
         """Close the active segment's files (not fsynced: see fsync_all) after the rolled ones are flushed."""
         self.wait_flushed(30)
+        was_open = self.fd >= 0
         for name in ("fd", "ifd", "tfd"):
             fd = getattr(self, name, -1)
             if fd >= 0:
                 os.close(fd)
                 setattr(self, name, -1)
+        self.parked = False
+        if self.pool is not None:
+            self.pool.dropped(self)
+            if was_open:
+                self.pool.closed_fds(_FDS)
 
     def start_empty(self, now_ms: int) -> None:
         """Make an empty active segment at ``next_offset`` (retention is deleting the last one).
@@ -212,17 +426,17 @@ class SegmentWriter:
         It keeps the partition's start offset (its base) when every older
         segment is gone.
         """
-        if self.next_offset >= 0 and (self.fd < 0 or self.size > 0):
+        if self.next_offset >= 0 and (not self._has_segment() or self.size > 0):
             self._open(self.next_offset, now_ms)
 
     def active_base(self) -> int | None:
         """The base of the segment being appended to, or None (rolled, nothing new yet)."""
-        return self.base if self.fd >= 0 else None
+        return self.base if self._has_segment() else None
 
     def snapshot(self) -> tuple[list[int], int | None, int | None]:
         """(segment bases, active base, active size): what the log keeper may work on (the
         caller holds the partition's state lock; see supervisor/cleaner.py clean_partition)."""
-        return list_segments(self.pdir), self.active_base(), self.size if self.fd >= 0 else None
+        return list_segments(self.pdir), self.active_base(), self.size if self._has_segment() else None
 
     def fsync_all(self) -> None:
         """fsync everything written (before a clean stop): rolled segments, the active one and its indexes."""
@@ -231,6 +445,9 @@ class SegmentWriter:
         for fd in (self.fd, self.ifd, self.tfd):
             if fd >= 0:
                 os.fsync(fd)
+        if self.parked:
+            for path in self._paths():
+                _fsync_path(path, 10.0)
         self.dirty = False
         if self.next_offset >= 0:
             _write_recovery_point(self.pdir, self.next_offset)
@@ -240,7 +457,7 @@ class SegmentWriter:
         self._retire()
 
     def should_roll(self, now_ms: int) -> bool:
-        return self.fd >= 0 and self.size > 0 and now_ms - self.created_ms >= self.segment_ms
+        return (self.fd >= 0 or self.parked) and self.size > 0 and now_ms - self.created_ms >= self.segment_ms
 
     def append(self, ring_mv: memoryview, rows: np.ndarray, now_ms: int) -> int:
         """Write the DATA frames described by spill_scan ``rows`` (ring index, len, offset, ts, type).
@@ -250,8 +467,12 @@ class SegmentWriter:
         fails (a full disk) leaves the files as they were before it and raises OSError; the
         frames written by earlier steps count, so a retry writes each frame once.
         """
-        if self.fd >= 0 and self.size > 0 and self.should_roll(now_ms):
+        if self.should_roll(now_ms):
             self._retire()
+        if self.parked:
+            self._reopen()
+        self.used = True
+        self.last_used_ms = now_ms
         if _write_frames is None:
             return self._append_numpy(ring_mv, rows, now_ms)
         n = len(rows)
@@ -343,8 +564,11 @@ class SegmentWriter:
     def fsync(self) -> None:
         """Make every record written so far durable (acks='disk'): rolled segments too."""
         self._sync_rolled()
-        if self.fd >= 0 and self.dirty:
-            os.fsync(self.fd)
+        if self.dirty:
+            if self.fd >= 0:
+                os.fsync(self.fd)
+            elif self.parked:
+                _fsync_path(self._paths()[0])  # out of fds: raises; the spiller retries next round
             self.dirty = False
 
 

@@ -79,6 +79,7 @@ what the new one hands out.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -104,6 +105,7 @@ TICK_S = 0.05  # timeouts and topic changes are checked this often
 TOPIC_CHECK_S = 0.2
 CHECKPOINT_S = 0.25  # a commit is on disk within this (plus an fsync)
 SEND_TIMEOUT_S = 0.5  # a member whose socket stays full this long is dropped
+FD_BACKOFF_S = 0.05  # out of fds, accept waits this long before the next try
 KEEP_REBALANCES = 20
 
 
@@ -226,10 +228,12 @@ class Coordinator:
     """The group coordinator of one data dir. ``start()`` runs it in a thread; ``close()`` stops it
     and writes every checkpoint. Methods other than start/close belong to the loop's thread."""
 
-    def __init__(self, data_dir: str, log=None):
+    def __init__(self, data_dir: str, log=None, out_of_fds=None):
         self.data_dir = data_dir
         self.bus_id = _paths.bus_id(data_dir)
         self.log = log or (lambda msg: print(f"shmbus coordinator: {msg}", file=sys.stderr, flush=True))
+        # called with (error, where) when accept runs out of fds (the supervisor logs and reports it)
+        self.out_of_fds = out_of_fds or (lambda e, where: None)
         self.groups: dict[str, _Group] = {}
         self.topics: dict[str, tuple[str, int]] = {}  # name -> (id, partitions)
         self._topics_stamp = None
@@ -319,7 +323,11 @@ class Coordinator:
                 s, _ = self._lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    # the member waits in the backlog; back off, or the loop would spin on a readable socket
+                    self.out_of_fds(e, "group coordinator socket")
+                    time.sleep(FD_BACKOFF_S)
                 return
             s.settimeout(SEND_TIMEOUT_S)
             c = _Conn(s)

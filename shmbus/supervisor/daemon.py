@@ -10,6 +10,13 @@ Threads: the spill loop (main thread), the log keeper (retention and
 compaction, ``keep_logs``: a compaction pass can take seconds, which spilling
 must not wait for) and the control socket. Producers and consumers never wait
 on the supervisor except when a ring is full or acks="disk".
+
+File descriptors: at start the soft ``RLIMIT_NOFILE`` is raised to the hard
+limit. Rings are mapped without keeping an fd; open segment files are bounded
+by a :class:`~shmbus.segments.log.FilePool` (idle writers close theirs), with
+room left for sockets and passing work. Running out of fds anyway (EMFILE,
+ENFILE) is never fatal: each loop logs it (at most every ``FD_LOG_S``), backs
+off, tries again on its next round, and ``status`` reports it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import collections
 import fcntl
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -28,9 +36,11 @@ import psutil
 
 from shmbus import _paths, _private, metadata
 from shmbus.bus import open_or_recreate_ring
-from shmbus.errors import ShmbusError
+from shmbus.errors import ShmbusError, UnknownTopicError
 from shmbus.ring import ControlBlock
 from shmbus.segments import recovery
+from shmbus._limits import fd_exhausted
+from shmbus.segments.log import FilePool
 from shmbus.supervisor import cleaner, retention
 from shmbus.supervisor.sockets import listen_unix
 from shmbus.supervisor.spill import PartitionSpiller
@@ -40,6 +50,34 @@ BLOCKED_WAIT_S = 0.01  # the sleep while a claim blocks a ring (the unblocker ju
 RESCAN_S = 0.2  # how often the topic list is re-read
 KEEP_S = 0.5  # how often retention and compaction look at the partitions
 SPILL_LOG_S = 10.0  # a spill failure is logged again this often while it lasts
+IDLE_CLOSE_S = 10.0  # a partition that spilled nothing for this long closes its segment files
+FD_LOG_S = 10.0  # running out of fds is logged at most this often
+FD_BACKOFF_S = 0.05  # and a loop that ran out waits this long before it tries again
+FD_PROBLEM_S = 60.0  # status reports it for this long after the last time
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as far as the kernel allows); returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard
+    if want == resource.RLIM_INFINITY:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                want = int(f.read())
+        except (OSError, ValueError):
+            want = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def segment_fd_cap(soft: int) -> int:
+    """How many fds open segment files may take under a soft limit of ``soft`` (a pure policy):
+    all but a quarter (at least 128) kept for sockets, clients, group tables, recovery and readers."""
+    return max(24, soft - max(128, soft // 4))
 
 
 def next_round_wait(backlogs, blocked: bool) -> float:
@@ -96,6 +134,12 @@ class Supervisor:
         self._all_spilled = False  # set by run() after its last spill: every claimed byte is on disk
         self._failing: dict = {}  # partition dir -> the exception its last spill raised (cleared by a good one)
         self._unchecked: collections.deque = collections.deque()  # segment files for _check_older
+        self.fd_soft, self.fd_hard = raise_fd_limit()
+        self.pool = FilePool(segment_fd_cap(self.fd_soft))
+        self.fd_errors = 0  # times a loop ran out of fds; the last: (time, where, error)
+        self.fd_last: tuple | None = None
+        self._fd_logged = -1e9
+        self._rescan_failed = False  # the last rescan could not read everything: do it again
         self.rounds = 0  # spill rounds, the time they took, and the longest
         self.busy_s = 0.0
         self.round_max_s = 0.0
@@ -114,17 +158,30 @@ class Supervisor:
         return tuple(sorted(stamp, key=str))
 
     def rescan(self, force: bool = True) -> None:
+        """Start spilling new topics' partitions, drop deleted ones.
+
+        Out of fds (raises OSError EMFILE or ENFILE, or finishes with partitions left
+        out), nothing is dropped, and the next call scans again whatever the stamp says.
+        """
         stamp = self._topics_stamp()
-        if not force and stamp == self._stamp:
+        if not force and stamp == self._stamp and not self._rescan_failed:
             return
         self._stamp = stamp
+        self._rescan_failed = True  # until this scan is through
         now_ms = int(time.time() * 1000)
         names = metadata.list_topics(self.data_dir)
         live = set()
+        short = None  # the first fd error met: some partitions wait for the next scan
         for name in names:
             try:
                 meta = metadata.read_topic(self.data_dir, name)
-            except Exception:
+            except OSError as e:
+                if not fd_exhausted(e):
+                    continue
+                short = e  # unreadable now: keep what runs, look again next time
+                live.update(k for k in self.spillers if k[0] == self.topic_ids.get(name))
+                continue
+            except Exception:  # noqa: BLE001 (deleted meanwhile, or not a topic)
                 continue
             self.topic_ids[name] = meta.id
             for p in range(meta.partitions):
@@ -132,14 +189,24 @@ class Supervisor:
                 live.add(key)
                 sp = self.spillers.get(key)
                 if sp is None:
+                    if short is not None:
+                        continue  # no fds: the next scan opens the rest
+                    pdir = _paths.partition_dir(self.data_dir, name, p)
                     try:
-                        self.recover(_paths.partition_dir(self.data_dir, name, p))
+                        self.recover(pdir)
                         ring = open_or_recreate_ring(self.data_dir, self.id, meta, p)
-                    except Exception as e:  # deleted meanwhile
-                        log(f"cannot open ring topic={name} partition={p}: {e}")
+                        try:
+                            sp = PartitionSpiller(ring, pdir, meta.config, now_ms,
+                                                  on_unblock=self.ctl.ring_doorbell, pool=self.pool)
+                        except BaseException:
+                            ring.close()
+                            raise
+                    except Exception as e:  # noqa: BLE001 (deleted meanwhile, or out of fds)
+                        if fd_exhausted(e):
+                            short = e
+                        else:
+                            log(f"cannot open ring topic={name} partition={p}: {e}")
                         continue
-                    sp = PartitionSpiller(ring, _paths.partition_dir(self.data_dir, name, p), meta.config, now_ms,
-                                          on_unblock=self.ctl.ring_doorbell)
                     self.spillers[key] = sp
                 else:
                     sp.config = meta.config
@@ -155,6 +222,38 @@ class Supervisor:
                 sp.closed = True
                 sp.close()
                 sp.ring.close()
+        if short is not None:
+            self._out_of_fds(short, "opening partitions")
+            return
+        self._rescan_failed = False
+
+    def _out_of_fds(self, e: OSError, where: str) -> None:
+        """A loop ran out of fds: note it for ``status``, log it (at most every FD_LOG_S), shrink the file pool."""
+        self.fd_errors += 1
+        self.fd_last = (time.time(), where, f"{type(e).__name__}: {e}")
+        now = time.monotonic()
+        if now - self._fd_logged >= FD_LOG_S:
+            self._fd_logged = now
+            log(f"out of file descriptors ({where}), retrying: {e}; {self._fd_numbers()}; "
+                f"failures so far={self.fd_errors} (raise the open-files limit: `ulimit -n`, or LimitNOFILE= "
+                f"in a systemd unit)")
+        try:
+            self.pool.pressure()
+        except OSError:
+            pass
+
+    def _fd_numbers(self) -> str:
+        return (f"RLIMIT_NOFILE soft={self.fd_soft} hard={self.fd_hard} open={_open_fds()} "
+                f"segment_files={self.pool.open_fds} (cap {self.pool.cap_fds})")
+
+    def fd_problem(self) -> str | None:
+        """One line about running out of fds, if it happened in the last FD_PROBLEM_S, else None."""
+        last = self.fd_last
+        if last is None or time.time() - last[0] > FD_PROBLEM_S:
+            return None
+        ago = time.time() - last[0]
+        return (f"out of file descriptors: {self.fd_errors} failures, the last {ago:.0f}s ago ({last[1]}: "
+                f"{last[2]}); {self._fd_numbers()}: raise the open-files limit (`ulimit -n`)")
 
     # --- the log keeper: recovery, retention, compaction (each job in its own module) ---
     def recover(self, pdir: str) -> None:
@@ -205,7 +304,12 @@ class Supervisor:
                     return
                 except FileNotFoundError:
                     continue  # the topic is being deleted
-                except (OSError, ValueError) as e:
+                except OSError as e:
+                    if fd_exhausted(e):
+                        self._out_of_fds(e, "log keeper")
+                        return  # the next round (KEEP_S) tries again
+                    log(f"log keeping failed dir={sp.writer.pdir}: {type(e).__name__}: {e}")
+                except ValueError as e:
                     log(f"log keeping failed dir={sp.writer.pdir}: {type(e).__name__}: {e}")
 
     def _keep_loop(self) -> None:
@@ -222,6 +326,7 @@ class Supervisor:
         now_ms = int(time.time() * 1000)
         backlogs = []
         blocked = False
+        short = False  # out of fds in this round
         for sp in list(self.spillers.values()):
             if sp.ring.deleted():
                 continue
@@ -232,13 +337,18 @@ class Supervisor:
             except FileNotFoundError:
                 continue  # the topic is being deleted; the next rescan drops it
             except Exception as e:  # noqa: BLE001 (a full disk, say: keep the other partitions going)
-                self._spill_failed(sp, e)
+                if fd_exhausted(e):
+                    self._out_of_fds(e, "spilling")  # (parks idle writers: the next ones may get files)
+                    short = True
+                else:
+                    self._spill_failed(sp, e)
                 continue
             if self._failing and self._failing.pop(sp.writer.pdir, None) is not None:
                 self._spill_recovered(sp)
             backlogs.append((sp.ring.claim_position() - sp.spilled_pos, sp.ring.ring_bytes))
             blocked = blocked or sp.stuck
-        return next_round_wait(backlogs, blocked)
+        wait = next_round_wait(backlogs, blocked)
+        return max(wait, FD_BACKOFF_S) if short else wait
 
     def _spill_failed(self, sp, e: Exception) -> None:
         """Record and log a failed spill; the next round retries.
@@ -280,12 +390,12 @@ class Supervisor:
         self.rescan()
         from shmbus.supervisor.coordinator import Coordinator
 
-        self.coordinator = Coordinator(self.data_dir, log)
+        self.coordinator = Coordinator(self.data_dir, log, out_of_fds=self._out_of_fds)
         self.coordinator.start()  # before the control socket: a client that sees us answer can join a group
         self.start_control()
         keeper = threading.Thread(target=self._keep_loop, name="log-keeper", daemon=True)
         keeper.start()
-        last_scan = time.monotonic()
+        last_scan = last_idle = time.monotonic()
         while not self.stopping.is_set():
             seen = self.ctl.spill_bell()
             t0 = time.monotonic()
@@ -295,18 +405,36 @@ class Supervisor:
             self.busy_s += now - t0
             self.round_max_s = max(self.round_max_s, now - t0)
             if now - last_scan > RESCAN_S:
-                self.rescan(force=False)
+                try:
+                    self.rescan(force=False)
+                except OSError as e:
+                    if not fd_exhausted(e):
+                        raise
+                    self._rescan_failed = True
+                    self._out_of_fds(e, "scanning topics")
+                    wait = max(wait, FD_BACKOFF_S)
                 last_scan = now
+            if now - last_idle > IDLE_CLOSE_S:
+                self.pool.park_idle(int(time.time() * 1000), int(IDLE_CLOSE_S * 1000))
+                last_idle = now
             if wait > 0:
                 self.ctl.spiller_sleep(seen, wait)
         keeper.join()  # a compaction pass under way ends at its next segment (cleaner.Aborted)
         # a last spill so that what is published is on disk (topics made since the last rescan too)
-        self.rescan(force=False)
+        try:
+            self.rescan(force=False)
+        except OSError as e:
+            if not fd_exhausted(e):
+                raise
+            log(f"out of file descriptors at stop: topics made since the last scan are spilled at the next start: {e}")
         self.spill_all()
         spilled = not self._failing
         for sp in self.spillers.values():
             spilled = spilled and sp.ring.claim_position() <= sp.spilled_pos
-            sp.writer.fsync_all()  # and the recovery point moves to the log end: a quick restart
+            try:
+                sp.writer.fsync_all()  # and the recovery point moves to the log end: a quick restart
+            except OSError as e:  # (the recovery point stays: the next start checks more)
+                log(f"fsync at stop failed dir={sp.writer.pdir}: {type(e).__name__}: {e}")
             sp.close()
             sp.ring.close()
         self._all_spilled = spilled
@@ -324,7 +452,11 @@ class Supervisor:
                 conn, _ = self.sock.accept()
             except socket.timeout:
                 continue
-            except OSError:
+            except OSError as e:
+                if fd_exhausted(e):  # the client waits in the backlog; try again soon
+                    self._out_of_fds(e, "control socket")
+                    time.sleep(FD_BACKOFF_S)
+                    continue
                 return
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
@@ -359,7 +491,12 @@ class Supervisor:
         return {"ok": False, "error": f"unknown command: cmd={cmd!r}"}
 
     def status(self) -> dict:
-        proc = psutil.Process()
+        """The supervisor's state; answers also when out of fds (what needs one is then None)."""
+        try:
+            proc = psutil.Process()
+            cpu, rss = proc.cpu_percent(interval=None), proc.memory_info().rss
+        except OSError:
+            cpu = rss = None
         parts = []
         for (tid, p), sp in list(self.spillers.items()):
             name = next((n for n, i in self.topic_ids.items() if i == tid), tid)
@@ -373,13 +510,19 @@ class Supervisor:
                 "spill_lag_bytes": max(sp.ring.claim_position() - sp.spilled_pos, 0),
                 "spill_error": self.spill_error(sp.writer.pdir),
             })
+        problems = [p for p in (self.fd_problem(),) if p]
         return {
             "pid": os.getpid(), "data_dir": self.data_dir, "bus_id": self.id,
             "uptime_s": round(time.time() - self.started, 3),
-            "cpu_percent": proc.cpu_percent(interval=None), "rss_bytes": proc.memory_info().rss,
+            "cpu_percent": cpu, "rss_bytes": rss,
             "spill_rounds": self.rounds, "spill_busy_s": round(self.busy_s, 6),
             "spill_round_max_ms": round(self.round_max_s * 1000, 3),
             "spill_error": self.spill_error(), "failing_partitions": len(self._failing),
+            "fds": {"open": _open_fds(), "limit_soft": self.fd_soft, "limit_hard": self.fd_hard,
+                    "segment_files": self.pool.open_fds, "segment_files_cap": self.pool.cap_fds,
+                    "writers_open": self.pool.writers_open(), "writers_parked": self.pool.parked,
+                    "writers_reopened": self.pool.reopened, "exhausted": self.fd_errors},
+            "problems": problems,
             "partitions": parts,
         }
 
@@ -419,6 +562,14 @@ class Supervisor:
             log(f"removed {len(removed)} shared-memory objects of the bus (spilled; the next start makes them anew)")
 
 
+def _open_fds() -> int | None:
+    """How many fds this process has open (None if that cannot be read now: it takes one)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1
+    except OSError:
+        return None
+
+
 def log(msg: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} shmbus supervisor: {msg}", file=sys.stderr, flush=True)
 
@@ -432,7 +583,8 @@ def serve(data_dir: str) -> int:
     stop = lambda *_: (sup.stopping.set(), sup.ctl.ring_spill_bell())  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log(f"started pid={os.getpid()} data_dir={sup.data_dir} bus_id={sup.id}")
+    log(f"started pid={os.getpid()} data_dir={sup.data_dir} bus_id={sup.id} RLIMIT_NOFILE soft={sup.fd_soft} "
+        f"hard={sup.fd_hard} segment_file_cap={sup.pool.cap_fds}")
     try:
         sup.run()
     finally:

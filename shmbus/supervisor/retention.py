@@ -139,8 +139,18 @@ def enforce(writer, config: dict, now_ms: int, lock=None) -> list[int]:
     if not doomed:
         return []
     if doomed[-1] == infos[-1].base:
+        last = infos[-1]
         with lock if lock is not None else contextlib.nullcontext():
-            writer.start_empty(now_ms)  # keep a segment: its base is the start offset
+            # judged without the lock: the writer may have made this segment its active one
+            # again since (an open that failed half-way, then a retry) and appended to it
+            try:
+                size = os.stat(_seg_path(pdir, last.base)).st_size
+            except FileNotFoundError:
+                size = None
+            if writer.active_base() == last.base or size != last.size:
+                doomed = doomed[:-1]
+            else:
+                writer.start_empty(now_ms)  # keep a segment: its base is the start offset
     for base in doomed:
         swap.delete_segment(pdir, base)
         _max_ts_cache.pop((pdir, base), None)

@@ -62,11 +62,16 @@ def release_to(released: int, claim: int, boundaries, ring_bytes: int, hold: int
 class PartitionSpiller:
     """One ring and its segment writer. Used by the supervisor's spill thread only."""
 
-    def __init__(self, ring: Ring, pdir: str, config: dict, now_ms: int, on_unblock=None):
+    def __init__(self, ring: Ring, pdir: str, config: dict, now_ms: int, on_unblock=None, pool=None):
+        # the log-keeper thread (daemon.py keep_logs) works beside the spill thread
+        self.state_lock = threading.Lock()  # the writer's state: held while spilling
+        self.keep_lock = threading.Lock()  # held by the keeper while it keeps this partition
         self.ring = ring
         self.on_unblock = on_unblock  # called after a dead claim became padding (wake readers)
         self.mv = ring.memoryview()
-        self.writer = SegmentWriter(pdir, config["segment.bytes"], config["segment.ms"], now_ms)
+        # pool: the supervisor's bound on open segment files (log.py FilePool)
+        self.writer = SegmentWriter(pdir, config["segment.bytes"], config["segment.ms"], now_ms,
+                                    pool=pool, lock=self.state_lock)
         self.meta = np.zeros((4097, K.META_COLS), np.int64)
         self.blocked_pos = -1
         self.blocked_since = 0.0
@@ -85,9 +90,6 @@ class PartitionSpiller:
         self.fenced = 0  # claims of live stalled writers turned into padding
         self.fences: dict[int, tuple[int, object]] = {}  # fenced claim pos -> (pid, process start)
         self.held_by = None  # the pid of the stalled writer RELEASED waits for (status)
-        # the log-keeper thread (daemon.py keep_logs) works beside the spill thread
-        self.state_lock = threading.Lock()  # the writer's state: held while spilling
-        self.keep_lock = threading.Lock()  # held by the keeper while it keeps this partition
         self.closed = False
 
     def close(self) -> None:
