@@ -19,6 +19,7 @@ from collections import deque
 import numpy as np
 
 from shmbus.kernels import frames as K
+from shmbus.layout import frame as F
 from shmbus.ring import Ring
 from shmbus.segments.log import SegmentWriter
 from shmbus.supervisor import unblock
@@ -91,7 +92,7 @@ class PartitionSpiller:
         # never past RELEASED + ring: in an exactly full ring the next word is the oldest frame
         max_bytes = min(max_bytes, ring.released() + ring.ring_bytes - frm)
         n = K.spill_scan(ring.buf, frm, max_bytes, self.meta)
-        new = int(self.meta[0, 0])
+        new = int(self.meta[0, F.MS_POS])
         if n:
             rows = self.meta[1: n + 1]
             now_ms = int(time.time() * 1000)
@@ -116,8 +117,8 @@ class PartitionSpiller:
             K.release(ring.buf, rel, to)
             while self.boundaries and self.boundaries[0] <= to:
                 self.boundaries.popleft()
-        if int(self.meta[0, 2]) == K.STOP_EMPTY and ring.claim_position() > new:
-            self._maybe_unblock(new, int(self.meta[0, 3]))
+        if int(self.meta[0, F.MS_REASON]) == K.STOP_EMPTY and ring.claim_position() > new:
+            self._maybe_unblock(new, int(self.meta[0, F.MS_BAD]))  # the blocked header word
         return new - frm
 
     def _maybe_unblock(self, pos: int, header: int) -> None:

@@ -27,11 +27,11 @@ FREE_AFTER_MS = 100  # a FREE word behind the claim tail, seen blocked this long
 
 
 def header_type(header: int) -> int:
-    return (header >> 32) & 0xFF
+    return (header >> F.TYPE_SHIFT) & F.TYPE_MASK
 
 
 def header_pid(header: int) -> int:
-    return (header >> 40) & F.PID_MASK
+    return (header >> F.AUX_SHIFT) & F.PID_MASK
 
 
 def decide(header: int, tail_past: bool, blocked_ms: float, pid_alive) -> str:
