@@ -615,14 +615,17 @@ class Consumer:
         if c >= q[_W_RELEASED] + p.ring_bytes:
             return _EMPTY  # an exactly full ring: this is the oldest frame, not a new one
         flen = w & F.LEN_MASK
+        if flen < F.HEADER_BYTES or flen & (F.ALIGN - 1):
+            return None  # a header that cannot be: the general path's scan reports it
         nxt = c + flen
         if budget > 1 and (q[p.hq + ((nxt & p.mask) >> 3)] >> F.TYPE_SHIFT) & F.TYPE_MASK == F.DATA:
             return None  # more records are ready: one kernel call reads them all
         mv = p.mv
         i = R.HEADER_BYTES + (c & p.mask)
         off, ts, kl, vl, hl = _unpack_frame(mv, i + F.OFF_OFFSET)
-        if off < p.position or F.HEADER_BYTES + kl + vl + hl > flen:
-            return None
+        if off < p.position or kl < -1 or vl < -1 or hl < 0 or \
+                F.HEADER_BYTES + (kl if kl > 0 else 0) + (vl if vl > 0 else 0) + hl > flen:
+            return None  # below the position (a seek), or lengths that cannot be
         b = i + F.OFF_BODY
         if kl >= 0:
             key = mv[b: b + kl].tobytes()
