@@ -554,6 +554,12 @@ static PyObject *reader_collect(Reader *r, int64_t max_n, int64_t spin_ns, int *
     Py_DECREF(rec);
     for (int64_t n = 1; n < max_n; n++) {
         int c2 = reader_take_core(r, 0, &rec);
+        if (c2 == TAKE_ERR && PyErr_ExceptionMatches(PyExc_ValueError)) {
+            /* headers that cannot be decoded: answer the records before them; the cursor stays
+             * on the bad one, so the next call raises (as the Python reader, one record a call) */
+            PyErr_Clear();
+            break;
+        }
         if (c2 == TAKE_ERR) {
             Py_DECREF(lst);
             *code = TAKE_ERR;
