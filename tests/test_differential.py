@@ -62,10 +62,12 @@ def rnd_headers(rnd):
 
 
 def rnd_record(rnd, max_value=600):
-    key = None if rnd.random() < 0.3 else rnd_bytes(rnd, 0, 30)
-    value = None if rnd.random() < 0.15 else rnd_bytes(rnd, 0, max_value)
+    """(key, value, encoded headers, timestamp): nulls, empties, and timestamps that go back too."""
+    k, v = rnd.random(), rnd.random()
+    key = None if k < 0.3 else b"" if k < 0.4 else rnd_bytes(rnd, 0, 30)
+    value = None if v < 0.15 else b"" if v < 0.25 else rnd_bytes(rnd, 0, max_value)
     h = rnd_headers(rnd)
-    return key, value, producer_mod._encode_headers(h) if h else b""
+    return key, value, producer_mod._encode_headers(h) if h else b"", TS + rnd.randint(-1000, 1000)
 
 
 def spill_rows(buf, max_bytes=BIG):
@@ -103,7 +105,7 @@ def ring_op(rnd, rings, append_each):
     if k < 0.10:  # a record whose frame ends exactly at the ring's end, or 8 bytes before it
         rb = word(rings[0], R.OFF_RING_BYTES)
         left = rb - (word(rings[0], R.OFF_CLAIM_POS) & (rb - 1)) - rnd.choice((0, 8))
-        rec = (None, b"e" * max(left - F.HEADER_BYTES, 0), b"")
+        rec = (None, b"e" * max(left - F.HEADER_BYTES, 0), b"", TS)
         return [append_each(b, rec) for b in rings]
     if k < 0.70:
         rec = rnd_record(rnd, rnd.choice((40, 600, 3000, 9000)))
@@ -130,13 +132,13 @@ def ring_op(rnd, rings, append_each):
 
 
 def c_append(buf, rec):
-    key, value, hdrs = rec
-    return native.append(buf.ctypes.data, key, value, hdrs, TS, PID)
+    key, value, hdrs, ts = rec
+    return native.append(buf.ctypes.data, key, value, hdrs, ts, PID)
 
 
 def numba_append(buf, rec):
-    key, value, hdrs = rec
-    return producer_mod._append_numba(buf.ctypes.data, key, value, hdrs, TS, PID)
+    key, value, hdrs, ts = rec
+    return producer_mod._append_numba(buf.ctypes.data, key, value, hdrs, ts, PID)
 
 
 def frame_positions(buf):
@@ -217,7 +219,7 @@ def test_append_c_and_numba_write_identical_rings(seed):
         set_word(buf, R.OFF_FLAGS, 0)
         set_word(buf, R.OFF_MAX_MESSAGE, 1 << 30)
     for _ in range(500):  # then until the ring is full
-        rec = (None, b"f" * 600, b"")
+        rec = (None, b"f" * 600, b"", TS)
         r1, r2 = c_append(a, rec), numba_append(b, rec)
         assert r1 == r2 and np.array_equal(a, b)
         if r1 < 0:
