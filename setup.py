@@ -12,7 +12,8 @@ from setuptools import Extension, setup
 
 ext = []
 if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
-    ext.append(Extension("shmbus._native", ["shmbus/_native.c"], extra_compile_args=["-O2", "-std=gnu11"],
-                         optional=True))
+    # shmbus/_layout.h: the layout constants, generated from shmbus/layout by tools/gen_layout_h.py
+    ext.append(Extension("shmbus._native", ["shmbus/_native.c"], depends=["shmbus/_layout.h"],
+                         extra_compile_args=["-O2", "-std=gnu11"], optional=True))
 
 setup(ext_modules=ext)

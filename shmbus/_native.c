@@ -37,54 +37,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-/* --- layout (shmbus/layout/ring.py, frame.py, groups.py; checked at import) - */
-#define RING_HDR 4096
-#define R_RING_BYTES 16
-#define R_FLAGS 32
-#define R_MAX_MESSAGE 56
-#define R_CLAIM_POS 64
-#define R_RELEASED 128
-#define R_RECLAIMING 144
-#define R_SLEEPERS 192
-#define FLAG_DELETED 1
-
-#define F_HDR 40
-#define F_OFFSET 8
-#define F_TS 16
-#define F_KLEN 24
-#define F_VLEN 28
-#define F_HLEN 32
-#define F_CRC 36
-
-#define T_FREE 0
-#define T_DATA 1
-#define T_PADDING 2
-#define T_RESERVED 3
-#define T_POISON 4
-#define META_COLS 8
-
-/* why a scan stopped (meta[0][2]) */
-#define STOP_MAX 0
-#define STOP_EMPTY 1
-#define STOP_END 2
-#define STOP_CORRUPT 3
-#define STOP_CRC 4
-#define PID_MASK 0xFFFFFF
-
-#define G_HDR 4096
-#define G_SLOTS 16
-#define G_SLOT_BYTES 32
-#define S_OFFSET 8
-#define G_OK 0
-#define G_FENCED (-2)
-#define G_BAD_SLOT (-3)
-
-#define ST_FULL (-1)
-#define ST_DELETED (-2)
-#define ST_TOO_LARGE (-3)
-#define ST_OVER_MAX (-4)
-#define ST_STALLED (-5)
-#define MAX_CLAIM_BYTES ((int64_t)1 << 31)
+/* --- layout: every constant, from shmbus/layout (shmbus/layout/constants.py, written out by
+ * tools/gen_layout_h.py); exported as LAYOUT and compared with shmbus/layout at import --- */
+#include "_layout.h"
 
 /* --- atomics ---------------------------------------------------------------- */
 static inline int64_t ld_acq64(const uint8_t *b, int64_t i) {
@@ -110,9 +65,9 @@ static inline int cas128(uint8_t *b, int64_t i, int64_t elo, int64_t ehi, int64_
 static inline void st64(uint8_t *b, int64_t i, int64_t v) { memcpy(b + i, &v, 8); }
 static inline void st32(uint8_t *b, int64_t i, int32_t v) { memcpy(b + i, &v, 4); }
 static inline int64_t hdr_word(int64_t length, int64_t ftype, int64_t aux) {
-    return length | (ftype << 32) | ((aux & PID_MASK) << 40);
+    return length | (ftype << TYPE_SHIFT) | ((aux & PID_MASK) << AUX_SHIFT);
 }
-static inline int64_t align8(int64_t n) { return (n + 7) & ~(int64_t)7; }
+static inline int64_t align8(int64_t n) { return (n + F_ALIGN - 1) & ~(int64_t)(F_ALIGN - 1); }
 
 /* --- CRC-32C (Castagnoli), as shmbus/kernels/crc32c.py ---------------------- */
 static uint32_t crc_table[8][256];
@@ -393,16 +348,16 @@ static PyObject *py_build_records(PyObject *Py_UNUSED(self), PyObject *const *ar
     PyObject *out = NULL;
     const char *buf = bv.buf;
     const int64_t *m = mv.buf;
-    Py_ssize_t rows = mv.len / (8 * 8);
-    if (mv.len % (8 * 8)) {
+    Py_ssize_t rows = mv.len / (8 * META_COLS);
+    if (mv.len % (8 * META_COLS)) {
         PyErr_SetString(PyExc_ValueError, "build_records: meta is not rows of 8 int64");
         goto done;
     }
     out = PyList_New(rows);
     if (!out) goto done;
     for (Py_ssize_t r = 0; r < rows; r++) {
-        const int64_t *row = m + r * 8;
-        int64_t kl = row[3], vl = row[4], hl = row[5], bi = row[6];
+        const int64_t *row = m + r * META_COLS;
+        int64_t kl = row[M_KLEN], vl = row[M_VLEN], hl = row[M_HLEN], bi = row[M_BODY];
         if (kl < -1 || vl < -1 || hl < 0 || bi < 0 || bi + (kl > 0 ? kl : 0) + (vl > 0 ? vl : 0) + hl > bv.len) {
             PyErr_Format(PyExc_ValueError, "build_records: row %zd lies outside the buffer", r);
             Py_CLEAR(out);
@@ -414,7 +369,7 @@ static PyObject *py_build_records(PyObject *Py_UNUSED(self), PyObject *const *ar
         PyObject *value = vl >= 0 ? PyBytes_FromStringAndSize(b, vl) : Py_NewRef(Py_None);
         b += vl > 0 ? vl : 0;
         PyObject *headers = hl ? headers_decode(b, hl) : PyList_New(0);
-        PyObject *o = PyLong_FromLongLong(row[1]), *ts = PyLong_FromLongLong(row[2]);
+        PyObject *o = PyLong_FromLongLong(row[M_OFFSET]), *ts = PyLong_FromLongLong(row[M_TS]);
         PyObject *rec = rt->tp_alloc(rt, 7);
         if (!key || !value || !headers || !o || !ts || !rec) {
             Py_XDECREF(key);
@@ -458,8 +413,6 @@ done:
  * `position` (left of a locate) are stepped over, as the scan kernel does.
  * The copy is checked against RECLAIMING after it is made, like every ring read.
  */
-#define POS_NONE INT64_MIN
-
 typedef struct {
     PyObject_HEAD
     long long cursor;
@@ -620,6 +573,12 @@ static PyObject *reader_collect(Reader *r, int64_t max_n, int64_t spin_ns, int *
     Py_DECREF(rec);
     for (int64_t n = 1; n < max_n; n++) {
         int c2 = reader_take_core(r, 0, &rec);
+        if (c2 == TAKE_ERR && PyErr_ExceptionMatches(PyExc_ValueError)) {
+            /* headers that cannot be decoded: answer the records before them; the cursor stays
+             * on the bad one, so the next call raises (as the Python reader, one record a call) */
+            PyErr_Clear();
+            break;
+        }
         if (c2 == TAKE_ERR) {
             Py_DECREF(lst);
             *code = TAKE_ERR;
@@ -1304,15 +1263,15 @@ static int64_t copy_values(const uint8_t *buf, int64_t n, int64_t *meta, uint8_t
     int64_t at = 0;
     for (int64_t r = 0; r < n; r++) {
         int64_t *row = meta + (1 + r) * META_COLS;
-        int64_t vl = row[4] > 0 ? row[4] : 0;
+        int64_t vl = row[M_VLEN] > 0 ? row[M_VLEN] : 0;
         if (at + vl > vcap) {  /* keep the records that fit; resume at the first that did not */
-            meta[0] = row[0];
-            meta[1] = r;
-            meta[2] = STOP_MAX;
+            meta[MS_POS] = row[M_POS];
+            meta[MS_COUNT] = r;
+            meta[MS_REASON] = STOP_MAX;
             return r;
         }
-        memcpy(values + at, buf + row[6] + (row[3] > 0 ? row[3] : 0), (size_t)vl);
-        row[6] = at;
+        memcpy(values + at, buf + row[M_BODY] + (row[M_KLEN] > 0 ? row[M_KLEN] : 0), (size_t)vl);
+        row[M_BODY] = at;
         at += vl;
     }
     return n;
@@ -1392,8 +1351,13 @@ static PyObject *py_scan_ring(PyObject *Py_UNUSED(self), PyObject *const *args, 
 
 #define WF_IOV 512
 
-typedef struct { uint32_t rel, pos; } idx_entry;
-typedef struct { int64_t ts; uint32_t rel, pad; } tidx_entry;
+typedef struct { uint32_t rel, pos; } idx_entry;            /* layout/segment.py: an .index record */
+typedef struct { int64_t ts; uint32_t rel, pad; } tidx_entry;  /* a .timeindex record */
+_Static_assert(sizeof(idx_entry) == IDX_BYTES && offsetof(idx_entry, rel) == IDX_OFF_REL &&
+                   offsetof(idx_entry, pos) == IDX_OFF_POS, "idx_entry is not layout/segment.py's .index record");
+_Static_assert(sizeof(tidx_entry) == TIDX_BYTES && offsetof(tidx_entry, ts) == TIDX_OFF_TS &&
+                   offsetof(tidx_entry, rel) == TIDX_OFF_REL && offsetof(tidx_entry, pad) == TIDX_OFF_PAD,
+               "tidx_entry is not layout/segment.py's .timeindex record");
 
 static int write_all(int fd, struct iovec *iov, int cnt) {
     while (cnt > 0) {
@@ -1433,7 +1397,7 @@ static PyObject *py_write_frames(PyObject *Py_UNUSED(self), PyObject *const *arg
         if (as_i64(args[k], &a[k])) return NULL;
     int64_t cols = a[2], first = a[3], fd = a[4], ifd = a[5], tfd = a[6], size = a[7], seg_bytes = a[8];
     int64_t base = a[9], last_index_pos = a[10], max_ts = a[11], interval = a[12], next_offset = a[13];
-    if (cols < 5 || interval <= 0) {
+    if (cols < SP_MIN_COLS || interval <= 0) {
         PyErr_SetString(PyExc_ValueError, "write_frames: rows need 5 columns or more, index_interval > 0");
         return NULL;
     }
@@ -1458,8 +1422,8 @@ static PyObject *py_write_frames(PyObject *Py_UNUSED(self), PyObject *const *arg
     }
     for (; i < n; i++) {
         const int64_t *row = rows + i * cols;
-        int64_t idx = row[0], len = row[1], off = row[2], ts = row[3];
-        if (row[4] != T_DATA || off < next_offset) continue;
+        int64_t idx = row[SP_INDEX], len = row[SP_LEN], off = row[SP_OFFSET], ts = row[SP_TS];
+        if (row[SP_TYPE] != T_DATA || off < next_offset) continue;
         if (fd < 0 || (at > 0 && at + len > seg_bytes)) break;  /* the caller opens a (new) segment */
         if (idx < 0 || len <= 0 || idx + len > b.len) {
             PyErr_Format(PyExc_ValueError, "write_frames: row %lld lies outside the buffer", (long long)i);
@@ -1552,6 +1516,25 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* LAYOUT: every constant of _layout.h, by name (shmbus/native.py compares it with shmbus/layout) */
+static PyObject *layout_dict(void) {
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+#define X(name)                                                         \
+    {                                                                   \
+        PyObject *v = PyLong_FromLongLong((long long)(name));           \
+        if (!v || PyDict_SetItemString(d, #name, v) < 0) {              \
+            Py_XDECREF(v);                                              \
+            Py_DECREF(d);                                               \
+            return NULL;                                                \
+        }                                                               \
+        Py_DECREF(v);                                                   \
+    }
+    SHMBUS_LAYOUT_TABLE(X)
+#undef X
+    return d;
+}
+
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "shmbus._native", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
@@ -1566,19 +1549,7 @@ PyMODINIT_FUNC PyInit__native(void) {
         Py_DECREF(m);
         return NULL;
     }
-    PyObject *layout = Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,"
-        "s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
-        "RING_HDR", RING_HDR, "R_RING_BYTES", R_RING_BYTES, "R_FLAGS", R_FLAGS, "R_MAX_MESSAGE", R_MAX_MESSAGE,
-        "R_CLAIM_POS", R_CLAIM_POS, "R_RELEASED", R_RELEASED, "R_RECLAIMING", R_RECLAIMING, "R_SLEEPERS",
-        R_SLEEPERS, "FLAG_DELETED", FLAG_DELETED, "F_HDR", F_HDR, "F_OFFSET", F_OFFSET, "F_TS", F_TS, "F_KLEN",
-        F_KLEN, "F_VLEN", F_VLEN, "F_HLEN", F_HLEN, "F_CRC", F_CRC, "T_FREE", T_FREE, "T_DATA", T_DATA,
-        "T_PADDING", T_PADDING, "T_RESERVED", T_RESERVED, "T_POISON", T_POISON, "META_COLS", META_COLS,
-        "STOP_MAX", STOP_MAX, "STOP_EMPTY", STOP_EMPTY, "STOP_END", STOP_END, "STOP_CORRUPT", STOP_CORRUPT,
-        "STOP_CRC", STOP_CRC, "R_CLAIM_OFFSET", R_CLAIM_POS + 8, "ST_FULL", ST_FULL, "ST_DELETED", ST_DELETED,
-        "ST_TOO_LARGE", ST_TOO_LARGE, "ST_OVER_MAX", ST_OVER_MAX, "ST_STALLED", ST_STALLED, "G_HDR", G_HDR, "G_SLOTS", G_SLOTS,
-        "G_SLOT_BYTES", G_SLOT_BYTES, "S_OFFSET", S_OFFSET, "G_OK", G_OK, "G_FENCED", G_FENCED, "G_BAD_SLOT",
-        G_BAD_SLOT);
+    PyObject *layout = layout_dict();
     if (!layout || PyModule_AddObject(m, "LAYOUT", layout) < 0) {
         Py_XDECREF(layout);
         Py_DECREF(m);

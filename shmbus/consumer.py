@@ -58,7 +58,6 @@ from shmbus.native import LazyModule
 K = LazyModule("shmbus.kernels.frames")
 _Reader = native.Reader  # None: SHMBUS_NATIVE=0 or no C build; then _take1 reads in Python
 _build = native.build_records  # None: _records_from builds records in Python
-_POS_NONE = -(1 << 63)  # a Reader's position_raw for "not resolved" (None here)
 from shmbus.layout import ring as R
 from shmbus.producer import decode_headers
 from shmbus.records import ConsumerRecord, OffsetAndTimestamp, RecordBatch, TopicPartition
@@ -74,7 +73,9 @@ _W_RELEASED = R.OFF_RELEASED // 8
 _W_RECLAIMING = R.OFF_RECLAIMING // 8
 _W_CLAIM_POS = R.OFF_CLAIM_POS // 8
 _W_CLAIM_OFFSET = R.OFF_CLAIM_OFFSET // 8
-_unpack_frame = struct.Struct("<qqiii").unpack_from  # offset, timestamp, key len, value len, headers len at +8
+# offset, timestamp, key len, value len, headers len, from F.OFF_OFFSET on
+_unpack_frame = struct.Struct("<qqiii").unpack_from
+_TYPE_BITS = F.TYPE_MASK << F.TYPE_SHIFT  # a header word's type: 0 (FREE) = nothing published there
 _STRATEGIES = ("range", "roundrobin", "sticky")
 
 
@@ -187,11 +188,11 @@ class _NativePart(_Part):
     @property
     def position(self):
         v = self.rd.position_raw
-        return None if v == _POS_NONE else v
+        return None if v == F.POS_NONE else v
 
     @position.setter
     def position(self, v):
-        self.rd.position_raw = _POS_NONE if v is None else v
+        self.rd.position_raw = F.POS_NONE if v is None else v
 
 
 class Consumer:
@@ -446,13 +447,13 @@ class Consumer:
             while True:
                 n = native.scan_frames(p.ring.buf, R.HEADER_BYTES, p.ring.mask, pos, _BIG, 1024, 0, False, self._meta)
                 rows = self._meta[1: n + 1]
-                h = np.nonzero(rows[:, 2] >= ts)[0]
+                h = np.nonzero(rows[:, F.M_TS] >= ts)[0]
                 if len(h):
-                    found = OffsetAndTimestamp(int(rows[h[0], 1]), int(rows[h[0], 2]))
+                    found = OffsetAndTimestamp(int(rows[h[0], F.M_OFFSET]), int(rows[h[0], F.M_TS]))
                     break
                 if n == 0:
                     break
-                pos = int(self._meta[0, 0])
+                pos = int(self._meta[0, F.MS_POS])
             if p.ring.reclaiming() <= rel:
                 return found
         return None
@@ -500,7 +501,7 @@ class Consumer:
         n, meta, chunk = p.log.read(p.position, max_n)
         if n:
             rows = meta[1: n + 1].copy() if batch else meta[1: n + 1]
-            first, last = int(rows[0, 1]), int(rows[-1, 1])
+            first, last = int(rows[0, F.M_OFFSET]), int(rows[-1, F.M_OFFSET])
             out = self._records_from(p, rows, chunk, batch, chunk)
             # (build the records first: the start-offset lookup reuses the log's buffers)
             if first > p.position and p.position < self._start(p):
@@ -556,8 +557,8 @@ class Consumer:
 
     def _batch_from_rows(self, p: _Part, rows, buf):
         a = np.asarray(rows, np.int64).reshape(-1, F.META_COLS)
-        vl = a[:, 4]
-        src = a[:, 6] + np.maximum(a[:, 3], 0)
+        vl = a[:, F.M_VLEN]
+        src = a[:, F.M_BODY] + np.maximum(a[:, F.M_KLEN], 0)
         lens = np.maximum(vl, 0)
         starts = np.zeros(len(a), np.int64)
         if len(a):
@@ -568,15 +569,17 @@ class Consumer:
             # (a Python loop per record made reads from disk ~20x slower than from the ring)
             if total > len(self._values):
                 self._values = np.empty(max(total, 2 * len(self._values)), np.uint8)
-            end = int(a[-1, 0] + a[-1, 7])
-            k = native.scan_copy_frames(buf, 0, -1, int(a[0, 0]), end, len(a), int(a[0, 1]), False, self._meta, self._values)
+            end = int(a[-1, F.M_POS] + a[-1, F.M_LEN])
+            k = native.scan_copy_frames(buf, 0, -1, int(a[0, F.M_POS]), end, len(a), int(a[0, F.M_OFFSET]), False,
+                                        self._meta, self._values)
             if k == len(a):
-                return RecordBatch(p.tp.topic, p.tp.partition, a[:, 1].copy(), a[:, 2].copy(),
+                return RecordBatch(p.tp.topic, p.tp.partition, a[:, F.M_OFFSET].copy(), a[:, F.M_TS].copy(),
                                    self._values[:total].copy(), starts, vl.copy())
         data = np.empty(total, np.uint8)
         for i in range(len(a)):
             data[starts[i]: starts[i] + lens[i]] = buf[src[i]: src[i] + lens[i]]
-        return RecordBatch(p.tp.topic, p.tp.partition, a[:, 1].copy(), a[:, 2].copy(), data, starts, vl.copy())
+        return RecordBatch(p.tp.topic, p.tp.partition, a[:, F.M_OFFSET].copy(), a[:, F.M_TS].copy(), data, starts,
+                           vl.copy())
 
     def _fetch(self, p: _Part, max_n: int, batch: bool):
         """Records of one partition (a list, or a RecordBatch if ``batch``), or None."""
@@ -600,11 +603,11 @@ class Consumer:
                 n = self._scan_ring(ring.address, p.cursor, max_n, p.position, self._meta_addr, self._meta_rows)
             meta = self._meta
             if n == 0:
-                if int(meta[0, 2]) == F.STOP_MAX and batch and self._values is not None:
+                if int(meta[0, F.MS_REASON]) == F.STOP_MAX and batch and self._values is not None:
                     # a single value larger than the buffer: grow it
                     self._values = np.empty(len(self._values) * 2, np.uint8)
                     continue
-                new = int(meta[0, 0])
+                new = int(meta[0, F.MS_POS])
                 if new < ring.reclaiming():
                     p.cursor = -1  # lapped: what we passed is on disk now
                     continue
@@ -612,15 +615,15 @@ class Consumer:
                 return None
             if batch:
                 rows = meta[1: n + 1]
-                total = int(np.maximum(rows[:, 4], 0).sum())
-                result = RecordBatch(p.tp.topic, p.tp.partition, rows[:, 1].copy(), rows[:, 2].copy(),
-                                     self._values[:total].copy(), rows[:, 6].copy(), rows[:, 4].copy())
-                first_pos = int(rows[0, 0])
-                last_off = int(rows[-1, 1])
-                new = int(meta[0, 0])
+                total = int(np.maximum(rows[:, F.M_VLEN], 0).sum())
+                result = RecordBatch(p.tp.topic, p.tp.partition, rows[:, F.M_OFFSET].copy(), rows[:, F.M_TS].copy(),
+                                     self._values[:total].copy(), rows[:, F.M_BODY].copy(), rows[:, F.M_VLEN].copy())
+                first_pos = int(rows[0, F.M_POS])
+                last_off = int(rows[-1, F.M_OFFSET])
+                new = int(meta[0, F.MS_POS])
             else:
-                new = int(meta[0, 0])  # row 0 is the scan's state
-                first_pos = int(meta[1, 0])
+                new = int(meta[0, F.MS_POS])  # row 0 is the scan's state
+                first_pos = int(meta[1, F.M_POS])
                 try:
                     result = self._records_from(p, meta[1: n + 1], p.mv, False)
                 except Exception:
@@ -629,7 +632,7 @@ class Consumer:
                         p.cursor = -1
                         continue
                     raise
-                last_off = int(meta[n, 1])
+                last_off = int(meta[n, F.M_OFFSET])
             if first_pos < ring.reclaiming():
                 # the spiller released bytes we were copying: drop and re-read (from disk)
                 p.cursor = -1
@@ -667,22 +670,26 @@ class Consumer:
             return [rec]
         q = p.qwords
         w = q[p.hq + ((c & p.mask) >> 3)]
-        t = (w >> 32) & 0xFF
-        if t != 1:  # not DATA
-            if (t == 0 or t == 3) and q[_W_RECLAIMING] <= c:  # FREE or RESERVED, and not lapped
+        t = (w >> F.TYPE_SHIFT) & F.TYPE_MASK
+        if t != F.DATA:
+            if (t == F.FREE or t == F.RESERVED) and q[_W_RECLAIMING] <= c:  # nothing published, and not lapped
                 return _EMPTY
             return None
         if c >= q[_W_RELEASED] + p.ring_bytes:
             return _EMPTY  # an exactly full ring: this is the oldest frame, not a new one
-        nxt = c + (w & 0xFFFFFFFF)
-        if budget > 1 and (q[p.hq + ((nxt & p.mask) >> 3)] >> 32) & 0xFF == 1:
+        flen = w & F.LEN_MASK
+        if flen < F.HEADER_BYTES or flen & (F.ALIGN - 1):
+            return None  # a header that cannot be: the general path's scan reports it
+        nxt = c + flen
+        if budget > 1 and (q[p.hq + ((nxt & p.mask) >> 3)] >> F.TYPE_SHIFT) & F.TYPE_MASK == F.DATA:
             return None  # more records are ready: one kernel call reads them all
         mv = p.mv
         i = R.HEADER_BYTES + (c & p.mask)
-        off, ts, kl, vl, hl = _unpack_frame(mv, i + 8)
-        if off < p.position or 40 + kl + vl + hl > (w & 0xFFFFFFFF):
-            return None
-        b = i + 40
+        off, ts, kl, vl, hl = _unpack_frame(mv, i + F.OFF_OFFSET)
+        if off < p.position or kl < -1 or vl < -1 or hl < 0 or \
+                F.HEADER_BYTES + (kl if kl > 0 else 0) + (vl if vl > 0 else 0) + hl > flen:
+            return None  # below the position (a seek), or lengths that cannot be
+        b = i + F.OFF_BODY
         if kl >= 0:
             key = mv[b: b + kl].tobytes()
             b += kl
@@ -716,8 +723,8 @@ class Consumer:
         if c < 0:
             return False
         q = p.qwords
-        t = (q[p.hq + ((c & p.mask) >> 3)] >> 32) & 0xFF
-        return (t == 0 or t == 3) and q[_W_RECLAIMING] <= c
+        t = (q[p.hq + ((c & p.mask) >> 3)] >> F.TYPE_SHIFT) & F.TYPE_MASK
+        return (t == F.FREE or t == F.RESERVED) and q[_W_RECLAIMING] <= c
 
     def _ready(self, p: _Part) -> bool:
         c = p.cursor
@@ -728,7 +735,7 @@ class Consumer:
             return True  # lapped: the locate path has work
         # a published word at the cursor, and the cursor not a whole ring ahead of
         # RELEASED (there the word is the oldest frame of an exactly full ring)
-        return p.qwords[p.hq + ((c & ring.mask) >> 3)] & 0xFF00000000 != 0 and c < ring.released() + ring.ring_bytes
+        return p.qwords[p.hq + ((c & ring.mask) >> 3)] & _TYPE_BITS != 0 and c < ring.released() + ring.ring_bytes
 
     def _poll(self, timeout_ms, max_records, batch: bool, spun_s: float = 0.0) -> dict:
         self._owner = _get_ident()  # (listeners run in here and may call back)
@@ -817,7 +824,7 @@ class Consumer:
             while now < spin_end:
                 for _ in range(16):
                     w = q[i]
-                    if w and (w >> 32) & 0xFF != 3 and c < q[_W_RELEASED] + rb:  # published (not RESERVED)
+                    if w and (w >> F.TYPE_SHIFT) & F.TYPE_MASK != F.RESERVED and c < q[_W_RELEASED] + rb:  # published
                         return
                 if q[_W_RECLAIMING] > c:
                     return  # lapped: the general path reads the disk
@@ -879,7 +886,7 @@ class Consumer:
                     while True:
                         for _ in range(32):
                             w = q[i]
-                            if w and (w >> 32) & 0xFF != 3:  # published (DATA, or padding for _poll to skip)
+                            if w and (w >> F.TYPE_SHIFT) & F.TYPE_MASK != F.RESERVED:  # published (DATA, or padding)
                                 got = self._take1(solo, self.max_poll_records)
                                 if got:
                                     return {solo.tp: got}

@@ -15,17 +15,16 @@ They exist for the cost of a call and of start-up (see the C file's header).
 
 ``SHMBUS_NATIVE=0`` in the environment selects the numba kernels instead (the
 tests run the data path both ways). If the extension was not built, or its
-layout constants disagree with shmbus/layout (a stale build), the numba
-kernels are used and ``REASON`` says why.
+layout constants (``_native.LAYOUT``, every constant of its header, generated
+from shmbus/layout/constants.py) disagree with shmbus/layout (a stale build),
+the numba kernels are used and ``REASON`` says why.
 """
 
 from __future__ import annotations
 
 import os
 
-from shmbus.layout import frame as _F
-from shmbus.layout import groups as _G
-from shmbus.layout import ring as _R
+from shmbus.layout.constants import CONSTANTS as _CONSTANTS
 
 append = None
 append_batch = None
@@ -46,20 +45,9 @@ REASON = ""
 
 
 def _expected() -> dict:
-    return {
-        "RING_HDR": _R.HEADER_BYTES, "R_RING_BYTES": _R.OFF_RING_BYTES, "R_FLAGS": _R.OFF_FLAGS,
-        "R_MAX_MESSAGE": _R.OFF_MAX_MESSAGE, "R_CLAIM_POS": _R.OFF_CLAIM_POS, "R_RELEASED": _R.OFF_RELEASED,
-        "R_RECLAIMING": _R.OFF_RECLAIMING, "R_SLEEPERS": _R.OFF_SLEEPERS, "FLAG_DELETED": _R.FLAG_DELETED,
-        "F_HDR": _F.HEADER_BYTES, "F_OFFSET": _F.OFF_OFFSET, "F_TS": _F.OFF_TIMESTAMP, "F_KLEN": _F.OFF_KEY_LEN,
-        "F_VLEN": _F.OFF_VALUE_LEN, "F_HLEN": _F.OFF_HEADERS_LEN, "F_CRC": _F.OFF_CRC, "T_FREE": _F.FREE,
-        "T_DATA": _F.DATA, "T_PADDING": _F.PADDING, "T_RESERVED": _F.RESERVED, "T_POISON": _F.POISON,
-        "META_COLS": _F.META_COLS, "STOP_MAX": _F.STOP_MAX, "STOP_EMPTY": _F.STOP_EMPTY, "STOP_END": _F.STOP_END,
-        "STOP_CORRUPT": _F.STOP_CORRUPT, "STOP_CRC": _F.STOP_CRC, "R_CLAIM_OFFSET": _R.OFF_CLAIM_OFFSET,
-        "ST_FULL": _F.ST_FULL, "ST_DELETED": _F.ST_DELETED, "ST_TOO_LARGE": _F.ST_TOO_LARGE,
-        "ST_OVER_MAX": _F.ST_OVER_MAX, "ST_STALLED": _F.ST_STALLED, "G_HDR": _G.HEADER_BYTES, "G_SLOTS": _G.OFF_SLOTS,
-        "G_SLOT_BYTES": _G.SLOT_BYTES, "S_OFFSET": _G.S_OFFSET, "G_OK": _G.COMMIT_OK,
-        "G_FENCED": _G.COMMIT_FENCED, "G_BAD_SLOT": _G.COMMIT_BAD_SLOT,
-    }
+    """The constants the C module must export as ``LAYOUT``: all of shmbus/layout/constants.py,
+    from which its header ``shmbus/_layout.h`` is generated (tools/gen_layout_h.py)."""
+    return dict(_CONSTANTS)
 
 
 def _load() -> None:
@@ -73,8 +61,9 @@ def _load() -> None:
         REASON = f"not built ({e})"
         return
     want = _expected()
-    if _native.LAYOUT != want:
-        diff = sorted(k for k in want if _native.LAYOUT.get(k) != want[k])
+    got_layout = getattr(_native, "LAYOUT", {})
+    if got_layout != want:
+        diff = sorted(k for k in want.keys() | got_layout.keys() if got_layout.get(k) != want.get(k))
         REASON = f"stale build: layout differs in {', '.join(diff)} (reinstall shmbus)"
         return
     try:

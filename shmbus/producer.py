@@ -189,6 +189,10 @@ _unpack_h = struct.Struct("<H").unpack_from
 _unpack_i = struct.Struct("<i").unpack_from
 
 
+def _corrupt_headers(n: int, at: int):
+    raise ValueError(f"corrupt record headers: bytes={n} at={at} (see layout/frame.py)")
+
+
 def decode_headers(b) -> list:
     """The frame's header bytes -> [(str, bytes | None), ...] (a new list each call).
 
@@ -206,12 +210,16 @@ def decode_headers(b) -> list:
     i = 0
     n = len(b)
     while i < n:
+        if i + 2 > n:
+            _corrupt_headers(n, i)
         (kl,) = _unpack_h(b, i)
-        i += 2
-        k = b[i: i + kl].decode()
-        i += kl
-        (vl,) = _unpack_i(b, i)
-        i += 4
+        if i + 2 + kl + 4 > n:
+            _corrupt_headers(n, i)
+        (vl,) = _unpack_i(b, i + 2 + kl)
+        if vl < -1 or i + 2 + kl + 4 + max(vl, 0) > n:
+            _corrupt_headers(n, i)
+        k = b[i + 2: i + 2 + kl].decode()
+        i += 2 + kl + 4
         if vl < 0:
             out.append((k, None))
         else:

@@ -37,71 +37,87 @@ from shmbus.kernels._atomics import (
 )
 from shmbus.kernels._jit import entry_point, jit
 from shmbus.kernels.crc32c import crc32c_update
-from shmbus.layout import frame as _F
-from shmbus.layout import ring as _R
-
-# --- layout constants, from shmbus/layout (numba freezes module globals) ---
-RING_HDR = _R.HEADER_BYTES
-R_RING_BYTES = _R.OFF_RING_BYTES
-R_FLAGS = _R.OFF_FLAGS
-R_MAX_MESSAGE = _R.OFF_MAX_MESSAGE
-R_CLAIM_POS = _R.OFF_CLAIM_POS
-R_RELEASED = _R.OFF_RELEASED
-R_RECLAIMING = _R.OFF_RECLAIMING
-R_SLEEPERS = _R.OFF_SLEEPERS
-FLAG_DELETED = _R.FLAG_DELETED
-
-F_HDR = _F.HEADER_BYTES
-F_OFFSET = _F.OFF_OFFSET
-F_TS = _F.OFF_TIMESTAMP
-F_KLEN = _F.OFF_KEY_LEN
-F_VLEN = _F.OFF_VALUE_LEN
-F_HLEN = _F.OFF_HEADERS_LEN
-F_CRC = _F.OFF_CRC
-
-T_FREE = _F.FREE
-T_DATA = _F.DATA
-T_PADDING = _F.PADDING
-T_RESERVED = _F.RESERVED
-T_POISON = _F.POISON
-PID_MASK = _F.PID_MASK
-
-# statuses (negative) returned by writers
-ST_FULL = _F.ST_FULL
-ST_DELETED = _F.ST_DELETED
-ST_TOO_LARGE = _F.ST_TOO_LARGE
-ST_OVER_MAX = _F.ST_OVER_MAX
-ST_STALLED = _F.ST_STALLED
-MAX_CLAIM_BYTES = _F.MAX_CLAIM_BYTES
-
-# reasons a scan stopped (meta[0, 2])
-STOP_MAX = _F.STOP_MAX
-STOP_EMPTY = _F.STOP_EMPTY
-STOP_END = _F.STOP_END
-STOP_CORRUPT = _F.STOP_CORRUPT
-STOP_CRC = _F.STOP_CRC
-
-META_COLS = _F.META_COLS  # frame pos, offset, timestamp, key len, value len, headers len, body index, frame len
+# the layout constants under the names the C twins use too (numba freezes module globals)
+from shmbus.layout.constants import (  # noqa: F401  (STOP_*, ST_*, META_COLS: read as K.<name> by callers)
+    F_ALIGN,
+    F_CRC,
+    F_HDR,
+    F_HLEN,
+    F_KLEN,
+    F_OFFSET,
+    F_TS,
+    F_VLEN,
+    FLAG_DELETED,
+    AUX_SHIFT,
+    LEN_MASK,
+    META_COLS,
+    M_BODY,
+    M_HLEN,
+    M_KLEN,
+    M_LEN,
+    M_OFFSET,
+    M_POS,
+    M_TS,
+    M_VLEN,
+    MS_BAD,
+    MS_COUNT,
+    MS_POS,
+    MS_REASON,
+    PID_MASK,
+    R_CLAIM_OFFSET,
+    R_CLAIM_POS,
+    R_FLAGS,
+    R_MAX_MESSAGE,
+    R_RECLAIMING,
+    R_RELEASED,
+    R_RING_BYTES,
+    R_SLEEPERS,
+    RING_HDR,
+    SP_INDEX,
+    SP_LEN,
+    SP_OFFSET,
+    SP_TS,
+    SP_PID,
+    SP_TYPE,
+    ST_DELETED,
+    ST_FULL,
+    ST_OVER_MAX,
+    ST_STALLED,
+    ST_TOO_LARGE,
+    MAX_CLAIM_BYTES,
+    STOP_CORRUPT,
+    STOP_CRC,
+    STOP_EMPTY,
+    STOP_END,
+    STOP_MAX,
+    T_DATA,
+    T_FREE,
+    T_PADDING,
+    T_POISON,
+    T_RESERVED,
+    TYPE_MASK,
+    TYPE_SHIFT,
+)
 
 
 @jit
 def _hdr(length, ftype, aux):
-    return np.int64(length) | (np.int64(ftype) << 32) | (np.int64(aux & PID_MASK) << 40)
+    return np.int64(length) | (np.int64(ftype) << TYPE_SHIFT) | (np.int64(aux & PID_MASK) << AUX_SHIFT)
 
 
 @jit
 def _htype(h):
-    return (h >> 32) & 0xFF
+    return (h >> TYPE_SHIFT) & TYPE_MASK
 
 
 @jit
 def _hlen(h):
-    return h & 0xFFFFFFFF
+    return h & LEN_MASK
 
 
 @jit
 def _align8(n):
-    return (n + 7) & ~7
+    return (n + F_ALIGN - 1) & ~(F_ALIGN - 1)
 
 
 @jit(inline="always")
@@ -151,7 +167,7 @@ def _claim(buf, ring, need, nrec):
     mask = ring - 1
     while True:
         pos = load_acquire64(buf, R_CLAIM_POS)
-        off = load_acquire64(buf, R_CLAIM_POS + 8)
+        off = load_acquire64(buf, R_CLAIM_OFFSET)
         idx = pos & mask
         pad = 0
         if idx + need > ring:
@@ -184,7 +200,7 @@ def _let_go(buf, i):
     spiller may free (zero) the region. Returns True if this call let it go.
     """
     h = load_acquire64(buf, i)
-    if _htype(h) != T_PADDING or (h >> 40) & PID_MASK == 0:
+    if _htype(h) != T_PADDING or (h >> AUX_SHIFT) & PID_MASK == 0:
         return False
     return cas64(buf, i, h, _hdr(_hlen(h), T_PADDING, 0))
 
@@ -411,20 +427,20 @@ def scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta):
             off = _get_i64(buf, i + F_OFFSET)
             if off >= min_offset:
                 r = meta[1 + n]
-                r[0] = pos
-                r[1] = off
-                r[2] = _get_i64(buf, i + F_TS)
-                r[3] = kl
-                r[4] = vl
-                r[5] = hl
-                r[6] = i + F_HDR
-                r[7] = ln
+                r[M_POS] = pos
+                r[M_OFFSET] = off
+                r[M_TS] = _get_i64(buf, i + F_TS)
+                r[M_KLEN] = kl
+                r[M_VLEN] = vl
+                r[M_HLEN] = hl
+                r[M_BODY] = i + F_HDR
+                r[M_LEN] = ln
                 n += 1
         pos += ln
-    meta[0, 0] = pos
-    meta[0, 1] = n
-    meta[0, 2] = reason
-    meta[0, 3] = bad
+    meta[0, MS_POS] = pos
+    meta[0, MS_COUNT] = n
+    meta[0, MS_REASON] = reason
+    meta[0, MS_BAD] = bad
     return n
 
 
@@ -432,23 +448,23 @@ def scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta):
 def scan_copy(buf, base, mask, pos, end, max_n, min_offset, verify, meta, values):
     """As :func:`scan`, then copy the values into ``values`` back to back.
 
-    ``meta[1 + r, 6]`` becomes the value's start in ``values``. Stops early
+    ``meta[1 + r, M_BODY]`` becomes the value's start in ``values``. Stops early
     (reason STOP_MAX) when ``values`` is full.
     """
     n = scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta)
     at = 0
     for r in range(n):
         row = meta[1 + r]
-        vl = max(row[4], 0)
+        vl = max(row[M_VLEN], 0)
         if at + vl > len(values):
             # keep the records that fit; resume at the first that did not
-            meta[0, 0] = row[0]
-            meta[0, 1] = r
-            meta[0, 2] = STOP_MAX
+            meta[0, MS_POS] = row[M_POS]
+            meta[0, MS_COUNT] = r
+            meta[0, MS_REASON] = STOP_MAX
             return r
-        src = row[6] + max(row[3], 0)
+        src = row[M_BODY] + max(row[M_KLEN], 0)
         _copy(values, at, buf, src, vl)
-        row[6] = at
+        row[M_BODY] = at
         at += vl
     return n
 
@@ -506,24 +522,24 @@ def spill_scan(buf, pos, max_bytes, meta):
             blocked = h
             break
         r = meta[1 + n]
-        r[0] = i
-        r[1] = ln
-        r[4] = t
-        r[5] = (h >> 40) & PID_MASK if t == T_PADDING else 0
-        r[6] = 0
-        r[7] = 0
+        r[:] = 0
+        r[SP_INDEX] = i
+        r[SP_LEN] = ln
+        r[SP_TYPE] = t
+        if t == T_PADDING:
+            r[SP_PID] = (h >> AUX_SHIFT) & PID_MASK  # a fenced claim's writer (0: an ordinary padding)
         if t == T_DATA:
-            r[2] = _get_i64(buf, i + F_OFFSET)
-            r[3] = _get_i64(buf, i + F_TS)
+            r[SP_OFFSET] = _get_i64(buf, i + F_OFFSET)
+            r[SP_TS] = _get_i64(buf, i + F_TS)
         else:
-            r[2] = -1
-            r[3] = -1
+            r[SP_OFFSET] = -1
+            r[SP_TS] = -1
         n += 1
         pos += ln
-    meta[0, 0] = pos
-    meta[0, 1] = n
-    meta[0, 2] = reason
-    meta[0, 3] = blocked
+    meta[0, MS_POS] = pos
+    meta[0, MS_COUNT] = n
+    meta[0, MS_REASON] = reason
+    meta[0, MS_BAD] = blocked
     return n
 
 
@@ -570,7 +586,7 @@ def fence_reserved(buf, pos, header):
         return False
     ring = _ring_bytes(buf)
     i = RING_HDR + (pos & (ring - 1))
-    return cas64(buf, i, header, _hdr(_hlen(header), T_PADDING, (header >> 40) & PID_MASK))
+    return cas64(buf, i, header, _hdr(_hlen(header), T_PADDING, (header >> AUX_SHIFT) & PID_MASK))
 
 
 @jit

@@ -19,16 +19,12 @@ from numba import carray
 from shmbus.kernels._atomics import as_pointer, cas128, load64, load_acquire64
 from shmbus.kernels._jit import entry_point, jit
 from shmbus.layout import groups as _G
-
-G_HDR = _G.HEADER_BYTES
-G_SLOTS = _G.OFF_SLOTS
-G_SLOT_BYTES = _G.SLOT_BYTES
-S_OFFSET = _G.S_OFFSET
+from shmbus.layout.constants import G_BAD_SLOT, G_FENCED, G_HDR, G_OK, G_SLOT_BYTES, G_SLOTS, S_OFFSET
 
 # statuses
-OK = _G.COMMIT_OK
-ST_FENCED = _G.COMMIT_FENCED  # the slot's owner token is not the caller's: nothing written
-ST_BAD_SLOT = _G.COMMIT_BAD_SLOT  # no such slot in this table
+OK = G_OK
+ST_FENCED = G_FENCED  # the slot's owner token is not the caller's: nothing written
+ST_BAD_SLOT = G_BAD_SLOT  # no such slot in this table
 ANY = -1  # set_owner's expected token: whatever it is
 
 

@@ -56,6 +56,7 @@ HEADER_BYTES = 40
 
 # byte offsets inside a frame
 OFF_HEADER_WORD = 0
+OFF_TYPE = 4  # the header word's type byte (little-endian)
 OFF_OFFSET = 8
 OFF_TIMESTAMP = 16
 OFF_KEY_LEN = 24
@@ -65,6 +66,13 @@ OFF_CRC = 36
 OFF_BODY = 40
 CRC_FROM = OFF_OFFSET  # the checksum covers [+8, +36) then the body
 
+# the header word's fields
+LEN_MASK = 0xFFFF_FFFF  # bits 0..31: the frame length
+TYPE_SHIFT = 32  # bits 32..39: the type
+TYPE_MASK = 0xFF
+AUX_SHIFT = 40  # bits 40..63: aux (a RESERVED frame's writer pid)
+PID_MASK = (1 << 24) - 1
+
 # frame types (bits 32..39 of the header word)
 FREE = 0
 DATA = 1
@@ -72,11 +80,33 @@ PADDING = 2
 RESERVED = 3
 POISON = 4
 
-# columns of the metadata a scan kernel returns, one row per frame: frame pos, offset,
-# timestamp, key len, value len, headers len, body index, frame len
+# The metadata a scan (the ``scan``/``scan_copy`` kernels, their C twins) fills: an int64
+# array of META_COLS columns. Row 0 is the scan's state, rows 1..n describe one DATA frame each.
 META_COLS = 8
+# row 0
+MS_POS = 0  # the position where the scan stopped (where the next one starts)
+MS_COUNT = 1  # records described
+MS_REASON = 2  # why it stopped: STOP_*
+MS_BAD = 3  # the bad frame's position (STOP_CORRUPT, STOP_CRC; -1 otherwise); spill_scan: the blocked header word
+# rows 1..n of scan and scan_copy
+M_POS = 0  # the frame's position
+M_OFFSET = 1
+M_TS = 2  # timestamp
+M_KLEN = 3  # key length (NULL_LEN: null)
+M_VLEN = 4  # value length (NULL_LEN: null)
+M_HLEN = 5  # headers length
+M_BODY = 6  # the body's index in the scanned buffer (scan_copy: the value's start in the values buffer)
+M_LEN = 7  # the frame's length
+# rows 1..n of spill_scan (the frames the spiller copies to disk; write_frames reads them)
+SP_INDEX = 0  # the frame's index in the ring mapping
+SP_LEN = 1  # the frame's length
+SP_OFFSET = 2  # -1 for padding
+SP_TS = 3  # -1 for padding
+SP_TYPE = 4  # DATA or PADDING
+SP_PID = 5  # the writer's pid of a fenced claim's padding (0 otherwise)
+SP_MIN_COLS = 5  # write_frames needs these columns
 
-# why a scan stopped (``meta[0, 2]`` of the scan kernels and their C twins)
+# why a scan stopped (``meta[0, MS_REASON]`` of the scan kernels and their C twins)
 STOP_MAX = 0  # max records or bytes reached
 STOP_EMPTY = 1  # a FREE or RESERVED word: nothing more published yet
 STOP_END = 2  # end of the buffer (segment chunk) or of the given range
@@ -84,7 +114,7 @@ STOP_CORRUPT = 3  # a header that cannot be (bad type or length)
 STOP_CRC = 4  # checksum mismatch
 
 NULL_LEN = -1
-PID_MASK = (1 << 24) - 1
+POS_NONE = -(1 << 63)  # a compiled Reader's position_raw for "not resolved yet" (INT64_MIN)
 
 # what an append returns instead of ``offset << 2 | wake bits`` (kernels and shmbus/_native.c)
 ST_FULL = -1  # no room until the supervisor spills
@@ -107,8 +137,12 @@ def frame_length(key_len: int, value_len: int, headers_len: int) -> int:
 
 
 def header_word(length: int, ftype: int, aux: int = 0) -> int:
-    return length | (ftype << 32) | ((aux & PID_MASK) << 40)
+    return length | (ftype << TYPE_SHIFT) | ((aux & PID_MASK) << AUX_SHIFT)
 
 
+assert OFF_TYPE * 8 == TYPE_SHIFT
 assert OFF_BODY == HEADER_BYTES and HEADER_BYTES % ALIGN == 0
 assert OFF_CRC + 4 == OFF_BODY
+assert LEN_MASK == (1 << TYPE_SHIFT) - 1 and TYPE_MASK == (1 << (AUX_SHIFT - TYPE_SHIFT)) - 1
+assert PID_MASK == (1 << (64 - AUX_SHIFT)) - 1
+assert max(M_POS, M_OFFSET, M_TS, M_KLEN, M_VLEN, M_HLEN, M_BODY, M_LEN) < META_COLS

@@ -32,14 +32,15 @@ from shmbus import _paths, _private
 from shmbus._limits import fd_exhausted
 from shmbus.errors import CorruptRecordError
 from shmbus.layout import frame as F
+from shmbus.layout.segment import INDEX_DTYPE, TIMEINDEX_DTYPE
 from shmbus import native
 from shmbus.native import scan_frames  # C, or the numba kernel when the C verbs are not loaded
 
 _write_frames = native.write_frames  # None: SegmentWriter appends with numpy
 
 INDEX_INTERVAL = 4096
-_IDX = np.dtype([("rel", "<u4"), ("pos", "<u4")])
-_TIDX = np.dtype([("ts", "<i8"), ("rel", "<u4"), ("pad", "<u4")])
+_IDX = INDEX_DTYPE  # an .index record (layout/segment.py)
+_TIDX = TIMEINDEX_DTYPE  # a .timeindex record
 _BIG = 1 << 62
 
 
@@ -488,19 +489,19 @@ class SegmentWriter:
                 self.dirty = True
                 written += k
             if i < n:  # the frame at row i needs a (new) segment, based at its offset
-                self._open(int(rows[i, 2]), now_ms)
+                self._open(int(rows[i, F.SP_OFFSET]), now_ms)
         return written
 
     def _append_numpy(self, ring_mv: memoryview, rows: np.ndarray, now_ms: int) -> int:
         """``append`` without the compiled ``write_frames`` (SHMBUS_NATIVE=0, or no C build)."""
-        d = rows[rows[:, 4] == F.DATA]
+        d = rows[rows[:, F.SP_TYPE] == F.DATA]
         if self.next_offset >= 0:
-            d = d[d[:, 2] >= self.next_offset]
+            d = d[d[:, F.SP_OFFSET] >= self.next_offset]
         written = 0
         while len(d):
-            if self.fd < 0 or (self.size > 0 and self.size + d[0, 1] > self.segment_bytes):
-                self._open(int(d[0, 2]), now_ms)
-            lens = d[:, 1]
+            if self.fd < 0 or (self.size > 0 and self.size + d[0, F.SP_LEN] > self.segment_bytes):
+                self._open(int(d[0, F.SP_OFFSET]), now_ms)
+            lens = d[:, F.SP_LEN]
             cum = np.cumsum(lens)
             room = self.segment_bytes - self.size
             k = int(np.searchsorted(cum, room, side="right"))
@@ -523,8 +524,8 @@ class SegmentWriter:
         return written
 
     def _write_chunk(self, ring_mv: memoryview, chunk: np.ndarray, cum: np.ndarray) -> None:
-        idx = chunk[:, 0]
-        lens = chunk[:, 1]
+        idx = chunk[:, F.SP_INDEX]
+        lens = chunk[:, F.SP_LEN]
         starts = self.size + cum - lens  # file position of each frame
         # contiguous runs in the ring become one iovec each
         brk = np.nonzero(idx[1:] != idx[:-1] + lens[:-1])[0] + 1
@@ -540,8 +541,8 @@ class SegmentWriter:
                 rest = b"".join(bytes(v) for v in part)[n:]
                 n += os.write(self.fd, rest)
         # sparse indexes: the first frame at or after each INDEX_INTERVAL boundary
-        offs = chunk[:, 2]
-        ts = chunk[:, 3]
+        offs = chunk[:, F.SP_OFFSET]
+        ts = chunk[:, F.SP_TS]
         run_max = np.maximum.accumulate(np.maximum(ts, self.max_ts))
         b = starts // INDEX_INTERVAL
         prev = np.concatenate(([self.last_index_pos // INDEX_INTERVAL], b[:-1]))
@@ -638,7 +639,8 @@ class PartitionLog:
             hdr = os.pread(self._fd(base), 16, pos)
         except OSError:
             return 0
-        if len(hdr) == 16 and hdr[4] == F.DATA and int.from_bytes(hdr[8:16], "little", signed=True) == base + rel:
+        if len(hdr) == 16 and hdr[F.OFF_TYPE] == F.DATA and \
+                int.from_bytes(hdr[F.OFF_OFFSET:F.OFF_OFFSET + 8], "little", signed=True) == base + rel:
             return pos
         return 0
 
@@ -672,8 +674,8 @@ class PartitionLog:
         got = os.preadv(fd, [self.chunk], pos)
         if got == len(self.chunk):
             h = int.from_bytes(self.chunk[:8].tobytes(), "little")
-            ln = h & 0xFFFFFFFF
-            if (h >> 32) & 0xFF == F.DATA and ln > got and pos + ln <= os.fstat(fd).st_size:
+            ln = h & F.LEN_MASK
+            if (h >> F.TYPE_SHIFT) & F.TYPE_MASK == F.DATA and ln > got and pos + ln <= os.fstat(fd).st_size:
                 self.chunk = np.empty(F.align(ln) + F.HEADER_BYTES, np.uint8)
                 got = os.preadv(fd, [self.chunk], pos)
         return got
@@ -685,8 +687,8 @@ class PartitionLog:
         the bad frame, so that the next read from there raises).
         """
         n = scan_frames(self.chunk, 0, -1, 0, nbytes, max_n, min_offset, verify, self.meta)
-        if n == 0 and int(self.meta[0, 2]) in (F.STOP_CORRUPT, F.STOP_CRC):
-            raise self._corrupt(base, pos, int(self.meta[0, 3]), int(self.meta[0, 2]))
+        if n == 0 and int(self.meta[0, F.MS_REASON]) in (F.STOP_CORRUPT, F.STOP_CRC):
+            raise self._corrupt(base, pos, int(self.meta[0, F.MS_BAD]), int(self.meta[0, F.MS_REASON]))
         return n
 
     def _corrupt(self, base: int, pos: int, at: int, reason: int, offset: int | None = None,
@@ -804,16 +806,16 @@ class PartitionLog:
                 self.cursor = None
                 return self.read(offset, max_n) if self.segs else (0, self.meta, self.chunk)
             n = scan_frames(self.chunk, 0, -1, 0, got, max_n, offset, self.verify, self.meta) if got else 0
-            adv = int(self.meta[0, 0]) if got else 0
+            adv = int(self.meta[0, F.MS_POS]) if got else 0
             new_pos = pos + adv
             if n:
                 # body indexes are chunk-relative already (base 0)
-                last = int(self.meta[n, 1])
+                last = int(self.meta[n, F.M_OFFSET])
                 self.cursor = (base, new_pos, last + 1)
                 return n, self.meta, self.chunk
-            reason = int(self.meta[0, 2]) if got else F.STOP_END
+            reason = int(self.meta[0, F.MS_REASON]) if got else F.STOP_END
             if reason in (F.STOP_CORRUPT, F.STOP_CRC):
-                at = int(self.meta[0, 3])
+                at = int(self.meta[0, F.MS_BAD])
                 expect = known if at == 0 and known is not None else self._offset_before(at)
                 nxt = self._next_intact(base, pos + at, (expect if expect is not None else base) - 1)
                 if nxt is not None and nxt[1] <= offset:
@@ -881,8 +883,8 @@ class PartitionLog:
                 return end
             n = self._scan_chunk(base, pos, got, self.meta.shape[0] - 1, 0, False)
             if n:
-                end = int(self.meta[n, 1]) + 1
-            adv = int(self.meta[0, 0])
+                end = int(self.meta[n, F.M_OFFSET]) + 1
+            adv = int(self.meta[0, F.MS_POS])
             if adv == 0:
                 return end
             pos += adv
@@ -904,12 +906,12 @@ class PartitionLog:
                     break
                 n = self._scan_chunk(base, pos, got, self.meta.shape[0] - 1, 0, False)
                 rows = self.meta[1: n + 1]
-                hit = np.nonzero(rows[:, 2] >= ts)[0]
+                hit = np.nonzero(rows[:, F.M_TS] >= ts)[0]
                 if len(hit):
                     r = rows[hit[0]]
                     self.release()
-                    return int(r[1]), int(r[2])
-                adv = int(self.meta[0, 0])
+                    return int(r[F.M_OFFSET]), int(r[F.M_TS])
+                adv = int(self.meta[0, F.MS_POS])
                 if adv == 0:
                     break
                 pos += adv

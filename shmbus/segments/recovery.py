@@ -102,10 +102,10 @@ def scan_segment(path: str, verify: bool = True, chunk_bytes: int = 1 << 20) -> 
                 break
             n = K.scan(buf, 0, -1, 0, got, 4096, 0, bool(verify), meta)
             rows = meta[1: n + 1]
-            reason = int(meta[0, 2])
-            adv = int(meta[0, 0])
+            reason = int(meta[0, F.MS_REASON])
+            adv = int(meta[0, F.MS_POS])
             if n:
-                offs = rows[:, 1]
+                offs = rows[:, F.M_OFFSET]
                 rising = np.concatenate(([offs[0] > last_off], offs[1:] > offs[:-1]))
                 if not rising.all():
                     k = int(np.argmin(rising))
@@ -113,8 +113,8 @@ def scan_segment(path: str, verify: bool = True, chunk_bytes: int = 1 << 20) -> 
                     n = k
                     reason = NOT_RISING
                 if n:
-                    parts.append(rows[:, [0, 1, 2, 7]] + np.array([filepos, 0, 0, 0]))
-                    last_off = int(rows[-1, 1])
+                    parts.append(rows[:, [F.M_POS, F.M_OFFSET, F.M_TS, F.M_LEN]] + np.array([filepos, 0, 0, 0]))
+                    last_off = int(rows[-1, F.M_OFFSET])
             if reason == K.STOP_MAX:
                 filepos += adv  # only the row budget ran out
                 continue
@@ -128,7 +128,7 @@ def scan_segment(path: str, verify: bool = True, chunk_bytes: int = 1 << 20) -> 
                 continue
             stop = reason
             break
-        allrows = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
+        allrows = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)  # file pos, offset, ts, frame len
         good_end = int(allrows[-1, 0] + allrows[-1, 3]) if len(allrows) else 0
         return SegmentScan(size, good_end, allrows[:, 0], allrows[:, 1], allrows[:, 2], allrows[:, 3], stop,
                            good_end if good_end < size else -1)
@@ -195,9 +195,9 @@ def _frame_offset_at(path: str, pos: int) -> int | None:
     with open(path, "rb") as f:
         f.seek(pos)
         hdr = f.read(16)
-    if len(hdr) < 16 or hdr[4] != F.DATA:
+    if len(hdr) < 16 or hdr[F.OFF_TYPE] != F.DATA:
         return None
-    return int.from_bytes(hdr[8:16], "little", signed=True)
+    return int.from_bytes(hdr[F.OFF_OFFSET:F.OFF_OFFSET + 8], "little", signed=True)
 
 
 def indexes_ok(pdir: str, base: int) -> bool:

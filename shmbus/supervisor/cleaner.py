@@ -92,7 +92,7 @@ class SegmentRecords:
     def keys(self) -> list:
         d = self.data
         return [d[bi: bi + kl].tobytes() if kl >= 0 else None
-                for kl, bi in zip(self.rows[:, 3].tolist(), self.rows[:, 6].tolist())]
+                for kl, bi in zip(self.rows[:, F.M_KLEN].tolist(), self.rows[:, F.M_BODY].tolist())]
 
 
 def read_segment(path: str, limit: int | None = None) -> SegmentRecords:
@@ -107,8 +107,8 @@ def read_segment(path: str, limit: int | None = None) -> SegmentRecords:
         n = K.scan(data, 0, -1, pos, len(data), 4096, 0, True, meta)
         if n:
             parts.append(meta[1: n + 1].copy())
-        reason = int(meta[0, 2])
-        new = int(meta[0, 0])
+        reason = int(meta[0, F.MS_REASON])
+        new = int(meta[0, F.MS_POS])
         if reason in (K.STOP_CORRUPT, K.STOP_CRC, K.STOP_EMPTY) or (reason == K.STOP_END and new < len(data)):
             raise ValueError(f"segment has a bad frame, not cleaned: file={path} position={new}")
         if new <= pos:
@@ -123,9 +123,9 @@ def keep_mask(seg: SegmentRecords, latest: dict, now_ms: int, lag_ms: int, delet
     rows = seg.rows
     keep = np.ones(len(rows), bool)
     due = NEVER
-    offs = rows[:, 1].tolist()
-    tss = rows[:, 2].tolist()
-    tomb = (rows[:, 4] == F.NULL_LEN).tolist()
+    offs = rows[:, F.M_OFFSET].tolist()
+    tss = rows[:, F.M_TS].tolist()
+    tomb = (rows[:, F.M_VLEN] == F.NULL_LEN).tolist()
     for i, key in enumerate(seg.keys()):
         if key is None:
             continue
@@ -169,7 +169,7 @@ def clean_partition(pdir: str, active_base: int | None, config: dict, now_ms: in
             raise Aborted(pdir)
         seg = read_segment(_seg_path(pdir, base), active_size if base == active_base else None)
         stats.read += len(seg.rows)
-        for key, off, ts in zip(seg.keys(), seg.rows[:, 1].tolist(), seg.rows[:, 2].tolist()):
+        for key, off, ts in zip(seg.keys(), seg.rows[:, F.M_OFFSET].tolist(), seg.rows[:, F.M_TS].tolist()):
             if key is None:
                 continue
             info = latest.get(key)
@@ -193,12 +193,12 @@ def clean_partition(pdir: str, active_base: int | None, config: dict, now_ms: in
             swap.delete_segment(pdir, base)
             stats.deleted.append(base)
             continue
-        lens = kept[:, 7]
+        lens = kept[:, F.M_LEN]
         new_pos = np.zeros(len(kept), np.int64)
         if len(kept):
             np.cumsum(lens[:-1], out=new_pos[1:])
-        parts = _runs(seg.data, kept[:, 0], lens)
-        ent, tent = index_entries(new_pos, kept[:, 1], kept[:, 2], base)
+        parts = _runs(seg.data, kept[:, F.M_POS], lens)
+        ent, tent = index_entries(new_pos, kept[:, F.M_OFFSET], kept[:, F.M_TS], base)
         swap.write_cleaned(pdir, base, parts, ent.tobytes(), tent.tobytes())
         swap.commit_cleaned(pdir, base)
         stats.rewritten.append(base)

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from shmbus.kernels import frames as K
+from shmbus.layout import frame as F
 from shmbus.segments import swap
 from shmbus.segments.log import _IDX, _TIDX, _read_entries, _seg_path, list_segments
 
@@ -102,10 +103,10 @@ def segment_max_timestamp(pdir: str, base: int) -> int:
     while at < len(data):
         n = K.scan(data, 0, -1, at, len(data), 1024, 0, False, meta)
         if n:
-            best = max(best, int(meta[1: n + 1, 2].max()))
-        if int(meta[0, 0]) <= at:
+            best = max(best, int(meta[1: n + 1, F.M_TS].max()))
+        if int(meta[0, F.MS_POS]) <= at:
             break
-        at = int(meta[0, 0])
+        at = int(meta[0, F.MS_POS])
     _max_ts_cache[key] = (st.st_size, st.st_mtime_ns, st.st_ino, best)
     return best
 

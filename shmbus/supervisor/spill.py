@@ -26,6 +26,7 @@ from collections import deque
 import numpy as np
 
 from shmbus.kernels import frames as K
+from shmbus.layout import frame as F
 from shmbus.ring import Ring
 from shmbus.segments.log import SegmentWriter
 from shmbus.supervisor import unblock
@@ -106,12 +107,12 @@ class PartitionSpiller:
         # never past RELEASED + ring: in an exactly full ring the next word is the oldest frame
         max_bytes = min(max_bytes, ring.released() + ring.ring_bytes - frm)
         n = K.spill_scan(ring.buf, frm, max_bytes, self.meta)
-        new = int(self.meta[0, 0])
+        new = int(self.meta[0, F.MS_POS])
         if n:
             rows = self.meta[1: n + 1]
             now_ms = int(time.time() * 1000)
             self.writer.append(self.mv, rows, now_ms)  # skips what is on disk already (a restart)
-            if rows[:, 5].any():  # fenced claims (padding with a pid): hold RELEASED before them
+            if rows[:, F.SP_PID].any():  # fenced claims (padding with a pid): hold RELEASED before them
                 self._note_fences(frm, rows)
             self.spilled_frames += n
             self.spilled_bytes += new - frm
@@ -133,16 +134,16 @@ class PartitionSpiller:
             K.release(ring.buf, rel, to)
             while self.boundaries and self.boundaries[0] <= to:
                 self.boundaries.popleft()
-        if int(self.meta[0, 2]) == K.STOP_EMPTY and ring.claim_position() > new:
-            self._maybe_unblock(new, int(self.meta[0, 3]))
+        if int(self.meta[0, F.MS_REASON]) == K.STOP_EMPTY and ring.claim_position() > new:
+            self._maybe_unblock(new, int(self.meta[0, F.MS_BAD]))  # the blocked header word
         return new - frm
 
     def _note_fences(self, frm: int, rows) -> None:
-        ends = frm + np.cumsum(rows[:, 1])
-        for k in np.nonzero(rows[:, 5])[0]:
+        ends = frm + np.cumsum(rows[:, F.SP_LEN])
+        for k in np.nonzero(rows[:, F.SP_PID])[0]:
             pos = int(ends[k] - rows[k, 1])
             if pos not in self.fences:
-                pid = int(rows[k, 5])
+                pid = int(rows[k, F.SP_PID])
                 self.fences[pos] = (pid, unblock.process_start(pid))
 
     def _hold(self) -> int | None:

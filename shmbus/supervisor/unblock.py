@@ -46,11 +46,11 @@ UNBLOCK_TIMEOUT_MS = 1000  # a RESERVED frame of a live pid: the topic's unblock
 
 
 def header_type(header: int) -> int:
-    return (header >> 32) & 0xFF
+    return (header >> F.TYPE_SHIFT) & F.TYPE_MASK
 
 
 def header_pid(header: int) -> int:
-    return (header >> 40) & F.PID_MASK
+    return (header >> F.AUX_SHIFT) & F.PID_MASK
 
 
 def decide(header: int, tail_past: bool, blocked_ms: float, pid_alive, timeout_ms: float = UNBLOCK_TIMEOUT_MS) -> str:

@@ -1,0 +1,743 @@
+"""Differential tests: every compiled verb (``native._VERBS``) against its twin, on identical inputs.
+
+Each test drives seeded random operation sequences through the C verb
+(``shmbus/_native.c``) and its twin: the numba kernel where there is one
+(``shmbus/kernels/``), else the Python code that does the same job
+(``Consumer._take1`` for ``Reader``, ``Producer.send`` for ``Sender``,
+``Consumer._records_from`` for ``build_records``, the header codec of
+``producer.py``, ``SegmentWriter._append_numpy`` for ``write_frames``). Rings,
+tables and segment files must come out byte-identical and every answer equal,
+through ring wraps, padding, dead claims (``claim_and_abandon``, then the
+supervisor's unblock), full rings, deleted topics, bad frames, checksum
+mismatches, segment chunks cut mid-frame, null keys and values, and headers.
+
+The states are made with the numba kernels that only the supervisor runs
+(``spill_scan``, ``release``, ``unblock_*``), applied alike to both copies.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from test_kernels import PID, TS, make_ring, set_word, word
+
+from shmbus import consumer as consumer_mod
+from shmbus import native
+from shmbus import partitioner as partitioner_mod
+from shmbus import producer as producer_mod
+from shmbus.errors import ShmbusError
+from shmbus.kernels import frames as K
+from shmbus.kernels import groups as KG
+from shmbus.kernels.crc32c import crc32c as numba_crc32c
+from shmbus.kernels.murmur2 import _murmur2 as numba_murmur2
+from shmbus.kernels.murmur2 import _partition as numba_partition
+from shmbus.layout import frame as F
+from shmbus.layout import groups as G
+from shmbus.layout import ring as R
+from shmbus.records import ConsumerRecord, TopicPartition
+from shmbus.segments import log as log_mod
+
+pytestmark = pytest.mark.skipif(not native.ENABLED, reason=f"compiled verbs not loaded: {native.REASON}")
+
+SEEDS = range(4)
+BIG = 1 << 62
+# --- ring states, made alike in every copy ------------------------------------------------
+
+def rnd_bytes(rnd, lo, hi):
+    return rnd.randbytes(rnd.randint(lo, hi))
+
+
+def rnd_headers(rnd):
+    """Headers as a send takes them, or None."""
+    k = rnd.random()
+    if k < 0.5:
+        return None
+    keys = ["h", "", "seq", "ключ", "k" * rnd.randint(1, 40)]
+    return [(rnd.choice(keys), None if rnd.random() < 0.25 else rnd_bytes(rnd, 0, 24)) for _ in range(rnd.randint(0, 4))]
+
+
+def rnd_record(rnd, max_value=600):
+    """(key, value, encoded headers, timestamp): nulls, empties, and timestamps that go back too."""
+    k, v = rnd.random(), rnd.random()
+    key = None if k < 0.3 else b"" if k < 0.4 else rnd_bytes(rnd, 0, 30)
+    value = None if v < 0.15 else b"" if v < 0.25 else rnd_bytes(rnd, 0, max_value)
+    h = rnd_headers(rnd)
+    return key, value, producer_mod._encode_headers(h) if h else b"", TS + rnd.randint(-1000, 1000)
+
+
+def spill_rows(buf, max_bytes=BIG):
+    """spill_scan from RELEASED: (rows, new pos, reason, blocked word)."""
+    meta = np.zeros((4097, F.META_COLS), np.int64)
+    rel = word(buf, R.OFF_RELEASED)
+    n = K.spill_scan(buf, rel, min(max_bytes, rel + word(buf, R.OFF_RING_BYTES) - rel), meta)
+    return meta[1: n + 1].copy(), int(meta[0, F.MS_POS]), int(meta[0, F.MS_REASON]), int(meta[0, F.MS_BAD])
+
+
+def release_some(buf, rnd):
+    """The supervisor's release of a random prefix of the published frames."""
+    rows, new, _reason, _h = spill_rows(buf)
+    if not len(rows):
+        return
+    k = rnd.randint(1, len(rows))
+    rel = word(buf, R.OFF_RELEASED)
+    K.release(buf, rel, rel + int(rows[:k, F.SP_LEN].sum()))
+
+
+def unblock(buf):
+    """The supervisor's unblock of the first blocked word (a dead writer's claim) into padding."""
+    rows, new, reason, h = spill_rows(buf)
+    if reason != F.STOP_EMPTY or word(buf, R.OFF_CLAIM_POS) <= new:
+        return
+    if (h >> F.TYPE_SHIFT) & F.TYPE_MASK == F.RESERVED:
+        K.unblock_reserved(buf, new, h)
+    elif h == 0:
+        K.unblock_free(buf, new)
+
+
+def ring_op(rnd, rings, append_each):
+    """One random operation on every ring alike; ``append_each(ring, record)`` is the verb under test."""
+    k = rnd.random()
+    if k < 0.10:  # a record whose frame ends exactly at the ring's end, or 8 bytes before it
+        rb = word(rings[0], R.OFF_RING_BYTES)
+        left = rb - (word(rings[0], R.OFF_CLAIM_POS) & (rb - 1)) - rnd.choice((0, 8))
+        rec = (None, b"e" * max(left - F.HEADER_BYTES, 0), b"", TS)
+        return [append_each(b, rec) for b in rings]
+    if k < 0.70:
+        rec = rnd_record(rnd, rnd.choice((40, 600, 3000, 9000)))
+        return [append_each(b, rec) for b in rings]
+    if k < 0.78:
+        vlen, reserve = rnd.randint(0, 300), rnd.random() < 0.5
+        return [K.claim_and_abandon(b, vlen, reserve, PID + 1) for b in rings]
+    if k < 0.86:
+        for b in rings:
+            unblock(b)
+    elif k < 0.95:
+        s = rnd.random()
+        for b in rings:
+            release_some(b, random.Random(s))
+    elif k < 0.97:
+        flag = rnd.random() < 0.5
+        for b in rings:
+            set_word(b, R.OFF_FLAGS, R.FLAG_DELETED if flag else 0)
+    else:
+        m = rnd.choice((100, 1000, 1 << 30))
+        for b in rings:
+            set_word(b, R.OFF_MAX_MESSAGE, m)
+    return None
+
+
+def c_append(buf, rec):
+    key, value, hdrs, ts = rec
+    return native.append(buf.ctypes.data, key, value, hdrs, ts, PID)
+
+
+def numba_append(buf, rec):
+    key, value, hdrs, ts = rec
+    return producer_mod._append_numba(buf.ctypes.data, key, value, hdrs, ts, PID)
+
+
+def frame_positions(buf):
+    """Positions of the published frames from RELEASED (DATA and PADDING), in order."""
+    rows, new, _r, _h = spill_rows(buf)
+    rel = word(buf, R.OFF_RELEASED)
+    pos = rel + np.concatenate(([0], np.cumsum(rows[:, F.SP_LEN])))[:-1] if len(rows) else np.zeros(0, np.int64)
+    return [int(p) for p in pos], rows, new
+
+
+def populated_ring(seed, ring_bytes=1 << 14, ops=160):
+    """A ring after random sends, dead claims, unblocks, releases (wraps): made with the C append."""
+    rnd = random.Random(seed)
+    buf = make_ring(ring_bytes, start=rnd.choice((0, ring_bytes * 3 - 200)), base_offset=rnd.choice((0, 10**6)))
+    for _ in range(ops):
+        ring_op(rnd, [buf], c_append)
+    set_word(buf, R.OFF_FLAGS, 0)
+    set_word(buf, R.OFF_MAX_MESSAGE, 1 << 30)
+    for _ in range(10):  # the supervisor clears dead claims
+        unblock(buf)
+    for _ in range(3):  # frames to read: fill what is free (with small records) after a release
+        release_some(buf, rnd)
+        for _ in range(rnd.randint(5, 30)):
+            c_append(buf, rnd_record(rnd, 100))
+            if rnd.random() < 0.1:  # a dead claim among them, made padding
+                K.claim_and_abandon(buf, rnd.randint(0, 100), rnd.random() < 0.5, PID + 1)
+                unblock(buf)
+    if rnd.random() < 0.5:  # a writer still at work at the end
+        K.claim_and_abandon(buf, rnd.randint(0, 100), True, PID + 1)
+    return buf, rnd
+
+
+def corrupt(buf, i, rnd):
+    """Make the DATA frame at buffer index ``i`` bad in one random way; the kind, for messages."""
+    kind = rnd.choice(("type", "len_odd", "len_small", "klen", "vlen", "hlen", "crc_body", "crc_field"))
+    h = struct.unpack_from("<Q", buf, i)[0]
+    ln = h & F.LEN_MASK
+    if kind == "type":
+        struct.pack_into("<Q", buf, i, F.header_word(ln, 9))
+    elif kind == "len_odd":
+        struct.pack_into("<Q", buf, i, F.header_word(ln - 4, F.DATA))
+    elif kind == "len_small":
+        struct.pack_into("<Q", buf, i, F.header_word(16, F.DATA))
+    elif kind == "klen":
+        struct.pack_into("<i", buf, i + F.OFF_KEY_LEN, -5)
+    elif kind == "vlen":
+        struct.pack_into("<i", buf, i + F.OFF_VALUE_LEN, ln)
+    elif kind == "hlen":
+        struct.pack_into("<i", buf, i + F.OFF_HEADERS_LEN, 1 << 20)
+    elif kind == "crc_body":
+        if ln > F.HEADER_BYTES:
+            buf[i + F.HEADER_BYTES + rnd.randrange(ln - F.HEADER_BYTES)] ^= 0x5A
+        else:
+            buf[i + F.OFF_TIMESTAMP] ^= 1
+    else:
+        buf[i + F.OFF_TIMESTAMP + rnd.randrange(8)] ^= 0x10
+    return kind
+
+
+# --- append, append_batch ----------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_append_c_and_numba_write_identical_rings(seed):
+    rnd = random.Random(seed)
+    ring_bytes = rnd.choice((1 << 13, 1 << 14))
+    start = rnd.choice((0, 3 * ring_bytes - 96))
+    a, b = make_ring(ring_bytes, start=start), make_ring(ring_bytes, start=start)
+    seen = set()
+    for step in range(500):
+        s = rnd.random()  # the same operation on both rings, each with its own append
+        r1 = ring_op(random.Random(s), [a], c_append)
+        r2 = ring_op(random.Random(s), [b], numba_append)
+        assert r1 == r2, f"step {step}: C {r1} numba {r2}"
+        if r1 and r1[0] < 0:
+            seen.add(r1[0])
+        assert np.array_equal(a, b), f"rings differ after step {step}"
+    for buf in (a, b):
+        set_word(buf, R.OFF_FLAGS, 0)
+        set_word(buf, R.OFF_MAX_MESSAGE, 1 << 30)
+    for _ in range(500):  # then until the ring is full
+        rec = (None, b"f" * 600, b"", TS)
+        r1, r2 = c_append(a, rec), numba_append(b, rec)
+        assert r1 == r2 and np.array_equal(a, b)
+        if r1 < 0:
+            break
+    assert r1 == F.ST_FULL
+
+
+def _batch(rnd, ring_bytes):
+    n = rnd.randint(1, 40)
+    vals = [None if rnd.random() < 0.15 else rnd_bytes(rnd, 0, rnd.choice((20, 300, 5000))) for _ in range(n)]
+    keys = [None if rnd.random() < 0.4 else rnd_bytes(rnd, 0, 16) for _ in range(n)]
+    if rnd.random() < 0.2:  # frames that fill one claim's cap (a quarter ring) exactly
+        n = 6
+        vals = [b"q" * (ring_bytes // 16 - F.HEADER_BYTES)] * n
+        keys = [None] * n
+    data = b"".join(v for v in vals if v)
+    kdata = b"".join(k for k in keys if k)
+    starts, lens, kstarts, klens = [], [], [], []
+    at = kat = 0
+    for v, k in zip(vals, keys):
+        starts.append(at)
+        lens.append(-1 if v is None else len(v))
+        at += len(v) if v else 0
+        kstarts.append(kat)
+        klens.append(-1 if k is None else len(k))
+        kat += len(k) if k else 0
+    d = np.frombuffer(data, np.uint8)
+    kd = np.frombuffer(kdata, np.uint8)
+    arr = [np.array(x, np.int64) for x in (starts, lens, kstarts, klens)]
+    return d, arr[0], arr[1], kd, arr[2], arr[3], rnd.randrange(n)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_append_batch_c_and_numba_write_identical_rings(seed):
+    rnd = random.Random(100 + seed)
+    ring_bytes = 1 << 14
+    a, b = make_ring(ring_bytes), make_ring(ring_bytes)
+    seen = set()
+    for step in range(300):
+        if rnd.random() < 0.6:
+            d, starts, lens, kd, kstarts, klens, first = _batch(rnd, ring_bytes)
+            oa, ob = np.full(len(starts), -7, np.int64), np.full(len(starts), -7, np.int64)
+            r1 = native.append_batch(a.ctypes.data, d, starts, lens, kd, kstarts, klens, TS + step, PID, first, oa)
+            r2 = K.append_batch(b, d, starts, lens, kd, kstarts, klens, TS + step, PID, first, ob)
+            assert r1 == r2, f"step {step}: C {r1} numba {r2}"
+            assert np.array_equal(oa, ob), f"step {step}: offsets differ"
+            seen.add(r1 if r1 < 0 else 0)
+        else:
+            s = rnd.random()
+            ring_op(random.Random(s), [a], c_append)
+            ring_op(random.Random(s), [b], c_append)
+        assert np.array_equal(a, b), f"rings differ after step {step}"
+    assert F.ST_FULL in seen and 0 in seen
+
+
+# --- scan, scan_ring, build_records, Reader: readers over the same bytes -------------------
+
+def _compare_scan(buf, base, mask, pos, end, max_n, min_offset, verify, rows, values_len):
+    m1 = np.full((rows, F.META_COLS), -9, np.int64)
+    m2 = m1.copy()
+    if values_len is None:
+        n1 = native.scan(buf, base, mask, pos, end, max_n, min_offset, verify, m1)
+        n2 = K.scan(buf, base, mask, pos, end, max_n, min_offset, verify, m2)
+        v1 = v2 = None
+    else:
+        v1, v2 = np.zeros(values_len, np.uint8), np.zeros(values_len, np.uint8)
+        n1 = native.scan(buf, base, mask, pos, end, max_n, min_offset, verify, m1, v1)
+        n2 = K.scan_copy(buf, base, mask, pos, end, max_n, min_offset, verify, m2, v2)
+    what = f"pos={pos} end={end} max_n={max_n} min_offset={min_offset} verify={verify} values={values_len}"
+    assert n1 == n2, what
+    assert np.array_equal(m1, m2), what
+    if v1 is not None:
+        assert np.array_equal(v1, v2), what
+    return n1, m1
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_scan_c_and_numba_describe_identical_rows_of_a_ring(seed):
+    buf, rnd = populated_ring(seed)
+    ring_bytes = word(buf, R.OFF_RING_BYTES)
+    positions, rows, new = frame_positions(buf)
+    assert rows is not None and len(positions) > 5
+    reasons = set()
+    for trial in range(120):
+        if trial == 60:  # then some bad frames among them
+            for p in rnd.sample(positions, min(4, len(positions))):
+                i = R.HEADER_BYTES + (p & (ring_bytes - 1))
+                if (word(buf, i) >> F.TYPE_SHIFT) & F.TYPE_MASK == F.DATA:
+                    corrupt(buf, i, rnd)
+        pos = rnd.choice(positions + [new])
+        end = rnd.choice((BIG, word(buf, R.OFF_RELEASED) + ring_bytes, pos + rnd.randint(0, 2000)))
+        off0 = word(buf, R.OFF_CLAIM_OFFSET)
+        min_offset = rnd.choice((0, off0 - rnd.randint(0, 40)))
+        n, m = _compare_scan(buf, R.HEADER_BYTES, ring_bytes - 1, pos, end, rnd.randint(1, 60), min_offset,
+                             rnd.random() < 0.5, rnd.randint(1, 70), rnd.choice((None, 0, 100, 5000, 1 << 16)))
+        reasons.add(int(m[0, F.MS_REASON]))
+    assert {F.STOP_EMPTY, F.STOP_MAX} <= reasons and reasons & {F.STOP_CORRUPT, F.STOP_CRC}, reasons
+
+
+def _segment_file(buf, rnd):
+    """The DATA frames of a ring back to back, as in a segment file, with a few bad ones."""
+    rows, _new, _r, _h = spill_rows(buf)
+    data = [bytes(buf[int(r[F.SP_INDEX]): int(r[F.SP_INDEX] + r[F.SP_LEN])]) for r in rows if r[F.SP_TYPE] == F.DATA]
+    f = np.frombuffer(b"".join(data), np.uint8).copy()
+    starts = np.concatenate(([0], np.cumsum([len(x) for x in data])))[:-1]
+    return f, [int(s) for s in starts]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_scan_c_and_numba_agree_on_segment_chunks_cut_mid_frame(seed):
+    buf, rnd = populated_ring(seed + 10)
+    f, starts = _segment_file(buf, rnd)
+    assert len(starts) > 5
+    reasons = set()
+    for trial in range(150):
+        if trial == 75:
+            for s in rnd.sample(starts, min(3, len(starts))):
+                corrupt(f, s, rnd)
+        s = rnd.choice(starts)
+        e = rnd.randint(s, len(f))  # anywhere: mid-frame too
+        chunk = f[s:e].copy()
+        end = rnd.choice((len(chunk), rnd.randint(0, len(chunk))))
+        n, m = _compare_scan(chunk, 0, -1, 0, end, rnd.randint(1, 80), rnd.choice((0, 10**6 + 50, 20)),
+                             rnd.random() < 0.7, rnd.randint(1, 90), rnd.choice((None, 64, 4096, 1 << 16)))
+        reasons.add(int(m[0, F.MS_REASON]))
+    assert F.STOP_END in reasons and reasons & {F.STOP_CORRUPT, F.STOP_CRC}, reasons
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_scan_ring_c_and_numba_agree_by_address(seed):
+    buf, rnd = populated_ring(seed + 20)
+    positions, _rows, new = frame_positions(buf)
+    fast = K.fast()
+    for _ in range(80):
+        pos = rnd.choice(positions + [new])
+        max_n, rows = rnd.randint(1, 50), rnd.randint(2, 60)
+        min_offset = rnd.choice((0, word(buf, R.OFF_CLAIM_OFFSET) - rnd.randint(0, 30)))
+        m1 = np.full((rows, F.META_COLS), -9, np.int64)
+        m2 = m1.copy()
+        if rnd.random() < 0.5:
+            n1 = native.scan_ring(buf.ctypes.data, pos, max_n, min_offset, m1.ctypes.data, rows)
+            n2 = fast["scan_ring"](buf.ctypes.data, pos, max_n, min_offset, m2.ctypes.data, rows)
+            v1 = v2 = None
+        else:
+            vl = rnd.choice((0, 50, 1000, 1 << 16))
+            v1, v2 = np.zeros(vl + 1, np.uint8), np.zeros(vl + 1, np.uint8)
+            n1 = native.scan_ring(buf.ctypes.data, pos, max_n, min_offset, m1.ctypes.data, rows, v1.ctypes.data, vl)
+            n2 = fast["scan_copy_ring"](buf.ctypes.data, pos, max_n, min_offset, m2.ctypes.data, rows,
+                                        v2.ctypes.data, vl)
+        assert n1 == n2 and np.array_equal(m1, m2), (pos, max_n, rows, min_offset)
+        if v1 is not None:
+            assert np.array_equal(v1, v2)
+
+
+@pytest.fixture
+def python_codec(monkeypatch):
+    """The Python header codec (producer.py) in place of the compiled one, for the twins' reference side."""
+    monkeypatch.setattr(producer_mod, "_dec_c", None)
+    monkeypatch.setattr(producer_mod, "_enc_c", None)
+    producer_mod._HDR_CACHE.clear()
+    producer_mod._ENC_CACHE.clear()
+
+
+def _python_records(rows, buf, monkeypatch):
+    monkeypatch.setattr(consumer_mod, "_build", None)
+    me = SimpleNamespace(_kdes=None, _vdes=None)
+    p = SimpleNamespace(tp=TopicPartition("t", 3))
+    return consumer_mod.Consumer._records_from(me, p, rows, buf, False)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_build_records_c_and_python_build_equal_records(seed, python_codec, monkeypatch):
+    buf, rnd = populated_ring(seed + 30)
+    ring_bytes = word(buf, R.OFF_RING_BYTES)
+    positions, _rows, _new = frame_positions(buf)
+    f, starts = _segment_file(buf, rnd)
+    total = 0
+    for _ in range(40):
+        meta = np.zeros((65, F.META_COLS), np.int64)
+        if rnd.random() < 0.5:
+            src, n = buf, K.scan(buf, R.HEADER_BYTES, ring_bytes - 1, rnd.choice(positions), BIG, 64, 0, True, meta)
+        else:
+            src, n = f, K.scan(f, 0, -1, rnd.choice(starts), len(f), 64, 0, True, meta)
+        rows = meta[1: n + 1]
+        got_c = native.build_records(src, rows, "t", 3, ConsumerRecord)
+        got_py = _python_records(rows, memoryview(src), monkeypatch)
+        assert got_c == got_py
+        assert all(type(r) is ConsumerRecord for r in got_c)
+        total += n
+    assert total > 100
+
+
+def _python_take(p, more):
+    """``Consumer._take1``'s Python reader, stepping over padding and frames below the position as the
+    compiled Reader does (the Python twin leaves those to the general path)."""
+    me = SimpleNamespace(_kdes=None, _vdes=None)
+    if p.cursor >= 0 and p.position is None:
+        return None  # (the consumer sets the position before a cursor: the Reader leaves this to it too)
+    while True:
+        got = consumer_mod.Consumer._take1(me, p, 2 if more else 1)
+        if got is consumer_mod._EMPTY:
+            return 0
+        if got is not None:
+            return got[0]
+        c = p.cursor
+        q = p.qwords
+        if c < 0 or q[R.OFF_RECLAIMING // 8] > c:
+            return None
+        w = q[p.hq + ((c & p.mask) >> 3)]
+        t, ln = (w >> F.TYPE_SHIFT) & F.TYPE_MASK, w & F.LEN_MASK
+        if c >= q[R.OFF_RELEASED // 8] + p.ring_bytes and t in (F.DATA, F.PADDING):
+            return 0  # an exactly full ring: the oldest frame
+        if t == F.PADDING and ln > 0 and ln % 8 == 0:
+            p.cursor = c + ln
+            continue
+        i = R.HEADER_BYTES + (c & p.mask)
+        if t == F.DATA and F.HEADER_BYTES <= ln and ln % 8 == 0 and \
+                struct.unpack_from("<q", p.mv, i + F.OFF_OFFSET)[0] < p.position:
+            p.cursor = c + ln
+            continue
+        return None
+
+
+def _python_part(buf):
+    mv = memoryview(buf)
+    rb = word(buf, R.OFF_RING_BYTES)
+    return SimpleNamespace(tp=TopicPartition("t", 3), cursor=-1, position=None, paused=False, rd=None, mv=mv,
+                           qwords=mv.cast("q"), hq=R.HEADER_BYTES // 8, mask=rb - 1, ring_bytes=rb)
+
+
+def _answer(x):
+    return tuple(x) if isinstance(x, ConsumerRecord) else x
+
+
+def _outcome(f, *args):
+    """f(*args), or the class of the ValueError it raised (header bytes that cannot be decoded)."""
+    try:
+        return f(*args)
+    except ValueError as e:
+        return type(e)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_reader_c_and_python_take_the_same_records(seed, python_codec):
+    buf, rnd = populated_ring(seed + 40)
+    ring_bytes = word(buf, R.OFF_RING_BYTES)
+    positions, _rows, new = frame_positions(buf)
+    rd = native.Reader(buf.ctypes.data, TopicPartition("t", 3), ConsumerRecord)
+    p = _python_part(buf)
+    answers = set()
+    for trial in range(120):
+        if trial == 60:
+            for pos in rnd.sample(positions, min(4, len(positions))):
+                i = R.HEADER_BYTES + (pos & (ring_bytes - 1))
+                if (word(buf, i) >> F.TYPE_SHIFT) & F.TYPE_MASK == F.DATA:
+                    corrupt(buf, i, rnd)
+        c = rnd.choice(positions + [new, -1])
+        off = word(buf, R.OFF_CLAIM_OFFSET)
+        position = rnd.choice((None, 0, off - rnd.randint(0, 60), off + 5))
+        rd.cursor = p.cursor = c
+        rd.position_raw = F.POS_NONE if position is None else position
+        p.position = position
+        for step in range(rnd.randint(1, 40)):
+            if rnd.random() < 0.7:
+                more = rnd.random() < 0.5
+                x, y = _outcome(rd.take, more), _outcome(_python_take, p, more)
+            else:
+                max_n = rnd.randint(1, 10)
+                x = _outcome(rd.take_many, max_n, 0)
+                first = _outcome(_python_take, p, False)
+                y = first
+                if isinstance(first, ConsumerRecord):
+                    y = [first]
+                    while len(y) < max_n:
+                        z = _outcome(_python_take, p, False)
+                        if not isinstance(z, ConsumerRecord):
+                            break
+                        y.append(z)
+                x = [_answer(r) for r in x] if isinstance(x, list) else x
+                y = [_answer(r) for r in y] if isinstance(y, list) else y
+            where = f"trial {trial} step {step} cursor {c} position {position}"
+            assert _answer(x) == _answer(y), where
+            pos_raw = None if rd.position_raw == F.POS_NONE else rd.position_raw
+            assert (rd.cursor, pos_raw) == (p.cursor, p.position), where
+            answers.add(x.__name__ if isinstance(x, type) else type(x).__name__)
+            if not isinstance(x, (ConsumerRecord, list)):
+                break
+    assert {"ConsumerRecord", "list", "int", "NoneType"} <= answers, answers
+
+
+# --- the header codec -------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_header_codec_c_and_python_agree(seed, python_codec):
+    rnd = random.Random(50 + seed)
+    for _ in range(400):
+        h = rnd_headers(rnd) or []
+        if rnd.random() < 0.3:
+            h = tuple(h)
+        enc_c = native.encode_headers(h)
+        enc_py = producer_mod._encode_headers(h)
+        assert enc_c == enc_py, h
+        assert native.decode_headers(enc_c) == producer_mod.decode_headers(enc_py) == [tuple(x) for x in h]
+        # bytes that are not headers (cut, or a length changed): both refuse, or both read the same
+        bad = bytearray(enc_c)
+        if bad and rnd.random() < 0.5:
+            bad = bad[: rnd.randrange(len(bad))]
+        elif bad:
+            bad[rnd.randrange(len(bad))] = rnd.randrange(256)
+        try:
+            want = producer_mod.decode_headers(bytes(bad))
+        except ValueError:
+            want = ValueError
+        try:
+            got = native.decode_headers(bytes(bad))
+        except ValueError:
+            got = ValueError
+        assert got == want, bytes(bad)
+    # kinds the compiled encoder leaves to the Python one
+    for h in ([("k", bytearray(b"v"))], [["k", b"v"]], [("k" * 70000, b"v")], iter([("k", b"v")])):
+        assert native.encode_headers(h) is None
+
+
+# --- hashes, counters, the group table ---------------------------------------------------
+
+def test_crc32c_c_and_numba_agree():
+    rnd = random.Random(60)
+    for n in list(range(70)) + [255, 1000, 4093, 65536, 100_001]:
+        b = rnd.randbytes(n)
+        crc = rnd.choice((0, rnd.getrandbits(32)))
+        assert native.crc32c(b, crc) == numba_crc32c(b, crc), n
+        assert native.crc32c(b) == numba_crc32c(b), n
+
+
+def test_murmur2_and_partition_c_and_numba_agree():
+    rnd = random.Random(61)
+    for _ in range(3000):
+        k = rnd.randbytes(rnd.randint(0, 70))
+        assert native.murmur2(k) == numba_murmur2(k), k
+        n = rnd.choice((1, 2, 3, 7, 64, 1000))
+        assert native.partition(k, n) == numba_partition(k, n), (k, n)
+
+
+def test_add_sleepers_c_and_numba_agree():
+    rnd = random.Random(62)
+    a, b = make_ring(4096), make_ring(4096)
+    for _ in range(500):
+        d = rnd.choice((1, -1, 3, -(1 << 31), (1 << 31) - 1))
+        assert native.add_sleepers(a.ctypes.data, d) == K.add_sleepers(b, d)
+        assert np.array_equal(a, b)
+
+
+def _group_table(slots):
+    raw = np.zeros(G.table_bytes(slots) + 16, np.uint8)
+    start = (-raw.ctypes.data) % 16
+    buf = raw[start: start + G.table_bytes(slots)]
+    struct.pack_into("<q", buf, G.OFF_SLOTS, slots)
+    for s in range(slots):
+        struct.pack_into("<q", buf, G.slot_at(s) + G.S_OFFSET, G.NO_OFFSET)
+    return raw, buf
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_commit_offset_c_and_numba_agree(seed):
+    rnd = random.Random(63 + seed)
+    slots = 8
+    ra, a = _group_table(slots)
+    rb, b = _group_table(slots)
+    tokens = [G.NO_OWNER] + [G.token(g, m) for g in (1, 2) for m in (1, 2, 3)]
+    answers = set()
+    for step in range(600):
+        slot = rnd.choice(list(range(slots)) + [-1, slots, 1 << 40])
+        if rnd.random() < 0.2:
+            new = rnd.choice(tokens)
+            assert KG.set_owner(a.ctypes.data, slot, KG.ANY, new) == KG.set_owner(b.ctypes.data, slot, KG.ANY, new)
+        else:
+            tok, off = rnd.choice(tokens), rnd.choice((-1, 0, rnd.getrandbits(40), (1 << 63) - 1))
+            r1 = native.commit_offset(a.ctypes.data, slot, tok, off)
+            r2 = KG.commit_offset(b.ctypes.data, slot, tok, off)
+            assert r1 == r2, (step, slot, tok, off)
+            answers.add(r1)
+        assert np.array_equal(a, b), step
+    assert answers == {G.COMMIT_OK, G.COMMIT_FENCED, G.COMMIT_BAD_SLOT}
+
+
+# --- Sender: Producer.send in one C call, against the Python send -------------------------
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_sender_c_and_python_send_write_identical_rings(seed, bus_nosup, python_codec, monkeypatch):
+    rnd = random.Random(70 + seed)
+    parts = 3
+    for t in ("c", "py"):
+        bus_nosup.create_topic(t, partitions=parts, config={"ring.bytes": 1 << 14})
+    # the reference side: the Python send, over the numba append and the numba partitioner
+    monkeypatch.setattr(producer_mod, "_append", producer_mod._append_numba)
+    monkeypatch.setattr(partitioner_mod, "_part", partitioner_mod._numba_partition)
+    pc = bus_nosup.producer(max_block_ms=0)
+    pp = bus_nosup.producer(max_block_ms=0)
+    assert type(pc.send) is native.Sender
+    del pp.send  # the class's Python send
+    assert type(pp.send).__name__ == "method"
+
+    def call(send, topic, args, kw):
+        try:
+            md = send(topic, *args, **kw)
+            return ("ok", md.partition, md.offset, md.timestamp_ms)
+        except (ShmbusError, ValueError, TypeError) as e:
+            return (type(e).__name__, str(e).replace(repr(topic), "T"))
+
+    outcomes = set()
+    for step in range(700):
+        value = None if rnd.random() < 0.1 else rnd_bytes(rnd, 0, rnd.choice((50, 400, 9000)))
+        if value is not None and rnd.random() < 0.05:
+            value = bytearray(value)  # a kind the C send hands to the Python one
+        kw = {"timestamp_ms": TS + rnd.randint(0, 1000)}
+        if rnd.random() < 0.5:
+            kw["key"] = rnd_bytes(rnd, 0, 20)
+        h = rnd_headers(rnd)
+        if h is not None:
+            kw["headers"] = h
+        if rnd.random() < 0.3:
+            kw["partition"] = rnd.choice((0, 1, 2, 3, -1))
+        args = (value,) if rnd.random() < 0.5 else ()
+        if not args:
+            kw["value"] = value
+        r1 = call(pc.send, "c", args, kw)
+        r2 = call(pp.send, "py", args, kw)
+        assert r1 == r2, f"step {step}: {r1} != {r2}"
+        outcomes.add(r1[0])
+        if rnd.random() < 0.02:  # the supervisor's release, alike (room again: the rings wrap)
+            s = rnd.random()
+            for t in ("c", "py"):
+                for part in range(parts):
+                    ring = bus_nosup.ring(bus_nosup.topic_meta(t), part)
+                    release_some(ring.buf, random.Random(s + part))
+        if step % 50 == 0 or step == 699:
+            for part in range(parts):
+                ra = bus_nosup.ring(bus_nosup.topic_meta("c"), part).buf
+                rb = bus_nosup.ring(bus_nosup.topic_meta("py"), part).buf
+                assert np.array_equal(ra[R.HEADER_BYTES:], rb[R.HEADER_BYTES:]), (step, part)
+                for off in (R.OFF_CLAIM_POS, R.OFF_CLAIM_OFFSET, R.OFF_RELEASED):
+                    assert word(ra, off) == word(rb, off), (step, part, off)
+    assert {"ok", "BufferFullError", "ValueError"} <= outcomes, outcomes
+    pc.close()
+    pp.close()
+
+
+# --- write_frames: the supervisor's segment writes, against the numpy writer ----------------
+
+def _files(d):
+    out = {}
+    for root, _dirs, names in os.walk(d):
+        for n in names:
+            p = os.path.join(root, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, d)] = f.read()
+    return out
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_write_frames_c_and_numpy_write_identical_segments(seed, tmp_path, monkeypatch):
+    monkeypatch.setattr(log_mod, "INDEX_INTERVAL", 512)  # many index entries
+    rnd = random.Random(80 + seed)
+    seg_bytes = rnd.choice((700, 3000, 20000))
+    da, db = str(tmp_path / "c"), str(tmp_path / "np")
+    wa = log_mod.SegmentWriter(da, seg_bytes, 1 << 40, 0)
+    wb = log_mod.SegmentWriter(db, seg_bytes, 1 << 40, 0)
+    assert log_mod._write_frames is native.write_frames
+    ring_bytes = 1 << 14
+    buf = make_ring(ring_bytes, base_offset=rnd.choice((0, 5000)))
+    mv = memoryview(buf)
+    frames = 0
+    for step in range(400):
+        ring_op(rnd, [buf], c_append)
+        if rnd.random() < 0.3:
+            rows, _new, _r, _h = spill_rows(buf)
+            if len(rows):
+                if rnd.random() < 0.3:  # again from a row before: frames on disk already are passed over
+                    k = rnd.randint(0, len(rows) - 1)
+                    rows = np.ascontiguousarray(rows[k:])
+                ka = wa.append(mv, rows, 0)
+                kb = wb._append_numpy(mv, rows, 0)
+                assert ka == kb, step
+                frames += ka
+                state = ("size", "base", "next_offset", "last_index_pos", "max_ts")
+                assert [getattr(wa, k, None) for k in state] == [getattr(wb, k, None) for k in state], step
+                if rnd.random() < 0.5:
+                    rel = word(buf, R.OFF_RELEASED)
+                    K.release(buf, rel, _new)
+    wa.close()
+    wb.close()
+    fa, fb = _files(da), _files(db)
+    assert sorted(fa) == sorted(fb)
+    for name in fa:
+        assert fa[name] == fb[name], name
+    assert frames > 20 and sum(n.endswith(".log") for n in fa) >= (2 if seg_bytes < 3000 else 1)
+
+
+# the test that drives each compiled verb against its twin
+TWIN_TESTS = {
+    "append": test_append_c_and_numba_write_identical_rings,
+    "append_batch": test_append_batch_c_and_numba_write_identical_rings,
+    "Reader": test_reader_c_and_python_take_the_same_records,
+    "crc32c": test_crc32c_c_and_numba_agree,
+    "murmur2": test_murmur2_and_partition_c_and_numba_agree,
+    "partition": test_murmur2_and_partition_c_and_numba_agree,
+    "add_sleepers": test_add_sleepers_c_and_numba_agree,
+    "Sender": test_sender_c_and_python_send_write_identical_rings,
+    "commit_offset": test_commit_offset_c_and_numba_agree,
+    "encode_headers": test_header_codec_c_and_python_agree,
+    "decode_headers": test_header_codec_c_and_python_agree,
+    "build_records": test_build_records_c_and_python_build_equal_records,
+    "scan": test_scan_c_and_numba_describe_identical_rows_of_a_ring,
+    "scan_ring": test_scan_ring_c_and_numba_agree_by_address,
+    "write_frames": test_write_frames_c_and_numpy_write_identical_segments,
+}
+
+
+def test_every_compiled_verb_has_a_differential_test():
+    assert set(TWIN_TESTS) == set(native._VERBS), set(TWIN_TESTS) ^ set(native._VERBS)
