@@ -152,7 +152,7 @@ def write_json(path: str, obj) -> None:
 # --- buses --------------------------------------------------------------------------------
 
 def bus_shm_names(data_dir: str) -> list:
-    from shmbus import shm
+    from shmbus.core import shm
 
     return shm.bus_names(data_dir)
 
@@ -160,7 +160,7 @@ def bus_shm_names(data_dir: str) -> list:
 def cleanup_data_dir(data_dir: str) -> None:
     """Stop the data dir's supervisor, unlink its shared memory, remove the dir. Never raises."""
     try:
-        from shmbus import shm
+        from shmbus.core import shm
 
         shm.remove_bus(data_dir)
     except Exception as e:  # cleanup must go on
@@ -427,7 +427,7 @@ def interleaved_rounds(transports, rounds: int, trial, *, quick: bool, cpus, max
     as an error and its result as None. ``on_result(rnd, tr, res, elapsed_s)``
     is called after each trial (progress lines).
     """
-    from shmbus.supervisor import client
+    from shmbus.client import control as client
 
     out = Rounds(tr[0] for tr in transports)
     quiet_budget = max_quiet_wait

@@ -139,7 +139,7 @@ def fill(bus, topic, n):
 
 
 def wait_on_disk(bus, topic, n, timeout_s=120):
-    from shmbus.segments.recovery import log_end_offset
+    from shmbus.log.recovery import log_end_offset
 
     pdir = os.path.join(bus.data_dir, "topics", topic, "0")
     deadline = time.monotonic() + timeout_s

@@ -99,7 +99,7 @@ def last_assigned_after(ctl, names, t0):
 
 
 def coordinator_ms(bus):
-    from shmbus.groups import describe_raw
+    from shmbus.client.groups import describe_raw
 
     rb = describe_raw(bus, "g").get("rebalances") or []
     return rb[-1]["ms"] if rb else None

@@ -89,7 +89,7 @@ def _snap(pid):
 
 
 def run_round(bus, window_s, tag):
-    from shmbus.supervisor import client
+    from shmbus.client import control as client
 
     chans = []
     procs = {}

@@ -269,7 +269,7 @@ def run_trial(tr, buses, quick, cpus, workdir, tag):
     sup_pid = None
     try:
         if kind == "shmbus":
-            from shmbus.supervisor import client
+            from shmbus.client import control as client
 
             topic = f"tput-{tag}-{key}"
             bus.create_topic(topic, partitions=1, config={"ring.bytes": RING_BYTES})

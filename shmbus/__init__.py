@@ -49,15 +49,15 @@ def __getattr__(name):
     # Bus, Producer and Consumer pull in numba: import them on first use so that
     # `import shmbus` stays cheap for tools that only need the types.
     if name == "Bus":
-        from shmbus.bus import Bus
+        from shmbus.client.bus import Bus
 
         return Bus
     if name == "Producer":
-        from shmbus.producer import Producer
+        from shmbus.client.producer import Producer
 
         return Producer
     if name == "Consumer":
-        from shmbus.consumer import Consumer
+        from shmbus.client.consumer import Consumer
 
         return Consumer
     raise AttributeError(f"module 'shmbus' has no attribute {name!r}")

@@ -17,13 +17,13 @@ SPAWN = mp.get_context("spawn")
 
 
 def bus_shm_names(data_dir: str) -> list[str]:
-    from shmbus import shm
+    from shmbus.core import shm
 
     return shm.bus_names(data_dir)
 
 
 def cleanup_bus(data_dir: str) -> None:
-    from shmbus import shm
+    from shmbus.core import shm
 
     shm.remove_bus(data_dir)
 
@@ -125,7 +125,7 @@ class Procs:
 def send_impl(request, monkeypatch):
     """Worker processes started in the test send with the compiled verbs or with the numba
     kernels (SHMBUS_NATIVE=0, inherited by spawned children): the data path is tested both ways."""
-    from shmbus import native
+    from shmbus.core import native
 
     if request.param == "native":
         if not native.ENABLED and os.environ.get("SHMBUS_NATIVE") != "0":

@@ -37,8 +37,8 @@ from shmbus import (
     TopicPartition,
     UnknownTopicError,
 )
-from shmbus.partitioner import partition_for_key
-from shmbus.supervisor import client
+from shmbus.core.partitioner import partition_for_key
+from shmbus.client import control as client
 
 TP = TopicPartition
 
@@ -127,7 +127,7 @@ def wait_spilled(bus, topic, partition=0):
     """Until the segment files hold everything published (the ring keeps recent records too)."""
     import os
 
-    from shmbus.segments.log import PartitionLog, list_segments
+    from shmbus.log.segments import PartitionLog, list_segments
 
     ring = ring_of(bus, topic, partition)
     pdir = os.path.join(bus.data_dir, "topics", topic, str(partition))

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from shmbus import assignors
-from shmbus.assignors import ASSIGNORS, moved
+from shmbus.core import assignors
+from shmbus.core.assignors import ASSIGNORS, moved
 from shmbus.records import TopicPartition as TP
 
 NAMES = ["range", "roundrobin", "sticky"]

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from shmbus import BufferFullError
-from shmbus.supervisor import client
+from shmbus.client import control as client
 
 
 def read_values(consumer, n, timeout_s=30):
@@ -65,7 +65,7 @@ def test_batches_through_a_small_ring_keep_flowing_with_the_supervisor(bus):
     on a release that needed one more round: stuck after ~110 batches.)"""
     import numpy as np
 
-    from shmbus.segments.recovery import log_end_offset
+    from shmbus.log.recovery import log_end_offset
 
     bus.create_topic("t", config={"ring.bytes": 64 * 1024, "segment.bytes": 1 << 20})
     arr = np.zeros((1000, 100), np.uint8)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import shmbus.config as config_module
-from shmbus.config import (
+import shmbus.core.config as config_module
+from shmbus.core.config import (
     TOPIC_CONFIG_DOCS,
     TOPIC_DEFAULTS,
     parse_config_pairs,

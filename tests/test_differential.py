@@ -1,7 +1,7 @@
 """Differential tests: every compiled verb (``native._VERBS``) against its twin, on identical inputs.
 
 Each test drives seeded random operation sequences through the C verb
-(``shmbus/_native.c``) and its twin: the numba kernel where there is one
+(``shmbus/core/_native.c``) and its twin: the numba kernel where there is one
 (``shmbus/kernels/``), else the Python code that does the same job
 (``Consumer._take1`` for ``Reader``, ``Producer.send`` for ``Sender``,
 ``Consumer._records_from`` for ``build_records``, the header codec of
@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 from test_kernels import PID, TS, make_ring, set_word, word
 
-from shmbus import consumer as consumer_mod
-from shmbus import native
-from shmbus import partitioner as partitioner_mod
-from shmbus import producer as producer_mod
+from shmbus.client import consumer as consumer_mod
+from shmbus.core import native
+from shmbus.core import partitioner as partitioner_mod
+from shmbus.client import producer as producer_mod
 from shmbus.errors import ShmbusError
 from shmbus.kernels import frames as K
 from shmbus.kernels import groups as KG
@@ -40,7 +40,7 @@ from shmbus.layout import frame as F
 from shmbus.layout import groups as G
 from shmbus.layout import ring as R
 from shmbus.records import ConsumerRecord, TopicPartition
-from shmbus.segments import log as log_mod
+from shmbus.log import segments as log_mod
 
 pytestmark = pytest.mark.skipif(not native.ENABLED, reason=f"compiled verbs not loaded: {native.REASON}")
 

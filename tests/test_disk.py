@@ -8,14 +8,14 @@ import time
 import pytest
 
 from shmbus import CorruptRecordError, TopicPartition
-from shmbus.segments.log import list_segments
+from shmbus.log.segments import list_segments
 
 TP = TopicPartition("d", 0)
 
 
 def wait_spilled(bus, topic, partition, offset, timeout_s=20):
     """Until the segment files hold ``offset`` (the supervisor spills in the background)."""
-    from shmbus.segments.log import PartitionLog
+    from shmbus.log.segments import PartitionLog
 
     pdir = os.path.join(bus.data_dir, "topics", topic, str(partition))
     deadline = time.monotonic() + timeout_s
@@ -139,8 +139,8 @@ def test_poll_batch_from_disk_gives_the_values_back_to_back(bus):
 def test_a_topic_made_just_before_stop_is_spilled_by_the_stop(data_dir):
     """The supervisor's last spill looks for new topics first: nothing published is left only in memory."""
     from shmbus import Bus
-    from shmbus.segments.log import PartitionLog
-    from shmbus.supervisor import client
+    from shmbus.log.segments import PartitionLog
+    from shmbus.client import control as client
 
     with Bus(data_dir) as bus:
         time.sleep(0.3)  # the spiller is idle, between rescans

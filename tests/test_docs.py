@@ -22,7 +22,7 @@ import pytest
 
 import shmbus
 from shmbus import errors
-from shmbus.config import TOPIC_DEFAULTS, validate_topic_config
+from shmbus.core.config import TOPIC_DEFAULTS, validate_topic_config
 from shmbus.errors import InvalidConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

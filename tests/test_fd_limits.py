@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from test_log_keeping import frame
 
-from shmbus import _paths
+from shmbus.core import paths as _paths
 from shmbus.layout import frame as F
-from shmbus.segments import log as L
-from shmbus.supervisor import client
+from shmbus.log import segments as L
+from shmbus.client import control as client
 
 
 # --- the writer's file pool (no supervisor) ---
@@ -99,7 +99,7 @@ def test_the_file_pool_closes_and_reopens_segment_files_and_keeps_every_record(t
         assert _read_all(pdir) == list(enumerate(sent[p]))
         assert len(L.list_segments(pdir)) > 1  # rolled by size
         for base in L.list_segments(pdir):  # the indexes are what a rebuild makes
-            from shmbus.segments import recovery
+            from shmbus.log import recovery
 
             assert recovery.indexes_ok(pdir, base)
         assert L.read_recovery_point(pdir) == len(sent[p])
@@ -144,7 +144,7 @@ def test_retention_keeps_a_last_segment_that_became_active_while_it_was_judged(t
     """The log keeper judges segments without the state lock. A last segment seen empty and
     closed (an open that failed half-way on EMFILE left it; or it was being opened) may be the
     active one again, with records, by the time the keeper holds the lock: it stays."""
-    from shmbus.supervisor import retention
+    from shmbus.log import retention
 
     now = 10**12
     pdir = str(tmp_path / "0")
@@ -402,7 +402,7 @@ def test_create_topic_past_the_open_files_limit_is_a_shmbus_error_naming_the_lim
     script = """
         import errno, json, os, sys
         from shmbus import Bus, ResourceLimitError
-        from shmbus.ring import Ring
+        from shmbus.core.ring import Ring
         d = sys.argv[1]
         with Bus(d, autostart=False) as bus:
             bus.create_topic("ok", 2, {"ring.bytes": 65536})
@@ -420,7 +420,7 @@ def test_create_topic_past_the_open_files_limit_is_a_shmbus_error_naming_the_lim
             try:  # a ring alone: posix_ipc's error, as an errno
                 Ring.create("/shmbus-fdtest-%d" % os.getpid(), 65536, 0, 1, 0).close()
                 res["ring_errno"] = None
-                from shmbus.ring import unlink
+                from shmbus.core.ring import unlink
                 unlink("/shmbus-fdtest-%d" % os.getpid())
             except OSError as e:
                 res["ring_errno"] = errno.errorcode.get(e.errno)

@@ -18,12 +18,13 @@ import posix_ipc
 import pytest
 from conftest import SPAWN, bus_shm_names, wait_for
 
-from shmbus import Bus, TopicPartition, _paths, native
+from shmbus import Bus, TopicPartition
+from shmbus.core import paths as _paths, native
 from shmbus.errors import CommitFailedError
-from shmbus.group_table import GroupTable
+from shmbus.core.offsets_table import GroupTable
 from shmbus.kernels import groups as KG
 from shmbus.layout import groups as GL
-from shmbus.supervisor import client
+from shmbus.client import control as client
 from shmbus.supervisor import coordinator as C
 
 pytestmark = pytest.mark.timeout(120)
@@ -77,7 +78,7 @@ def test_kernel_set_owner_expected_token_bad_slots_and_snapshot():
         assert KG.read_offset(addr, bad) == KG.ST_BAD_SLOT
     f = KG.entry("commit_offset")  # the member's compiled entry point: the same answers
     assert f(addr, 0, t1, 1 << 39) == KG.OK and f(addr, 0, t2, 1) == KG.ST_FENCED and f(addr, 9, t1, 1) == KG.ST_BAD_SLOT
-    if native.commit_offset is not None:  # and its C twin (shmbus/_native.c), which members use when built
+    if native.commit_offset is not None:  # and its C twin (shmbus/core/_native.c), which members use when built
         g = native.commit_offset
         assert g(addr, 0, t1, 1 << 40) == KG.OK and g(addr, 0, t2, 1) == KG.ST_FENCED
         for bad in (-1, 4, 9, 1 << 40):

@@ -22,7 +22,7 @@ from shmbus.errors import (
     ShmbusError,
     SupervisorNotRunningError,
 )
-from shmbus.supervisor import client
+from shmbus.client import control as client
 
 pytestmark = pytest.mark.timeout(120)
 TP = TopicPartition

@@ -19,11 +19,11 @@ import crc32c
 import numpy as np
 import pytest
 
-from shmbus import native
+from shmbus.core import native
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.layout import ring as R
-from shmbus.producer import decode_headers, encode_headers
+from shmbus.client.producer import decode_headers, encode_headers
 
 HDR = R.HEADER_BYTES
 TS = 1_700_000_000_123
@@ -156,7 +156,7 @@ def frame_bytes(buf, f: Frame) -> bytes:
 # --- kernel wrappers ----------------------------------------------------------
 
 # The single-record append exists twice: the numba kernel and its compiled twin in
-# shmbus/_native.c (shmbus/native.py). Every test_append_* test (not the batch ones)
+# shmbus/core/_native.c (shmbus/native.py). Every test_append_* test (not the batch ones)
 # runs against both.
 _IMPL = {"append": "numba"}
 
@@ -227,7 +227,7 @@ def flen(klen=-1, vlen=-1, hlen_=0) -> int:
 @pytest.fixture
 def shm_ring():
     """A real ``Ring`` on a uniquely named shared-memory object, unlinked afterwards."""
-    from shmbus.ring import Ring, unlink
+    from shmbus.core.ring import Ring, unlink
 
     name = f"/shmbus-test-{secrets.token_hex(6)}"
     r = Ring.create(name, 8192, 1000, 7, 3)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from shmbus.layout import frame as F
-from shmbus.segments import recovery, swap
-from shmbus.segments.log import (
+from shmbus.log import recovery, swap
+from shmbus.log.segments import (
     _IDX,
     _TIDX,
     INDEX_INTERVAL,
@@ -23,8 +23,8 @@ from shmbus.segments.log import (
     SegmentWriter,
     list_segments,
 )
-from shmbus.supervisor import cleaner, retention
-from shmbus.supervisor.retention import SegmentInfo, segments_to_delete
+from shmbus.log import cleaner, retention
+from shmbus.log.retention import SegmentInfo, segments_to_delete
 
 CFG = {"cleanup.policy": "delete", "retention.ms": 1000, "retention.bytes": -1,
        "min.compaction.lag.ms": 0, "delete.retention.ms": 500}
@@ -354,7 +354,7 @@ def _garbage_tail(path: str) -> None:
 
 
 def test_rolls_are_fsynced_in_the_background_and_move_the_recovery_point(tmp_path):
-    from shmbus.segments.log import read_recovery_point
+    from shmbus.log.segments import read_recovery_point
 
     pdir = str(tmp_path / "p")
     w = SegmentWriter(pdir, segment_bytes=4096, segment_ms=10**9, now_ms=0)

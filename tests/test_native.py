@@ -1,4 +1,4 @@
-"""The compiled per-record verbs (shmbus/_native.c) against their numba twins and the references.
+"""The compiled per-record verbs (shmbus/core/_native.c) against their numba twins and the references.
 
 ``tests/test_kernels.py`` runs every single-record append test against both
 implementations; here: the build itself, the hashes against the reference
@@ -22,12 +22,12 @@ import pytest
 from kafka.partitioner.default import murmur2 as kafka_murmur2
 from test_kernels import HDR, PID, TS, make_ring
 
-from shmbus import consumer as consumer_mod
-from shmbus import native
+from shmbus.client import consumer as consumer_mod
+from shmbus.core import native
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.layout import ring as R
-from shmbus.producer import encode_headers
+from shmbus.client.producer import encode_headers
 
 ON_X86_LINUX = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
 
@@ -170,7 +170,7 @@ def test_a_producer_and_a_ring_reader_run_without_importing_numba(bus_nosup, dat
     # and a consumer that follows the ring needs none either (with load_kernels=False)
     assert r["read"] == ["x" * 100, "y"] and not r["numba_after_poll"], r
     # and the records are there: the keyed one on Kafka's partition for b"k"
-    from shmbus.partitioner import partition_for_key
+    from shmbus.core.partitioner import partition_for_key
 
     with bus_nosup.consumer() as c:
         ends = c.end_offsets(_tps("t", 2))
@@ -206,8 +206,8 @@ def test_shmbus_native_0_selects_the_numba_kernels(bus_nosup, data_dir):
 def test_the_compiled_send_answers_as_the_python_send(bus_nosup):
     from shmbus import RecordMetadata, TopicPartition
     from shmbus.errors import ShmbusError, UnknownTopicError
-    from shmbus.partitioner import partition_for_key
-    from shmbus.producer import Producer
+    from shmbus.core.partitioner import partition_for_key
+    from shmbus.client.producer import Producer
 
     bus_nosup.create_topic("t", partitions=3)
     p = bus_nosup.producer()
@@ -302,7 +302,7 @@ def test_a_following_reader_crosses_ring_ends_and_takes_what_is_ready(bus, monke
 
 @needs_native
 def test_the_compiled_header_codec_agrees_with_the_python_one(monkeypatch):
-    from shmbus import producer as P
+    from shmbus.client import producer as P
 
     rnd = random.Random(21)
     keys = ["", "a", "trace-id", "ключ", "😀" * 3, "k" * 300]
@@ -522,10 +522,10 @@ def test_a_stale_build_without_a_verb_falls_back_to_the_numba_kernels():
     code = r"""
 import importlib, sys, types
 from shmbus import _native as real, native
-stub = types.ModuleType("shmbus._native")
+stub = types.ModuleType("shmbus.core._native")
 stub.LAYOUT = real.LAYOUT
 stub.append = real.append  # an old build: some verbs, not all
-sys.modules["shmbus._native"] = stub
+sys.modules["shmbus.core._native"] = stub
 sys.modules["shmbus"]._native = stub
 importlib.reload(native)  # its load, again, finding the stub
 print(native.ENABLED, native.append is None, native.scan_frames is not None, native.REASON)

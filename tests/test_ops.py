@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import SPAWN, cleanup_bus
 
-from shmbus import shm
+from shmbus.core import shm
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -43,7 +43,7 @@ def test_doctor_cleans_a_killed_bus_and_spares_a_live_one(tmp_path, procs):
         ready = SPAWN.Event()
         worker = procs.start(_produce_then_wait, dead_dir, 5000, ready)
         assert ready.wait(120), "producer did not start"
-        from shmbus.supervisor import client
+        from shmbus.client import control as client
 
         sup = client.running_pid(dead_dir)
         assert sup and sup > 0

@@ -9,7 +9,7 @@ import pytest
 from kafka.partitioner.default import murmur2 as kafka_murmur2
 
 from shmbus.kernels.murmur2 import murmur2_span, partition_span
-from shmbus.partitioner import murmur2, partition_for_key
+from shmbus.core.partitioner import murmur2, partition_for_key
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2: Java's signed ints.
 JAVA_MURMUR2 = {

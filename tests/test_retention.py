@@ -13,7 +13,7 @@ import pytest
 from conftest import read_offsets
 
 from shmbus import OffsetOutOfRangeError, TopicPartition
-from shmbus.segments.log import list_segments
+from shmbus.log.segments import list_segments
 
 KIB = 1024
 
@@ -49,7 +49,7 @@ def value(i: int, size: int = 1000) -> bytes:
 
 
 def end_on_disk(pdir):
-    from shmbus.segments.recovery import log_end_offset
+    from shmbus.log.recovery import log_end_offset
 
     return log_end_offset(pdir) or 0
 

@@ -15,8 +15,10 @@ import sys
 import pytest
 from conftest import wait_for
 
-from shmbus import ForeignObjectError, TopicPartition, _paths, metadata, shm
-from shmbus.supervisor import client
+from shmbus import ForeignObjectError, TopicPartition
+from shmbus.core import paths as _paths, shm
+from shmbus.log import metadata
+from shmbus.client import control as client
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,7 +45,7 @@ def _state(name: str):
 
 def _plant_ctl(data_dir: str, uid: int = OTHER, mode: int = 0o666) -> str:
     """A valid control block under the bus's name (recording another data dir), given to ``uid``."""
-    from shmbus.ring import ControlBlock
+    from shmbus.core.ring import ControlBlock
 
     bid = _paths.bus_id(data_dir)
     ctl = ControlBlock.open_or_create(bid, "/somewhere/else")
@@ -128,7 +130,7 @@ def test_an_object_of_this_user_open_to_others_is_refused(data_dir, mode):
 def test_a_planted_ring_is_refused_and_nothing_is_written_into_it(data_dir):
     """The bus's objects are gone (a reboot); another user makes its ring first, valid, mode 0666."""
     from shmbus import Bus
-    from shmbus.ring import Ring
+    from shmbus.core.ring import Ring
 
     with Bus(data_dir) as bus:
         bus.create_topic("t", config={"ring.bytes": 1 << 16})
@@ -164,7 +166,7 @@ def test_a_planted_ring_is_refused_and_nothing_is_written_into_it(data_dir):
 @needs_root
 def test_a_planted_group_table_is_left_alone_and_commits_still_work(data_dir):
     from shmbus import Bus
-    from shmbus.group_table import GroupTable
+    from shmbus.core.offsets_table import GroupTable
 
     name = None
     try:
@@ -336,7 +338,7 @@ def test_doctor_reports_another_users_object_under_this_users_bus_and_never_open
         with Bus(data_dir, autostart=False) as bus:
             bus.create_topic("t", config={"ring.bytes": 1 << 16})
             planted = f"/shmbus-{bus.id}-deadbeef-0"
-            from shmbus.ring import Ring
+            from shmbus.core.ring import Ring
 
             Ring.create(planted, 1 << 16, 0, 0xDEADBEEF, 0).close()
             _give(planted, OTHER, 0o600)
@@ -365,7 +367,7 @@ def test_metadata_files_are_made_private():
     """(no supervisor) the helpers every data-dir write goes through, under a umask that would open them."""
     import tempfile
 
-    from shmbus import _private
+    from shmbus.core import ownership as _private
 
     old = os.umask(0)
     try:

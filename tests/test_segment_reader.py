@@ -6,7 +6,7 @@ import os
 
 from test_log_keeping import frame, write_segment
 
-from shmbus.segments import log as L
+from shmbus.log import segments as L
 
 
 def test_a_read_at_a_segment_end_passes_nothing_when_the_writer_completes_it_and_rolls_meanwhile(tmp_path):

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from test_log_keeping import frame
 
-from shmbus import native
+from shmbus.core import native
 from shmbus.layout import frame as F
-from shmbus.segments import log as L
+from shmbus.log import segments as L
 
 needs_native = pytest.mark.skipif(native.write_frames is None, reason=f"no compiled verbs: {native.REASON}")
 

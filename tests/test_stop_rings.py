@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from shmbus import Bus, TopicPartition, shm
+from shmbus import Bus, TopicPartition
+from shmbus.core import shm
 
 from conftest import read_offsets, wait_for
 

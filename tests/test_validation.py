@@ -7,7 +7,7 @@ import pytest
 
 from shmbus import TopicPartition
 from shmbus.errors import InvalidArgumentError, InvalidRecordError, ShmbusError
-from shmbus.producer import Producer
+from shmbus.client.producer import Producer
 
 
 def _end(bus):

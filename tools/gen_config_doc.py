@@ -78,10 +78,10 @@ _RANGE_NOTE = re.compile(r"\s*\((>= ?-?\d+|-?\d+ to [^)]*)\)$")
 def _import_shmbus():
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    import shmbus.config as config
-    from shmbus.bus import Bus
-    from shmbus.consumer import Consumer
-    from shmbus.producer import Producer
+    import shmbus.core.config as config
+    from shmbus.client.bus import Bus
+    from shmbus.client.consumer import Consumer
+    from shmbus.client.producer import Producer
 
     return config, {"Bus": Bus, "Producer": Producer, "Consumer": Consumer}
 

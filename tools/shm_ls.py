@@ -13,7 +13,7 @@ import sys
 
 
 def main() -> int:
-    from shmbus import shm
+    from shmbus.core import shm
 
     buses = shm.inventory()
     if not buses:

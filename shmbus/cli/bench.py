@@ -41,7 +41,7 @@ def _fresh_topic(bus, name: str, ring_bytes: int = 1 << 24) -> None:
 
 
 def _latency_consumer(data_dir, topic, n, ready, out_q):
-    from shmbus.bus import Bus
+    from shmbus.client.bus import Bus
 
     lat = np.empty(n, np.int64)
     got = 0
@@ -63,7 +63,7 @@ def _latency_consumer(data_dir, topic, n, ready, out_q):
 
 def latency(data_dir, n: int, size: int, period_us: float = 20.0, progress: bool = False) -> np.ndarray:
     """One-way latencies (ns) of ``n`` paced records: producer here, consumer in a spawned process."""
-    from shmbus.bus import Bus
+    from shmbus.client.bus import Bus
 
     with Bus(data_dir) as bus:
         _fresh_topic(bus, LAT_TOPIC)
@@ -108,7 +108,7 @@ def latency(data_dir, n: int, size: int, period_us: float = 20.0, progress: bool
 
 
 def _tput_consumer(data_dir, topic, n, batch, ready, out_q):
-    from shmbus.bus import Bus
+    from shmbus.client.bus import Bus
 
     got = 0
     t0 = None
@@ -129,7 +129,7 @@ def _tput_consumer(data_dir, topic, n, batch, ready, out_q):
 
 def throughput(data_dir, n: int, size: int, batch: bool, progress: bool = False) -> tuple[int, float]:
     """(records received, seconds from the first to the last) for ``n`` records of ``size`` bytes."""
-    from shmbus.bus import Bus
+    from shmbus.client.bus import Bus
 
     with Bus(data_dir) as bus:
         _fresh_topic(bus, TPUT_TOPIC, ring_bytes=1 << 26)

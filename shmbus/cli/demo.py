@@ -19,8 +19,8 @@ def _load_kernels(*names) -> None:
     """Load numba kernels before the clock starts (a first load costs ~0.4 s; not what we measure).
 
     With the compiled verbs (shmbus/native.py) no client path needs numba, so nothing is loaded."""
-    from shmbus import native
-    from shmbus.partitioner import partition_for_key
+    from shmbus.core import native
+    from shmbus.core.partitioner import partition_for_key
 
     if not native.ENABLED:
         from shmbus.kernels import frames as K
@@ -31,7 +31,7 @@ def _load_kernels(*names) -> None:
 
 
 def _producer(data_dir, topic, pid_, n, start_evt, out_q):
-    from shmbus.bus import Bus
+    from shmbus.client.bus import Bus
 
     _load_kernels("append_v", "append_kv", "append_any")
     with Bus(data_dir) as bus, bus.producer() as prod:
@@ -45,7 +45,7 @@ def _producer(data_dir, topic, pid_, n, start_evt, out_q):
 
 
 def _consumer(data_dir, topic, expect, ready_evt, out_q):
-    from shmbus.bus import Bus
+    from shmbus.client.bus import Bus
 
     lat = np.empty(expect, np.int64)
     seen = {}
@@ -80,7 +80,7 @@ def _pct(a, q):
 
 
 def run_demo(data_dir, records: int, producers: int, partitions: int) -> None:
-    from shmbus.bus import Bus
+    from shmbus.client.bus import Bus
     from shmbus.errors import UnknownTopicError
 
     topic = "shmbus-demo"

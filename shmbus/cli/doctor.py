@@ -24,7 +24,8 @@ import os
 import stat
 import time
 
-from shmbus import _paths, _private, metadata, shm
+from shmbus.core import paths as _paths, ownership as _private, shm
+from shmbus.log import metadata
 
 DOCKER_DEFAULT = 64 << 20
 
@@ -150,7 +151,7 @@ def _mib(n: int) -> str:
 
 def verify_data_dir(data_dir: str) -> list[dict]:
     """``recovery.verify_partition`` for every partition of every topic of ``data_dir``."""
-    from shmbus.segments import recovery
+    from shmbus.log import recovery
 
     out = []
     for name in metadata.list_topics(data_dir):

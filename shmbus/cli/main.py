@@ -64,7 +64,7 @@ def cli():
 
 
 def _bus(data_dir, autostart=False):
-    from shmbus.bus import Bus
+    from shmbus.client.bus import Bus
 
     return Bus(data_dir, autostart=autostart)
 
@@ -81,8 +81,8 @@ def serve(data_dir, foreground):
       shmbus serve                  # in the background, returns when ready
       shmbus serve --foreground     # until Ctrl-C or `shmbus stop`
     """
-    from shmbus._paths import resolve_data_dir
-    from shmbus.supervisor import client
+    from shmbus.core.paths import resolve_data_dir
+    from shmbus.client import control as client
     from shmbus.supervisor.daemon import serve as run
 
     d = resolve_data_dir(data_dir)
@@ -110,8 +110,8 @@ def stop(data_dir, keep_rings):
       shmbus stop
       shmbus stop --keep-rings   # for a quick restart
     """
-    from shmbus._paths import resolve_data_dir
-    from shmbus.supervisor import client
+    from shmbus.core.paths import resolve_data_dir
+    from shmbus.client import control as client
 
     d = resolve_data_dir(data_dir)
     if not client.stop(d, keep_rings=keep_rings):
@@ -129,8 +129,8 @@ def status(data_dir, as_json):
     Example:
       shmbus status --json
     """
-    from shmbus._paths import resolve_data_dir
-    from shmbus.supervisor import client
+    from shmbus.core.paths import resolve_data_dir
+    from shmbus.client import control as client
 
     d = resolve_data_dir(data_dir)
     if client.running_pid(d) is None:
@@ -177,7 +177,7 @@ def topics_create(name, partitions, configs, data_dir):
     Example:
       shmbus topics create prices --partitions 4 --config retention.ms=60000
     """
-    from shmbus.config import parse_config_pairs
+    from shmbus.core.config import parse_config_pairs
 
     cfg = parse_config_pairs(list(configs))
     with _bus(data_dir) as bus:
@@ -260,7 +260,7 @@ def topics_alter(name, configs, data_dir):
     Example:
       shmbus topics alter prices --config retention.ms=3600000
     """
-    from shmbus.config import parse_config_pairs
+    from shmbus.core.config import parse_config_pairs
 
     cfg = parse_config_pairs(list(configs))
     with _bus(data_dir) as bus:
@@ -291,7 +291,7 @@ def produce(topic, key_separator, partition, headers, acks, data_dir):
         hdrs.append((k, v.encode()))
     if sys.stdin is None or sys.stdin.closed:
         fail("no stdin to read records from (pipe lines into `shmbus produce`)")
-    from shmbus.bus import Bus
+    from shmbus.client.bus import Bus
 
     with Bus(data_dir) as bus:
         bus.topic_meta(topic)  # fail fast on an unknown topic
@@ -328,7 +328,7 @@ def consume(topic, group, from_beginning, max_messages, partition, offset, timeo
     Example:
       shmbus consume prices --from-beginning --max-messages 10 --format '{partition}:{offset} {key}={value}'
     """
-    from shmbus.bus import Bus
+    from shmbus.client.bus import Bus
     from shmbus.records import TopicPartition
 
     if offset is not None and partition is None:
@@ -503,8 +503,8 @@ def doctor(data_dir, yes, as_json, verify):
       shmbus doctor --yes    # for scripts
       shmbus doctor --verify # are the segment files intact?
     """
-    from shmbus import shm
-    from shmbus._paths import resolve_data_dir
+    from shmbus.core import shm
+    from shmbus.core.paths import resolve_data_dir
     from shmbus.cli import doctor as D
 
     d = resolve_data_dir(data_dir)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from shmbus import _paths
+from shmbus.core import paths as _paths
 
 
 def _disk_bytes(pdir: str) -> int:
@@ -32,7 +32,7 @@ def _disk_bytes(pdir: str) -> int:
 
 def snapshot(bus) -> dict:
     """Everything stats shows, at one moment (no rates: see :func:`with_rates`)."""
-    from shmbus.supervisor import client
+    from shmbus.client import control as client
 
     now = time.monotonic()
     sup = None

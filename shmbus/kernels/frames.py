@@ -748,7 +748,7 @@ def warm() -> None:
     is filled once instead of by every process at the same time.
     """
     from shmbus.layout import ring as R
-    from shmbus.partitioner import partition_for_key
+    from shmbus.core.partitioner import partition_for_key
 
     fast()
     partition_for_key(b"warm-up", 2)

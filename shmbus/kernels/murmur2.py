@@ -85,7 +85,7 @@ def partition_span(buf, start, end, num_partitions):
     return (murmur2_span(buf, start, end) & 0x7FFFFFFF) % n
 
 
-# Entry points for Python (shmbus.partitioner). They keep the GIL: for a key
+# Entry points for Python (shmbus.core.partitioner). They keep the GIL: for a key
 # of a few dozen bytes releasing and retaking it costs more (~70 ns) than the
 # hash.
 @jit(nogil=False)

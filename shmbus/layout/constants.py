@@ -1,7 +1,7 @@
 """Every layout constant the verbs use, under the one name both twins give it.
 
 The numba kernels (``shmbus/kernels/``) import these names from here; the C
-verbs (``shmbus/_native.c``) include ``shmbus/_layout.h``, which
+verbs (``shmbus/core/_native.c``) include ``shmbus/core/_layout.h``, which
 ``tools/gen_layout_h.py`` writes from :data:`CONSTANTS`, and export them back
 as ``_native.LAYOUT``, which ``shmbus/native.py`` compares with
 :data:`CONSTANTS` at import (a build from another layout is not used). The
@@ -106,5 +106,5 @@ TIDX_OFF_TS = _S.TIDX_OFF_TS
 TIDX_OFF_REL = _S.TIDX_OFF_REL
 TIDX_OFF_PAD = _S.TIDX_OFF_PAD
 
-#: every constant above, by name, in the order of this file: the table of ``shmbus/_layout.h``
+#: every constant above, by name, in the order of this file: the table of ``shmbus/core/_layout.h``
 CONSTANTS = {k: v for k, v in dict(globals()).items() if k.isupper() and type(v) is int}

@@ -116,7 +116,7 @@ STOP_CRC = 4  # checksum mismatch
 NULL_LEN = -1
 POS_NONE = -(1 << 63)  # a compiled Reader's position_raw for "not resolved yet" (INT64_MIN)
 
-# what an append returns instead of ``offset << 2 | wake bits`` (kernels and shmbus/_native.c)
+# what an append returns instead of ``offset << 2 | wake bits`` (kernels and shmbus/core/_native.c)
 ST_FULL = -1  # no room until the supervisor spills
 ST_DELETED = -2  # the topic was deleted
 ST_TOO_LARGE = -3  # the frame would take more than half the ring

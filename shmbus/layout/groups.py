@@ -86,7 +86,7 @@ S_PARTITION = 24
 S_FLAGS = 28
 
 FLAG_USED = 1
-# commit_offset's answers (kernels/groups.py and shmbus/_native.c)
+# commit_offset's answers (kernels/groups.py and shmbus/core/_native.c)
 COMMIT_OK = 0
 COMMIT_FENCED = -2  # the slot's owner token is not the caller's: nothing written
 COMMIT_BAD_SLOT = -3  # no such slot in this table

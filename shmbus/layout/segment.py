@@ -13,7 +13,7 @@ record in each index (little-endian)::
                                             +12  zero u32
 
 Written by ``SegmentWriter`` (``segments/log.py``, numpy) and by its compiled
-step ``write_frames`` (``shmbus/_native.c``, C structs of the same layout).
+step ``write_frames`` (``shmbus/core/_native.c``, C structs of the same layout).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m shmbus.supervisor")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
-    from shmbus._paths import resolve_data_dir
+    from shmbus.core.paths import resolve_data_dir
 
     return serve(resolve_data_dir(args.data_dir))
 

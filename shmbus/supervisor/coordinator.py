@@ -94,9 +94,10 @@ import numpy as np
 import posix_ipc
 import psutil
 
-from shmbus import _paths, _private, assignors, metadata
+from shmbus.core import paths as _paths, ownership as _private, assignors
+from shmbus.log import metadata
 from shmbus.errors import ForeignObjectError, ShmbusError, UnknownTopicError
-from shmbus.group_table import GroupTable
+from shmbus.core.offsets_table import GroupTable
 from shmbus.layout import groups as GL
 from shmbus.records import TopicPartition
 from shmbus.supervisor.sockets import listen_unix

@@ -13,7 +13,7 @@ on the supervisor except when a ring is full or acks="disk".
 
 File descriptors: at start the soft ``RLIMIT_NOFILE`` is raised to the hard
 limit. Rings are mapped without keeping an fd; open segment files are bounded
-by a :class:`~shmbus.segments.log.FilePool` (idle writers close theirs), with
+by a :class:`~shmbus.log.segments.FilePool` (idle writers close theirs), with
 room left for sockets and passing work. Running out of fds anyway (EMFILE,
 ENFILE) is never fatal: each loop logs it (at most every ``FD_LOG_S``), backs
 off, tries again on its next round, and ``status`` reports it.
@@ -34,14 +34,15 @@ import time
 
 import psutil
 
-from shmbus import _paths, _private, metadata
-from shmbus.bus import open_or_recreate_ring
+from shmbus.core import paths as _paths, ownership as _private
+from shmbus.log import metadata
+from shmbus.client.bus import open_or_recreate_ring
 from shmbus.errors import ShmbusError, UnknownTopicError
-from shmbus.ring import ControlBlock
-from shmbus.segments import recovery
-from shmbus._limits import fd_exhausted
-from shmbus.segments.log import FilePool
-from shmbus.supervisor import cleaner, retention
+from shmbus.core.ring import ControlBlock
+from shmbus.log import recovery
+from shmbus.core.limits import fd_exhausted
+from shmbus.log.segments import FilePool
+from shmbus.log import cleaner, retention
 from shmbus.supervisor.sockets import listen_unix
 from shmbus.supervisor.spill import PartitionSpiller
 
@@ -548,7 +549,7 @@ class Supervisor:
         of them (a client still using the bus). The next ``Bus()`` makes the
         rings anew at the log end.
         """
-        from shmbus import shm
+        from shmbus.core import shm
 
         try:
             removed, kept = shm.release_bus(self.id)

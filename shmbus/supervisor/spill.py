@@ -27,8 +27,8 @@ import numpy as np
 
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
-from shmbus.ring import Ring
-from shmbus.segments.log import SegmentWriter
+from shmbus.core.ring import Ring
+from shmbus.log.segments import SegmentWriter
 from shmbus.supervisor import unblock
 
 

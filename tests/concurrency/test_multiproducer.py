@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import SPAWN
-from shmbus.partitioner import partition_for_key
+from shmbus.core.partitioner import partition_for_key
 
 PRODUCERS = 4
 PER_PRODUCER = 20_000

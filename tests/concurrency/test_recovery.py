@@ -22,8 +22,8 @@ import pytest
 from conftest import bus_shm_names, read_offsets
 
 from shmbus import Bus
-from shmbus.segments.log import list_segments
-from shmbus.supervisor import client
+from shmbus.log.segments import list_segments
+from shmbus.client import control as client
 
 TOPIC = "crash"
 _V = struct.Struct("<q")
@@ -195,7 +195,7 @@ def test_acks_disk_from_four_producers_every_acked_record_is_in_a_segment(bus, p
     """Group commit: the fsyncs are shared, and each send still returns only once its record is on disk."""
     from conftest import SPAWN
 
-    from shmbus.segments.log import PartitionLog
+    from shmbus.log.segments import PartitionLog
 
     bus.create_topic("acks")
     n = 60

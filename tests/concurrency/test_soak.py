@@ -137,7 +137,7 @@ def missing_runs(missing):
 @pytest.mark.timeout(600)
 def test_every_acknowledged_record_reaches_the_group_through_random_sigkills(data_dir, tmp_path):
     from shmbus import Bus, TopicPartition
-    from shmbus.supervisor import client
+    from shmbus.client import control as client
 
     duration = float(os.environ.get("SHMBUS_SOAK_S", "20"))
     kinds = os.environ.get("SHMBUS_SOAK_KILL", "producer,member,supervisor").split(",")
@@ -280,7 +280,7 @@ def test_readers_that_move_between_disk_and_ring_pass_no_acknowledged_record(dat
     """Readers seek back at random while producers and the supervisor are SIGKILLed: a gap in the
     offsets a reader sees may only hold offsets no ``send`` acknowledged (a killed writer's claims)."""
     from shmbus import Bus
-    from shmbus.supervisor import client
+    from shmbus.client import control as client
 
     duration = float(os.environ.get("SHMBUS_SOAK_S", "20"))
     rnd = random.Random(int(os.environ.get("SHMBUS_SOAK_SEED", str(int(time.time())))))

@@ -30,7 +30,7 @@ TIMEOUT_MS = 300
 
 
 def status_of(data_dir, partition=0):
-    from shmbus.supervisor import client
+    from shmbus.client import control as client
 
     st = client.request(data_dir, {"cmd": "status"})
     return next(p for p in st["partitions"] if p["topic"] == TOPIC and p["partition"] == partition)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shmbus import native
+from shmbus.core import native
 
 
 def _as_bytes(key) -> bytes:

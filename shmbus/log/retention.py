@@ -35,8 +35,8 @@ import numpy as np
 
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
-from shmbus.segments import swap
-from shmbus.segments.log import _IDX, _TIDX, _read_entries, _seg_path, list_segments
+from shmbus.log import swap
+from shmbus.log.segments import _IDX, _TIDX, _read_entries, _seg_path, list_segments
 
 
 class SegmentInfo(NamedTuple):

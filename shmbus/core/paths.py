@@ -31,7 +31,7 @@ import json
 import os
 import secrets
 
-from shmbus import _private
+from shmbus.core import ownership as _private
 
 
 def default_data_dir() -> str:

@@ -18,8 +18,8 @@ import weakref
 
 import numpy as np
 
-from shmbus import native
-from shmbus.config import validate_topic_name
+from shmbus.core import native
+from shmbus.core.config import validate_topic_name
 from shmbus.errors import (
     BufferFullError,
     InvalidRecordError,
@@ -29,7 +29,7 @@ from shmbus.errors import (
     UnknownTopicError,
 )
 from shmbus.layout import frame as F
-from shmbus.partitioner import partition_for_key
+from shmbus.core.partitioner import partition_for_key
 from shmbus.records import BatchMetadata, RecordMetadata
 
 _PID = os.getpid()
@@ -123,7 +123,7 @@ def _as_partition(p) -> int:
 
 
 _ENC_CACHE: dict = {}
-_enc_c = native.encode_headers  # the compiled codec (shmbus/_native.c), when built
+_enc_c = native.encode_headers  # the compiled codec (shmbus/core/_native.c), when built
 _dec_c = native.decode_headers
 
 
@@ -263,7 +263,7 @@ class Producer:
 
     def __init__(self, data_dir=None, *, acks: str = "memory", max_block_ms: int = 60000,
                  key_serializer=None, value_serializer=None, _bus=None):
-        from shmbus.bus import Bus
+        from shmbus.client.bus import Bus
         from shmbus.errors import InvalidConfigError
 
         if acks not in _ACKS:

@@ -16,7 +16,7 @@ import numpy as np
 
 from shmbus.errors import ShmbusError
 from shmbus.layout import groups as G
-from shmbus.ring import _create_shm, _Mapped, _open_shm, unlink
+from shmbus.core.ring import _create_shm, _Mapped, _open_shm, unlink
 
 _Q = 8
 

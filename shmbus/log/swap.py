@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 
-from shmbus.segments.log import _seg_path
+from shmbus.log.segments import _seg_path
 
 CLEANED = ".cleaned"
 INDEX_EXTS = (".index", ".timeindex")

@@ -20,8 +20,8 @@ import weakref
 import numpy as np
 import posix_ipc
 
-from shmbus import _futex
-from shmbus import _paths, _private
+from shmbus.core import futex as _futex
+from shmbus.core import paths as _paths, ownership as _private
 from shmbus.errors import ShmbusError
 from shmbus.layout import ring as R
 

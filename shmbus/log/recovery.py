@@ -36,8 +36,8 @@ import numpy as np
 
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
-from shmbus.segments import swap
-from shmbus.segments.log import (
+from shmbus.log import swap
+from shmbus.log.segments import (
     _IDX,
     _TIDX,
     INDEX_INTERVAL,

@@ -37,9 +37,9 @@ import time
 
 import numpy as np
 
-from shmbus import _paths
-from shmbus.bus import Bus, partition_start_offset
-from shmbus.config import validate_topic_name
+from shmbus.core import paths as _paths
+from shmbus.client.bus import Bus, partition_start_offset
+from shmbus.core.config import validate_topic_name
 from shmbus.errors import (
     CommitFailedError,
     ConcurrentAccessError,
@@ -49,9 +49,9 @@ from shmbus.errors import (
     ShmbusError,
     UnknownTopicError,
 )
-from shmbus import native
+from shmbus.core import native
 from shmbus.layout import frame as F
-from shmbus.native import LazyModule
+from shmbus.core.native import LazyModule
 
 # The numba kernels, imported only when the compiled verbs (shmbus/native.py) are not
 # loaded (SHMBUS_NATIVE=0, or no C build): then on the first general-path read.
@@ -59,9 +59,9 @@ K = LazyModule("shmbus.kernels.frames")
 _Reader = native.Reader  # None: SHMBUS_NATIVE=0 or no C build; then _take1 reads in Python
 _build = native.build_records  # None: _records_from builds records in Python
 from shmbus.layout import ring as R
-from shmbus.producer import decode_headers
+from shmbus.client.producer import decode_headers
 from shmbus.records import ConsumerRecord, OffsetAndTimestamp, RecordBatch, TopicPartition
-from shmbus.segments.log import PartitionLog
+from shmbus.log.segments import PartitionLog
 
 _BIG = 1 << 62
 _INT64_END = 1 << 63  # offsets and timestamps are int64, >= 0
@@ -80,7 +80,7 @@ _STRATEGIES = ("range", "roundrobin", "sticky")
 
 
 def _known_assignor(name) -> bool:
-    from shmbus import assignors
+    from shmbus.core import assignors
 
     try:
         assignors.get(name)
@@ -263,7 +263,7 @@ class Consumer:
         if native.scan is None and (load_kernels or _Reader is None):
             K.load_reader_kernels()  # numba (~0.7 s), so that no poll stalls on it mid-stream
         if group_id is not None:
-            from shmbus.group_member import GroupMember
+            from shmbus.client.group_member import GroupMember
 
             try:
                 self._member = GroupMember(self, group_id, strategies, session_timeout_ms, max_poll_interval_ms,
@@ -531,7 +531,7 @@ class Consumer:
         tp = p.tp
         topic, part = tp.topic, tp.partition
         kd, vd = self._kdes, self._vdes
-        if _build is not None:  # compiled (shmbus/_native.c)
+        if _build is not None:  # compiled (shmbus/core/_native.c)
             out = _build(buf, rows, topic, part, ConsumerRecord)
             if kd is not None or vd is not None:
                 out = [r._replace(key=kd(r.key) if kd is not None and r.key is not None else r.key,
@@ -656,7 +656,7 @@ class Consumer:
         if c < 0 or p.paused:
             return None
         rd = p.rd
-        if rd is not None:  # the compiled twin of the code below (shmbus/_native.c: Reader)
+        if rd is not None:  # the compiled twin of the code below (shmbus/core/_native.c: Reader)
             rec = rd.take(budget > 1)
             if rec.__class__ is not ConsumerRecord:
                 return None if rec is None else _EMPTY

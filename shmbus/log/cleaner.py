@@ -38,9 +38,9 @@ import numpy as np
 
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
-from shmbus.segments import swap
-from shmbus.segments.log import _seg_path, list_segments
-from shmbus.segments.recovery import index_entries
+from shmbus.log import swap
+from shmbus.log.segments import _seg_path, list_segments
+from shmbus.log.recovery import index_entries
 
 NEVER = 1 << 62  # drop_time of a record only a newer record of its key can drop
 DIRTY_RATIO = 0.5

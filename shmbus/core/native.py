@@ -1,4 +1,4 @@
-"""The compiled per-record verbs (``shmbus/_native.c``), when they are built and allowed.
+"""The compiled per-record verbs (``shmbus/core/_native.c``), when they are built and allowed.
 
 ``append``, ``append_batch`` and ``Reader`` are the C twins of the numba
 kernels ``append_*`` (kernels/frames.py) and of ``Consumer._take1``: same bytes, same statuses;
@@ -46,7 +46,7 @@ REASON = ""
 
 def _expected() -> dict:
     """The constants the C module must export as ``LAYOUT``: all of shmbus/layout/constants.py,
-    from which its header ``shmbus/_layout.h`` is generated (tools/gen_layout_h.py)."""
+    from which its header ``shmbus/core/_layout.h`` is generated (tools/gen_layout_h.py)."""
     return dict(_CONSTANTS)
 
 
@@ -56,7 +56,7 @@ def _load() -> None:
         REASON = "SHMBUS_NATIVE=0"
         return
     try:
-        from shmbus import _native
+        from shmbus.core import _native
     except ImportError as e:
         REASON = f"not built ({e})"
         return

@@ -17,7 +17,7 @@ The coordinator (in the supervisor) runs the assignor, never the clients.
 
 Worked example::
 
-    >>> from shmbus.assignors import ASSIGNORS
+    >>> from shmbus.core.assignors import ASSIGNORS
     >>> subs = {"m1": {"t"}, "m2": {"t"}}
     >>> sorted(p for _, p in ASSIGNORS["range"](subs, {"t": 5}, {})["m1"])
     [0, 1, 2]

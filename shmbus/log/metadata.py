@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from shmbus import _paths, _private
+from shmbus.core import paths as _paths, ownership as _private
 from shmbus.errors import InvalidConfigError, TopicExistsError, UnknownTopicError
 
 

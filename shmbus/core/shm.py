@@ -20,7 +20,7 @@ import struct
 
 import psutil
 
-from shmbus import _paths, _private
+from shmbus.core import paths as _paths, ownership as _private
 from shmbus.errors import ForeignObjectError
 from shmbus.layout import ring as R
 
@@ -89,7 +89,7 @@ def read_ctl_data_dir(bid: str) -> str | None:
 
 def supervisor_pid(data_dir: str) -> int | None:
     """The pid of the supervisor holding ``data_dir``'s lock, or None (probes the flock, changes nothing)."""
-    from shmbus.supervisor import client
+    from shmbus.client import control as client
 
     try:
         return client.running_pid(data_dir)
@@ -181,7 +181,7 @@ def remove_bus(data_dir: str, stop_timeout_s: float = 15.0) -> list[str]:
     import signal
     import time
 
-    from shmbus.supervisor import client
+    from shmbus.client import control as client
 
     pid = client.running_pid(data_dir)
     if pid:

@@ -42,7 +42,7 @@ class GroupDescription(NamedTuple):
 
 def _ask(bus, msg: dict) -> dict | None:
     """The coordinator's answer, or None if no supervisor runs."""
-    from shmbus.group_member import request
+    from shmbus.client.group_member import request
 
     try:
         return request(bus.data_dir, msg)
@@ -92,9 +92,9 @@ def _with_table(bus, group_id: str, offsets: list) -> list:
     """``offsets`` ([[topic, partition, offset], ...]) overlaid with the group's table, if one is left in /dev/shm."""
     import posix_ipc
 
-    from shmbus import _paths
+    from shmbus.core import paths as _paths
     from shmbus.errors import ShmbusError
-    from shmbus.group_table import GroupTable
+    from shmbus.core.offsets_table import GroupTable
     from shmbus.layout import groups as GL
 
     try:

@@ -56,7 +56,7 @@ import socket
 import threading
 import time
 
-from shmbus import _paths
+from shmbus.core import paths as _paths
 from shmbus.errors import (
     CommitFailedError,
     InvalidConfigError,
@@ -66,7 +66,7 @@ from shmbus.errors import (
 from shmbus.records import TopicPartition
 from shmbus.supervisor import coordinator as C
 
-log = logging.getLogger("shmbus.groups")
+log = logging.getLogger("shmbus.client.groups")
 
 CALL_TIMEOUT_S = 10.0
 RECONNECT_S = 0.5  # while the coordinator is away, poll() retries joining this often
@@ -386,7 +386,7 @@ class GroupMember:
         inc = msg.get("table")
         if self._table is None or self._table.incarnation != inc:
             self._close_table()
-            from shmbus.group_table import GroupTable
+            from shmbus.core.offsets_table import GroupTable
 
             try:
                 t = GroupTable.open(_paths.group_table_name(self._bus_id, self.group_id))
@@ -434,7 +434,7 @@ class GroupMember:
         if slots and self._shm_commits:
             fn = self._commit_fn
             if fn is None:
-                from shmbus import native
+                from shmbus.core import native
 
                 if native.commit_offset is not None:
                     fn = native.commit_offset  # compiled: a commit needs no numba (its load takes ~0.5 s)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from shmbus import _paths, _private
+from shmbus.core import paths as _paths, ownership as _private
 from shmbus.errors import SupervisorNotRunningError
 
 

@@ -12,13 +12,14 @@ import threading
 
 import posix_ipc
 
-from shmbus import _paths, _private, metadata
-from shmbus._limits import limit_error
-from shmbus.config import validate_topic_config, validate_topic_name
+from shmbus.core import paths as _paths, ownership as _private
+from shmbus.log import metadata
+from shmbus.core.limits import limit_error
+from shmbus.core.config import validate_topic_config, validate_topic_name
 from shmbus.errors import InvalidConfigError, SupervisorNotRunningError, UnknownTopicError
 from shmbus.records import PartitionDescription, TopicDescription
-from shmbus.ring import ControlBlock, Ring, unlink
-from shmbus.supervisor import client
+from shmbus.core.ring import ControlBlock, Ring, unlink
+from shmbus.client import control as client
 
 
 class Bus:
@@ -153,7 +154,7 @@ class Bus:
         return metadata.list_topics(self.data_dir)
 
     def describe_topic(self, name: str) -> TopicDescription:
-        from shmbus.segments.log import PartitionLog
+        from shmbus.log.segments import PartitionLog
 
         validate_topic_name(name)
         meta = self.topic_meta(name)
@@ -178,23 +179,23 @@ class Bus:
 
     # --- groups (the coordinator lives in the supervisor) ---
     def list_groups(self) -> list[str]:
-        from shmbus.groups import list_groups
+        from shmbus.client.groups import list_groups
 
         return list_groups(self)
 
     def describe_group(self, group_id: str):
-        from shmbus.groups import describe_group
+        from shmbus.client.groups import describe_group
 
         return describe_group(self, group_id)
 
     # --- clients ---
     def producer(self, **config):
-        from shmbus.producer import Producer
+        from shmbus.client.producer import Producer
 
         return Producer(self.data_dir, _bus=self, **config)
 
     def consumer(self, *topics, **config):
-        from shmbus.consumer import Consumer
+        from shmbus.client.consumer import Consumer
 
         return Consumer(*topics, data_dir=self.data_dir, _bus=self, **config)
 
@@ -220,7 +221,7 @@ def open_or_recreate_ring(data_dir: str, bid: str, meta: metadata.TopicMeta, par
         return Ring.open(name)
     except posix_ipc.ExistentialError:
         pass
-    from shmbus.segments.recovery import log_end_offset  # (numba: only when a ring must be remade)
+    from shmbus.log.recovery import log_end_offset  # (numba: only when a ring must be remade)
 
     pdir = _paths.partition_dir(data_dir, meta.name, partition)
     if not os.path.isdir(pdir):

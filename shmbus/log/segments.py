@@ -28,13 +28,13 @@ from collections import OrderedDict
 
 import numpy as np
 
-from shmbus import _paths, _private
-from shmbus._limits import fd_exhausted
+from shmbus.core import paths as _paths, ownership as _private
+from shmbus.core.limits import fd_exhausted
 from shmbus.errors import CorruptRecordError
 from shmbus.layout import frame as F
 from shmbus.layout.segment import INDEX_DTYPE, TIMEINDEX_DTYPE
-from shmbus import native
-from shmbus.native import scan_frames  # C, or the numba kernel when the C verbs are not loaded
+from shmbus.core import native
+from shmbus.core.native import scan_frames  # C, or the numba kernel when the C verbs are not loaded
 
 _write_frames = native.write_frames  # None: SegmentWriter appends with numpy
 
