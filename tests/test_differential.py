@@ -30,12 +30,13 @@ from shmbus.client import consumer as consumer_mod
 from shmbus.core import native
 from shmbus.core import partitioner as partitioner_mod
 from shmbus.client import producer as producer_mod
+from shmbus.core import headers as headers_mod
 from shmbus.errors import ShmbusError
 from shmbus.kernels import frames as K
 from shmbus.kernels import groups as KG
 from shmbus.kernels.crc32c import crc32c as numba_crc32c
-from shmbus.kernels.murmur2 import _murmur2 as numba_murmur2
-from shmbus.kernels.murmur2 import _partition as numba_partition
+from shmbus.kernels.murmur2 import murmur2_bytes as numba_murmur2
+from shmbus.kernels.murmur2 import partition_bytes as numba_partition
 from shmbus.layout import frame as F
 from shmbus.layout import groups as G
 from shmbus.layout import ring as R
@@ -67,7 +68,7 @@ def rnd_record(rnd, max_value=600):
     key = None if k < 0.3 else b"" if k < 0.4 else rnd_bytes(rnd, 0, 30)
     value = None if v < 0.15 else b"" if v < 0.25 else rnd_bytes(rnd, 0, max_value)
     h = rnd_headers(rnd)
-    return key, value, producer_mod._encode_headers(h) if h else b"", TS + rnd.randint(-1000, 1000)
+    return key, value, headers_mod._encode_headers(h) if h else b"", TS + rnd.randint(-1000, 1000)
 
 
 def spill_rows(buf, max_bytes=BIG):
@@ -376,11 +377,11 @@ def test_scan_ring_c_and_numba_agree_by_address(seed):
 
 @pytest.fixture
 def python_codec(monkeypatch):
-    """The Python header codec (producer.py) in place of the compiled one, for the twins' reference side."""
-    monkeypatch.setattr(producer_mod, "_dec_c", None)
-    monkeypatch.setattr(producer_mod, "_enc_c", None)
-    producer_mod._HDR_CACHE.clear()
-    producer_mod._ENC_CACHE.clear()
+    """The Python header codec (core/headers.py) in place of the compiled one, for the twins' reference side."""
+    monkeypatch.setattr(headers_mod, "_dec_c", None)
+    monkeypatch.setattr(headers_mod, "_enc_c", None)
+    headers_mod._HDR_CACHE.clear()
+    headers_mod._ENC_CACHE.clear()
 
 
 def _python_records(rows, buf, monkeypatch):
@@ -520,9 +521,9 @@ def test_header_codec_c_and_python_agree(seed, python_codec):
         if rnd.random() < 0.3:
             h = tuple(h)
         enc_c = native.encode_headers(h)
-        enc_py = producer_mod._encode_headers(h)
+        enc_py = headers_mod._encode_headers(h)
         assert enc_c == enc_py, h
-        assert native.decode_headers(enc_c) == producer_mod.decode_headers(enc_py) == [tuple(x) for x in h]
+        assert native.decode_headers(enc_c) == headers_mod.decode_headers(enc_py) == [tuple(x) for x in h]
         # bytes that are not headers (cut, or a length changed): both refuse, or both read the same
         bad = bytearray(enc_c)
         if bad and rnd.random() < 0.5:
@@ -530,7 +531,7 @@ def test_header_codec_c_and_python_agree(seed, python_codec):
         elif bad:
             bad[rnd.randrange(len(bad))] = rnd.randrange(256)
         try:
-            want = producer_mod.decode_headers(bytes(bad))
+            want = headers_mod.decode_headers(bytes(bad))
         except ValueError:
             want = ValueError
         try:

@@ -23,7 +23,7 @@ from shmbus.core import native
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.layout import ring as R
-from shmbus.client.producer import decode_headers, encode_headers
+from shmbus.core.headers import decode_headers, encode_headers
 
 HDR = R.HEADER_BYTES
 TS = 1_700_000_000_123

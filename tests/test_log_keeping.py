@@ -16,8 +16,8 @@ import pytest
 from shmbus.layout import frame as F
 from shmbus.log import recovery, swap
 from shmbus.log.segments import (
-    _IDX,
-    _TIDX,
+    INDEX_DTYPE,
+    TIMEINDEX_DTYPE,
     INDEX_INTERVAL,
     PartitionLog,
     SegmentWriter,
@@ -215,8 +215,8 @@ def test_index_entries_match_what_the_writer_writes(tmp_path):
         pos += ln
     w.append(memoryview(ring), np.array(rows, np.int64), 0)
     w.close()
-    ent = np.fromfile(os.path.join(pdir, f"{0:020d}.index"), _IDX)
-    tent = np.fromfile(os.path.join(pdir, f"{0:020d}.timeindex"), _TIDX)
+    ent = np.fromfile(os.path.join(pdir, f"{0:020d}.index"), INDEX_DTYPE)
+    tent = np.fromfile(os.path.join(pdir, f"{0:020d}.timeindex"), TIMEINDEX_DTYPE)
     sc = recovery.scan_segment(os.path.join(pdir, f"{0:020d}.log"))
     e2, t2 = recovery.index_entries(sc.pos, sc.offsets, sc.timestamps, 0)
     assert ent.tobytes() == e2.tobytes() and tent.tobytes() == t2.tobytes()
@@ -293,7 +293,7 @@ def test_recover_rebuilds_missing_or_damaged_indexes_of_closed_segments(tmp_path
 def test_reader_ignores_an_index_that_does_not_match_its_log(tmp_path):
     pdir = str(tmp_path / "p")
     write_segment(pdir, 0, [frame(i, 1, None, b"x" * 500) for i in range(100)])
-    ent = np.fromfile(os.path.join(pdir, f"{0:020d}.index"), _IDX)
+    ent = np.fromfile(os.path.join(pdir, f"{0:020d}.index"), INDEX_DTYPE)
     ent["pos"][1:] += 8  # every entry (but the first) now points inside a frame
     ent.tofile(os.path.join(pdir, f"{0:020d}.index"))
     assert [r[0] for r in read_all(pdir, 77)][:3] == [77, 78, 79]

@@ -27,7 +27,7 @@ from shmbus.core import native
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.layout import ring as R
-from shmbus.client.producer import encode_headers
+from shmbus.core.headers import encode_headers
 
 ON_X86_LINUX = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
 
@@ -302,7 +302,7 @@ def test_a_following_reader_crosses_ring_ends_and_takes_what_is_ready(bus, monke
 
 @needs_native
 def test_the_compiled_header_codec_agrees_with_the_python_one(monkeypatch):
-    from shmbus.client import producer as P
+    from shmbus.core import headers as P
 
     rnd = random.Random(21)
     keys = ["", "a", "trace-id", "ключ", "😀" * 3, "k" * 300]

@@ -38,7 +38,8 @@ import time
 import numpy as np
 
 from shmbus.core import paths as _paths
-from shmbus.client.bus import Bus, partition_start_offset
+from shmbus.client.handle import BusHandle
+from shmbus.log.partition import partition_start_offset
 from shmbus.core.config import validate_topic_name
 from shmbus.errors import (
     CommitFailedError,
@@ -59,7 +60,7 @@ K = LazyModule("shmbus.kernels.frames")
 _Reader = native.Reader  # None: SHMBUS_NATIVE=0 or no C build; then _take1 reads in Python
 _build = native.build_records  # None: _records_from builds records in Python
 from shmbus.layout import ring as R
-from shmbus.client.producer import decode_headers
+from shmbus.core.headers import decode_headers
 from shmbus.records import ConsumerRecord, OffsetAndTimestamp, RecordBatch, TopicPartition
 from shmbus.log.segments import PartitionLog
 
@@ -234,7 +235,7 @@ class Consumer:
         self._owner = None  # that thread's ident, on the paths that may re-enter
         self._member = None  # group membership (shmbus/group_member.py) when group_id is set
         self._own_bus = _bus is None
-        self._bus = _bus if _bus is not None else Bus(data_dir)
+        self._bus = _bus if _bus is not None else BusHandle(data_dir)
         self.group_id = group_id
         self.auto_offset_reset = auto_offset_reset
         self.max_poll_records = max_poll_records

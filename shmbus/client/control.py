@@ -14,29 +14,10 @@ import subprocess
 import sys
 import time
 
-from shmbus.core import paths as _paths, ownership as _private
+from shmbus.core import ownership as _private
+from shmbus.core import paths as _paths
+from shmbus.core.supervisor_lock import running_pid
 from shmbus.errors import SupervisorNotRunningError
-
-
-def running_pid(data_dir: str) -> int | None:
-    """The pid of the live supervisor of ``data_dir``, or None."""
-    path = _paths.lock_path(data_dir)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                return int(os.pread(fd, 32, 0).split()[0])
-            except (ValueError, IndexError):
-                return -1  # locked, pid not written yet
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 def request(data_dir: str, cmd: dict, timeout: float = 10.0) -> dict:

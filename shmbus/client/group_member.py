@@ -64,7 +64,6 @@ from shmbus.errors import (
     SupervisorNotRunningError,
 )
 from shmbus.records import TopicPartition
-from shmbus.supervisor import coordinator as C
 
 log = logging.getLogger("shmbus.client.groups")
 
@@ -82,7 +81,7 @@ def not_running_error(data_dir: str) -> SupervisorNotRunningError:
 def connect(data_dir: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        s.connect(C.socket_path(data_dir))
+        s.connect(_paths.groups_socket_path(data_dir))
     except (FileNotFoundError, ConnectionRefusedError):
         s.close()
         raise not_running_error(data_dir) from None

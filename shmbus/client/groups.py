@@ -54,7 +54,8 @@ def list_groups(bus) -> list[str]:
     resp = _ask(bus, {"op": "list"})
     if resp is not None:
         return resp["groups"]
-    from shmbus.supervisor.coordinator import groups_dir, read_checkpoint
+    from shmbus.core.paths import groups_dir
+    from shmbus.log.group_offsets import read_checkpoint
 
     d = groups_dir(bus.data_dir)
     try:
@@ -76,11 +77,8 @@ def describe_raw(bus, group_id: str) -> dict:
     resp = _ask(bus, {"op": "describe", "group": group_id})
     if resp is not None:
         return resp
-    from shmbus.supervisor.coordinator import (
-        checkpoint_path,
-        flat_offsets,
-        read_checkpoint,
-    )
+    from shmbus.core.paths import checkpoint_path
+    from shmbus.log.group_offsets import flat_offsets, read_checkpoint
 
     ck = read_checkpoint(checkpoint_path(bus.data_dir, group_id)) or {}
     offsets = _with_table(bus, group_id, flat_offsets(ck.get("offsets")))

@@ -16,12 +16,12 @@ import numpy as np
 
 from shmbus.errors import ShmbusError
 from shmbus.layout import groups as G
-from shmbus.core.ring import _create_shm, _Mapped, _open_shm, unlink
+from shmbus.core.ring import create_shm, Mapped, open_shm, unlink
 
 _Q = 8
 
 
-class GroupTable(_Mapped):
+class GroupTable(Mapped):
     def __init__(self, name: str, mm: np.ndarray):
         super().__init__(name, mm, len(mm))
         w = self.words
@@ -39,7 +39,7 @@ class GroupTable(_Mapped):
     @classmethod
     def create(cls, name: str, group_id: str, slots: int = G.SLOTS) -> GroupTable:
         """Make the table (exclusively, mode 0600, pages reserved); raises posix_ipc.ExistentialError if it exists."""
-        mm = _create_shm(name, G.table_bytes(slots))
+        mm = create_shm(name, G.table_bytes(slots))
         w = memoryview(mm)[: G.HEADER_BYTES].cast("q")
         w[G.OFF_VERSION // _Q] = G.VERSION | (G.HEADER_BYTES << 32)
         w[G.OFF_SLOTS // _Q] = slots
@@ -58,7 +58,7 @@ class GroupTable(_Mapped):
     @classmethod
     def open(cls, name: str) -> GroupTable:
         """Map an existing table; raises posix_ipc.ExistentialError if there is none, ShmbusError if it is not one."""
-        return cls(name, _open_shm(name))
+        return cls(name, open_shm(name))
 
     def unlink(self) -> bool:
         return unlink(self.name)

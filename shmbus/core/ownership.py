@@ -7,7 +7,7 @@ an existing object therefore goes through :func:`check_object`: the object
 must be a regular file owned by this process's effective uid, with no access
 for group or others; anything else raises :class:`ForeignObjectError` before
 a byte of it is read or written. Objects are made with ``O_EXCL`` and mode
-0600 (``ring._create_shm``).
+0600 (``ring.create_shm``).
 
 Files in the data dir are made mode 0600 and folders 0700, whatever the
 umask (:func:`makedirs`, :func:`write_file`, :func:`open_file`).

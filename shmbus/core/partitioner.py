@@ -33,15 +33,15 @@ def _as_bytes(key) -> bytes:
 
 
 def _numba_murmur2(key: bytes) -> int:
-    from shmbus.kernels.murmur2 import _murmur2
+    from shmbus.kernels.murmur2 import murmur2_bytes
 
-    return _murmur2(key)
+    return murmur2_bytes(key)
 
 
 def _numba_partition(key: bytes, n: int) -> int:
-    from shmbus.kernels.murmur2 import _partition
+    from shmbus.kernels.murmur2 import partition_bytes
 
-    return _partition(key, n)
+    return partition_bytes(key, n)
 
 
 # the compiled twins when built (shmbus/native.py): a keyed send then needs no numba

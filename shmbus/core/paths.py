@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import urllib.parse
 import secrets
 
 from shmbus.core import ownership as _private
@@ -66,6 +67,20 @@ def lock_path(data_dir: str) -> str:
 
 def socket_path(data_dir: str) -> str:
     return os.path.join(data_dir, "supervisor.sock")
+
+
+def groups_socket_path(data_dir: str) -> str:
+    """The group coordinator's socket (members connect to it)."""
+    return os.path.join(data_dir, "groups.sock")
+
+
+def groups_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, "groups")
+
+
+def checkpoint_path(data_dir: str, group_id: str) -> str:
+    """A group's offsets checkpoint (its id %-quoted: any string is a valid group id)."""
+    return os.path.join(groups_dir(data_dir), urllib.parse.quote(group_id, safe="") + ".json")
 
 
 def log_path(data_dir: str) -> str:

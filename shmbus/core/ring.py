@@ -71,7 +71,7 @@ def _shm_open(name: str, **kw):
         raise
 
 
-def _create_shm(name: str, size: int):
+def create_shm(name: str, size: int):
     """Create ``name`` exclusively, mode 0600, and map it. Raises ExistentialError if it exists."""
     old = os.umask(0o077)
     try:
@@ -107,7 +107,7 @@ def _shm_free() -> int:
         return -1
 
 
-def _open_shm(name: str):
+def open_shm(name: str):
     """Map an existing object of the bus, after checking that it is this user's alone.
 
     Raises ExistentialError if there is none, :class:`ForeignObjectError` if
@@ -137,7 +137,7 @@ def unlink(name: str) -> bool:
         return False
 
 
-class _Mapped:
+class Mapped:
     """A shared mapping (a uint8 array, see :func:`_map`; ``buf`` for kernels) and an int64 view of its header."""
 
     def __init__(self, name: str, mm: np.ndarray, header_bytes: int):
@@ -159,7 +159,7 @@ class _Mapped:
         return memoryview(self._mm)
 
 
-class Ring(_Mapped):
+class Ring(Mapped):
     """One partition's ring (see layout/ring.py for the bytes)."""
 
     def __init__(self, name: str, mm: np.ndarray):
@@ -171,7 +171,7 @@ class Ring(_Mapped):
     @classmethod
     def create(cls, name: str, ring_bytes: int, base_offset: int, topic_id: int, partition: int,
                max_message_bytes: int = 1 << 30) -> "Ring":
-        mm = _create_shm(name, R.HEADER_BYTES + ring_bytes)
+        mm = create_shm(name, R.HEADER_BYTES + ring_bytes)
         w = memoryview(mm)[: R.HEADER_BYTES].cast("q")
         w[R.OFF_VERSION // _Q] = R.VERSION | (R.HEADER_BYTES << 32)
         w[R.OFF_RING_BYTES // _Q] = ring_bytes
@@ -194,7 +194,7 @@ class Ring(_Mapped):
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                mm = _open_shm(name)
+                mm = open_shm(name)
             except posix_ipc.ExistentialError:
                 raise
             w = memoryview(mm)[:8].cast("q")
@@ -258,7 +258,7 @@ class Ring(_Mapped):
         return self.claim_position() - self.released()
 
 
-class ControlBlock(_Mapped):
+class ControlBlock(Mapped):
     """The bus's wake-up words (one per data dir)."""
 
     def __init__(self, name: str, mm: np.ndarray):
@@ -276,14 +276,14 @@ class ControlBlock(_Mapped):
     def open_or_create(cls, bid: str, data_dir: str = "") -> "ControlBlock":
         name = _paths.ctl_name(bid)
         try:
-            mm = _create_shm(name, R.CTL_BYTES)
+            mm = create_shm(name, R.CTL_BYTES)
             path = data_dir.encode()[: R.CTL_BYTES - R.CTL_OFF_DATA_DIR - 4]
             memoryview(mm)[R.CTL_OFF_DATA_DIR: R.CTL_OFF_DATA_DIR + 4 + len(path)] = len(path).to_bytes(4, "little") + path
             w = memoryview(mm)[:8].cast("q")
             w[0] = R.CTL_MAGIC
             w.release()
         except posix_ipc.ExistentialError:
-            mm = _open_shm(name)
+            mm = open_shm(name)
         return cls(name, mm)
 
     def data_dir(self) -> str:

@@ -89,10 +89,10 @@ def read_ctl_data_dir(bid: str) -> str | None:
 
 def supervisor_pid(data_dir: str) -> int | None:
     """The pid of the supervisor holding ``data_dir``'s lock, or None (probes the flock, changes nothing)."""
-    from shmbus.client import control as client
+    from shmbus.core.supervisor_lock import running_pid
 
     try:
-        return client.running_pid(data_dir)
+        return running_pid(data_dir)
     except OSError:
         return None
 
@@ -174,28 +174,28 @@ def remove_bus(data_dir: str, stop_timeout_s: float = 15.0) -> list[str]:
     """Stop ``data_dir``'s supervisor and unlink the bus's objects; returns the names unlinked.
 
     For tests, benchmarks and tools that started this bus (and so its
-    supervisor): if the supervisor does not stop when asked, it is killed by
-    the pid its lock file names (the process holding this data dir's lock).
-    The data dir itself is left as it is. Never raises for a bus that is gone.
+    supervisor): the supervisor holding this data dir's lock is sent SIGTERM
+    (its clean stop: a last spill, checkpoints) and, if it has not stopped
+    within ``stop_timeout_s``, SIGKILL. The data dir itself is left as it is.
+    Never raises for a bus that is gone.
     """
     import signal
     import time
 
-    from shmbus.client import control as client
+    from shmbus.core.supervisor_lock import running_pid
 
-    pid = client.running_pid(data_dir)
-    if pid:
-        try:
-            client.stop(data_dir, wait_s=stop_timeout_s)
-        except Exception:  # noqa: BLE001 (not answering: end it, it is this data dir's)
-            if pid > 0:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + 5
-            while client.running_pid(data_dir) and time.monotonic() < deadline:
-                time.sleep(0.01)
+    for sig, wait_s in ((signal.SIGTERM, stop_timeout_s), (signal.SIGKILL, 5.0)):
+        pid = running_pid(data_dir)
+        if not pid:
+            break
+        if pid > 0:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while running_pid(data_dir) and time.monotonic() < deadline:
+            time.sleep(0.01)
     names = bus_names(data_dir)
     unlink_names(names)
     return names

@@ -748,10 +748,11 @@ def warm() -> None:
     is filled once instead of by every process at the same time.
     """
     from shmbus.layout import ring as R
-    from shmbus.core.partitioner import partition_for_key
+    from shmbus.kernels.murmur2 import murmur2_bytes, partition_bytes
 
     fast()
-    partition_for_key(b"warm-up", 2)
+    murmur2_bytes(b"warm-up")
+    partition_bytes(b"warm-up", 2)
     ring_bytes = 4096
     buf = np.zeros(R.HEADER_BYTES + ring_bytes, np.uint8)
     hdr = buf[: R.HEADER_BYTES].view(np.int64)

@@ -89,13 +89,13 @@ def partition_span(buf, start, end, num_partitions):
 # of a few dozen bytes releasing and retaking it costs more (~70 ns) than the
 # hash.
 @jit(nogil=False)
-def _murmur2(buf):
+def murmur2_bytes(buf):
     return murmur2_span(buf, 0, len(buf))
 
 
 @jit(nogil=False)
-def _partition(buf, num_partitions):
+def partition_bytes(buf, num_partitions):
     return (murmur2_span(buf, 0, len(buf)) & 0x7FFFFFFF) % num_partitions
 
 
-__all__ = ["murmur2_span", "partition_span"]
+__all__ = ["murmur2_bytes", "murmur2_span", "partition_bytes", "partition_span"]

@@ -39,7 +39,7 @@ import numpy as np
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.log import swap
-from shmbus.log.segments import _seg_path, list_segments
+from shmbus.log.segments import segment_path, list_segments
 from shmbus.log.recovery import index_entries
 
 NEVER = 1 << 62  # drop_time of a record only a newer record of its key can drop
@@ -167,7 +167,7 @@ def clean_partition(pdir: str, active_base: int | None, config: dict, now_ms: in
     for base in segs:  # pass 1: the latest record of every key
         if abort is not None and abort():
             raise Aborted(pdir)
-        seg = read_segment(_seg_path(pdir, base), active_size if base == active_base else None)
+        seg = read_segment(segment_path(pdir, base), active_size if base == active_base else None)
         stats.read += len(seg.rows)
         for key, off, ts in zip(seg.keys(), seg.rows[:, F.M_OFFSET].tolist(), seg.rows[:, F.M_TS].tolist()):
             if key is None:
@@ -181,7 +181,7 @@ def clean_partition(pdir: str, active_base: int | None, config: dict, now_ms: in
     for base in closed:  # pass 2: rewrite what has records to drop
         if abort is not None and abort():
             raise Aborted(pdir)
-        path = _seg_path(pdir, base)
+        path = segment_path(pdir, base)
         seg = read_segment(path)
         keep, due = keep_mask(seg, latest, now_ms, lag, dret)
         stats.due_ms = min(stats.due_ms, due)
@@ -256,7 +256,7 @@ class Cleaner:
         for base in segs:
             if base != active:
                 try:
-                    closed_sizes[base] = os.stat(_seg_path(writer.pdir, base)).st_size
+                    closed_sizes[base] = os.stat(segment_path(writer.pdir, base)).st_size
                 except FileNotFoundError:
                     pass
         if not self.due(st, closed_sizes, config, now_ms):

@@ -38,11 +38,11 @@ from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.log import swap
 from shmbus.log.segments import (
-    _IDX,
-    _TIDX,
+    INDEX_DTYPE,
+    TIMEINDEX_DTYPE,
     INDEX_INTERVAL,
-    _read_entries,
-    _seg_path,
+    read_entries,
+    segment_path,
     list_segments,
     read_recovery_point,
 )
@@ -144,15 +144,15 @@ def index_entries(pos: np.ndarray, offsets: np.ndarray, timestamps: np.ndarray, 
     largest timestamp so far. A pure function.
     """
     if len(pos) == 0:
-        return np.zeros(0, _IDX), np.zeros(0, _TIDX)
+        return np.zeros(0, INDEX_DTYPE), np.zeros(0, TIMEINDEX_DTYPE)
     b = np.asarray(pos, np.int64) // INDEX_INTERVAL
     prev = np.concatenate(([-1], b[:-1]))
     pick = np.nonzero(b != prev)[0]
     run_max = np.maximum.accumulate(np.asarray(timestamps, np.int64))
-    ent = np.empty(len(pick), _IDX)
+    ent = np.empty(len(pick), INDEX_DTYPE)
     ent["rel"] = np.asarray(offsets)[pick] - base
     ent["pos"] = np.asarray(pos)[pick]
-    tent = np.zeros(len(pick), _TIDX)
+    tent = np.zeros(len(pick), TIMEINDEX_DTYPE)
     tent["ts"] = run_max[pick]
     tent["rel"] = ent["rel"]
     return ent, tent
@@ -182,7 +182,7 @@ def index_ok(ent: np.ndarray, tent: np.ndarray, size: int) -> bool:
 def write_indexes(pdir: str, base: int, ent: np.ndarray, tent: np.ndarray, suffix: str = "") -> None:
     """Write (replace) a segment's two index files, fsynced; ``suffix`` e.g. ``.cleaned``."""
     for ext, arr in ((".index", ent), (".timeindex", tent)):
-        path = _seg_path(pdir, base, ext) + suffix
+        path = segment_path(pdir, base, ext) + suffix
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, arr.tobytes())
@@ -202,11 +202,11 @@ def _frame_offset_at(path: str, pos: int) -> int | None:
 
 def indexes_ok(pdir: str, base: int) -> bool:
     """:func:`index_ok` on the files, plus the first and last entries checked against the log."""
-    path = _seg_path(pdir, base)
+    path = segment_path(pdir, base)
     try:
         size = os.stat(path).st_size
-        ent = _read_entries(_seg_path(pdir, base, ".index"), _IDX)
-        tent = _read_entries(_seg_path(pdir, base, ".timeindex"), _TIDX)
+        ent = read_entries(segment_path(pdir, base, ".index"), INDEX_DTYPE)
+        tent = read_entries(segment_path(pdir, base, ".timeindex"), TIMEINDEX_DTYPE)
     except FileNotFoundError:
         return False
     if not index_ok(ent, tent, size):
@@ -219,7 +219,7 @@ def indexes_ok(pdir: str, base: int) -> bool:
 
 def rebuild_indexes(pdir: str, base: int, scan: SegmentScan | None = None) -> None:
     if scan is None:
-        scan = scan_segment(_seg_path(pdir, base), verify=False)
+        scan = scan_segment(segment_path(pdir, base), verify=False)
     ent, tent = index_entries(scan.pos, scan.offsets, scan.timestamps, base)
     write_indexes(pdir, base, ent, tent)
 
@@ -236,13 +236,13 @@ def recover_partition(pdir: str) -> Report:
     rp = read_recovery_point(pdir)
     # the first segment that may hold an offset >= the recovery point (all of them if it is 0)
     first = max([i for i, b in enumerate(segs) if b <= rp] or [0])
-    rep.older = [_seg_path(pdir, base) for base in segs[:first]]
+    rep.older = [segment_path(pdir, base) for base in segs[:first]]
     for base in segs[:first]:
         if not indexes_ok(pdir, base):
             rebuild_indexes(pdir, base)
-            rep.rebuilt.append(_seg_path(pdir, base, ".index"))
+            rep.rebuilt.append(segment_path(pdir, base, ".index"))
     for k, base in enumerate(segs[first:], start=first):
-        path = _seg_path(pdir, base)
+        path = segment_path(pdir, base)
         sc = scan_segment(path, verify=True)
         cut = sc.good_end < sc.size
         if cut:
@@ -254,17 +254,17 @@ def recover_partition(pdir: str) -> Report:
                 os.close(fd)
             rep.truncated.append((path, sc.size, sc.good_end, _REASONS.get(sc.stop, str(sc.stop))))
         if not indexes_ok(pdir, base) or cut:
-            rep.rebuilt.append(_seg_path(pdir, base, ".index"))
+            rep.rebuilt.append(segment_path(pdir, base, ".index"))
         rebuild_indexes(pdir, base, sc)  # always: cheap after the scan, and entries past a cut must go
         if cut and k + 1 < len(segs):
             # records after a torn one were never fsynced either: the log must stay a prefix
             for later in segs[k + 1:]:
                 for suffix in (".log", ".index", ".timeindex"):
                     try:
-                        os.unlink(_seg_path(pdir, later, suffix))
+                        os.unlink(segment_path(pdir, later, suffix))
                     except FileNotFoundError:
                         pass
-                rep.truncated.append((_seg_path(pdir, later), -1, 0, "after a torn segment"))
+                rep.truncated.append((segment_path(pdir, later), -1, 0, "after a torn segment"))
             break
     swap.fsync_dir(pdir)
     return rep
@@ -305,7 +305,7 @@ def verify_partition(pdir: str) -> dict:
     segs = list_segments(pdir)
     out = {"segments": 0, "records": 0, "bytes": 0, "bad": None, "corrupt_segments": 0}
     for k, base in enumerate(segs):
-        path = _seg_path(pdir, base)
+        path = segment_path(pdir, base)
         try:
             size = os.stat(path).st_size
             n, bad = check_segment(path, newest=k == len(segs) - 1)
@@ -332,7 +332,7 @@ def log_end_offset(pdir: str) -> int | None:
         return None
     for base in reversed(segs):
         try:
-            sc = scan_segment(_seg_path(pdir, base), verify=True)
+            sc = scan_segment(segment_path(pdir, base), verify=True)
         except FileNotFoundError:
             continue
         if len(sc.offsets):

@@ -36,7 +36,7 @@ import numpy as np
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.log import swap
-from shmbus.log.segments import _IDX, _TIDX, _read_entries, _seg_path, list_segments
+from shmbus.log.segments import INDEX_DTYPE, TIMEINDEX_DTYPE, read_entries, segment_path, list_segments
 
 
 class SegmentInfo(NamedTuple):
@@ -78,7 +78,7 @@ def segment_max_timestamp(pdir: str, base: int) -> int:
     index point; the frames after it (at most ~``INDEX_INTERVAL`` bytes and a
     frame) are scanned for the rest. Cached per file version.
     """
-    path = _seg_path(pdir, base)
+    path = segment_path(pdir, base)
     st = os.stat(path)
     key = (pdir, base)
     hit = _max_ts_cache.get(key)
@@ -87,8 +87,8 @@ def segment_max_timestamp(pdir: str, base: int) -> int:
     best = -1
     pos = 0
     try:
-        ent = _read_entries(_seg_path(pdir, base, ".index"), _IDX)
-        tent = _read_entries(_seg_path(pdir, base, ".timeindex"), _TIDX)
+        ent = read_entries(segment_path(pdir, base, ".index"), INDEX_DTYPE)
+        tent = read_entries(segment_path(pdir, base, ".timeindex"), TIMEINDEX_DTYPE)
         n = min(len(ent), len(tent))
         if n and int(ent["pos"][n - 1]) < st.st_size:
             pos = int(ent["pos"][n - 1])
@@ -115,7 +115,7 @@ def segment_infos(pdir: str, active_base: int | None) -> list[SegmentInfo]:
     out = []
     for base in list_segments(pdir):
         try:
-            size = os.stat(_seg_path(pdir, base)).st_size
+            size = os.stat(segment_path(pdir, base)).st_size
             max_ts = segment_max_timestamp(pdir, base) if base != active_base else -1
         except FileNotFoundError:
             continue
@@ -145,7 +145,7 @@ def enforce(writer, config: dict, now_ms: int, lock=None) -> list[int]:
             # judged without the lock: the writer may have made this segment its active one
             # again since (an open that failed half-way, then a retry) and appended to it
             try:
-                size = os.stat(_seg_path(pdir, last.base)).st_size
+                size = os.stat(segment_path(pdir, last.base)).st_size
             except FileNotFoundError:
                 size = None
             if writer.active_base() == last.base or size != last.size:

@@ -39,8 +39,6 @@ from shmbus.core.native import scan_frames  # C, or the numba kernel when the C 
 _write_frames = native.write_frames  # None: SegmentWriter appends with numpy
 
 INDEX_INTERVAL = 4096
-_IDX = INDEX_DTYPE  # an .index record (layout/segment.py)
-_TIDX = TIMEINDEX_DTYPE  # a .timeindex record
 _BIG = 1 << 62
 
 
@@ -52,11 +50,11 @@ def list_segments(pdir: str) -> list[int]:
     return sorted(int(n[:-4]) for n in names if n.endswith(".log") and len(n) == 24 and n[:20].isdigit())
 
 
-def _seg_path(pdir: str, base: int, suffix: str = ".log") -> str:
+def segment_path(pdir: str, base: int, suffix: str = ".log") -> str:
     return os.path.join(pdir, _paths.segment_name(base, suffix))
 
 
-def _read_entries(path: str, dtype) -> np.ndarray:
+def read_entries(path: str, dtype) -> np.ndarray:
     """Whole entries of an index file (a reader may see the last one half written)."""
     with open(path, "rb") as f:
         data = f.read()
@@ -285,7 +283,7 @@ class SegmentWriter:
                 self.park()  # the first append opens the files again
 
     def _paths(self) -> tuple[str, str, str]:
-        return tuple(_seg_path(self.pdir, self.base, sfx) for sfx in (".log", ".index", ".timeindex"))
+        return tuple(segment_path(self.pdir, self.base, sfx) for sfx in (".log", ".index", ".timeindex"))
 
     def _has_segment(self) -> bool:
         """Is there an active segment (open, or parked)?"""
@@ -320,7 +318,7 @@ class SegmentWriter:
             for i, sfx in enumerate((".log", ".index", ".timeindex")):
                 # a parked .log must still be there (else the partition is being deleted)
                 f = flags | os.O_CREAT if create or i else flags
-                fds.append(os.open(_seg_path(self.pdir, base, sfx), f, 0o600))
+                fds.append(os.open(segment_path(self.pdir, base, sfx), f, 0o600))
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -548,11 +546,11 @@ class SegmentWriter:
         prev = np.concatenate(([self.last_index_pos // INDEX_INTERVAL], b[:-1]))
         pick = np.nonzero(b != prev)[0]
         if len(pick):
-            ent = np.empty(len(pick), _IDX)
+            ent = np.empty(len(pick), INDEX_DTYPE)
             ent["rel"] = offs[pick] - self.base
             ent["pos"] = starts[pick]
             os.write(self.ifd, ent.tobytes())
-            tent = np.zeros(len(pick), _TIDX)
+            tent = np.zeros(len(pick), TIMEINDEX_DTYPE)
             tent["ts"] = run_max[pick]
             tent["rel"] = offs[pick] - self.base
             os.write(self.tfd, tent.tobytes())
@@ -617,7 +615,7 @@ class PartitionLog:
             fd = self._fds[base]
             if base in live:
                 try:
-                    if os.fstat(fd).st_ino == os.stat(_seg_path(self.pdir, base)).st_ino:
+                    if os.fstat(fd).st_ino == os.stat(segment_path(self.pdir, base)).st_ino:
                         continue
                 except FileNotFoundError:
                     pass
@@ -629,7 +627,7 @@ class PartitionLog:
     def _fd(self, base: int) -> int:
         fd = self._fds.get(base)
         if fd is None:
-            fd = os.open(_seg_path(self.pdir, base), os.O_RDONLY)
+            fd = os.open(segment_path(self.pdir, base), os.O_RDONLY)
             self._fds[base] = fd
         return fd
 
@@ -646,7 +644,7 @@ class PartitionLog:
 
     def _index_pos(self, base: int, offset: int) -> int:
         try:
-            ent = _read_entries(_seg_path(self.pdir, base, ".index"), _IDX)
+            ent = read_entries(segment_path(self.pdir, base, ".index"), INDEX_DTYPE)
         except FileNotFoundError:
             return 0
         i = int(np.searchsorted(ent["rel"], offset - base, side="right")) - 1
@@ -655,8 +653,8 @@ class PartitionLog:
     def _time_pos(self, base: int, ts: int) -> int:
         """A file position at or before the first frame with timestamp >= ts."""
         try:
-            tent = _read_entries(_seg_path(self.pdir, base, ".timeindex"), _TIDX)
-            ent = _read_entries(_seg_path(self.pdir, base, ".index"), _IDX)
+            tent = read_entries(segment_path(self.pdir, base, ".timeindex"), TIMEINDEX_DTYPE)
+            ent = read_entries(segment_path(self.pdir, base, ".index"), INDEX_DTYPE)
         except FileNotFoundError:
             return 0
         n = min(len(tent), len(ent))
@@ -712,7 +710,7 @@ class PartitionLog:
             skip = "no intact frame follows it in this segment: seek to a later segment"
         return CorruptRecordError(
             f"corrupt record in segment: {what} offset={offset if offset is not None else 'unknown'} "
-            f"file={_seg_path(self.pdir, base)} position={bad} ({skip}; records before it are read; "
+            f"file={segment_path(self.pdir, base)} position={bad} ({skip}; records before it are read; "
             f"`shmbus doctor --verify` checks every segment)")
 
     def _offset_before(self, at: int) -> int | None:
@@ -861,7 +859,7 @@ class PartitionLog:
                 return None
             base = self.segs[0]
             try:
-                fd = os.open(_seg_path(self.pdir, base), os.O_RDONLY)
+                fd = os.open(segment_path(self.pdir, base), os.O_RDONLY)
             except FileNotFoundError:
                 continue  # deleted by retention meanwhile: list again
             try:

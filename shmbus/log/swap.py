@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 
-from shmbus.log.segments import _seg_path
+from shmbus.log.segments import segment_path
 
 CLEANED = ".cleaned"
 INDEX_EXTS = (".index", ".timeindex")
@@ -54,7 +54,7 @@ def _unlink(path: str) -> bool:
 def write_cleaned(pdir: str, base: int, log_bytes, index_bytes: bytes, timeindex_bytes: bytes) -> None:
     """Step 1 of a replace: the new files beside the old, fsynced. ``log_bytes``: buffers written in order."""
     for ext, parts in ((".log", log_bytes), (".index", [index_bytes]), (".timeindex", [timeindex_bytes])):
-        fd = os.open(_seg_path(pdir, base, ext) + CLEANED, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(segment_path(pdir, base, ext) + CLEANED, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             for part in parts:
                 mv = memoryview(part).cast("B")
@@ -67,22 +67,22 @@ def write_cleaned(pdir: str, base: int, log_bytes, index_bytes: bytes, timeindex
 
 def commit_cleaned(pdir: str, base: int) -> None:
     """Steps 2-4 of a replace."""
-    os.rename(_seg_path(pdir, base) + CLEANED, _seg_path(pdir, base))
+    os.rename(segment_path(pdir, base) + CLEANED, segment_path(pdir, base))
     for ext in INDEX_EXTS:
-        os.rename(_seg_path(pdir, base, ext) + CLEANED, _seg_path(pdir, base, ext))
+        os.rename(segment_path(pdir, base, ext) + CLEANED, segment_path(pdir, base, ext))
     fsync_dir(pdir)
 
 
 def discard_cleaned(pdir: str, base: int) -> None:
     for ext in (".log",) + INDEX_EXTS:
-        _unlink(_seg_path(pdir, base, ext) + CLEANED)
+        _unlink(segment_path(pdir, base, ext) + CLEANED)
 
 
 def delete_segment(pdir: str, base: int) -> None:
     """Delete a segment: its log first (the commit point), then its indexes."""
-    _unlink(_seg_path(pdir, base))
+    _unlink(segment_path(pdir, base))
     for ext in INDEX_EXTS:
-        _unlink(_seg_path(pdir, base, ext))
+        _unlink(segment_path(pdir, base, ext))
 
 
 def resolve_leftovers(pdir: str) -> list[str]:

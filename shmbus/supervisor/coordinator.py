@@ -94,6 +94,8 @@ import numpy as np
 import posix_ipc
 import psutil
 
+from shmbus.core.paths import checkpoint_path, groups_dir, groups_socket_path as socket_path
+from shmbus.log.group_offsets import flat_offsets, nested_offsets, read_checkpoint
 from shmbus.core import paths as _paths, ownership as _private, assignors
 from shmbus.log import metadata
 from shmbus.errors import ForeignObjectError, ShmbusError, UnknownTopicError
@@ -108,26 +110,6 @@ CHECKPOINT_S = 0.25  # a commit is on disk within this (plus an fsync)
 SEND_TIMEOUT_S = 0.5  # a member whose socket stays full this long is dropped
 FD_BACKOFF_S = 0.05  # out of fds, accept waits this long before the next try
 KEEP_REBALANCES = 20
-
-
-def socket_path(data_dir: str) -> str:
-    return os.path.join(data_dir, "groups.sock")
-
-
-def groups_dir(data_dir: str) -> str:
-    return os.path.join(data_dir, "groups")
-
-
-def checkpoint_path(data_dir: str, group_id: str) -> str:
-    return os.path.join(groups_dir(data_dir), urllib.parse.quote(group_id, safe="") + ".json")
-
-
-def read_checkpoint(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def _tp(x) -> TopicPartition:
@@ -797,7 +779,7 @@ class Coordinator:
     def _snapshot(self, g: _Group) -> dict:
         return {
             "group_id": g.id, "generation": g.generation, "strategy": g.strategy,
-            "offsets": _nested(g.offsets),
+            "offsets": nested_offsets(g.offsets),
             "members": [{"member_id": m.id, "pid": m.pid, "session_timeout_ms": m.session_timeout_ms}
                         for m in g.members.values()],
             "written_ms": int(time.time() * 1000),
@@ -860,19 +842,6 @@ class Coordinator:
             "offsets": sorted([tp.topic, tp.partition, off] for tp, off in g.offsets.items()),
             "rebalances": [{"reason": r, "ms": ms} for r, ms in g.rebalances],
         }
-
-
-def _nested(offsets: dict) -> dict:
-    """{TopicPartition: offset} -> {topic: {partition: offset}} (the checkpoint's shape, for JSON)."""
-    out: dict = {}
-    for tp in sorted(offsets):
-        out.setdefault(tp.topic, {})[str(tp.partition)] = offsets[tp]
-    return out
-
-
-def flat_offsets(nested: dict) -> list:
-    """The checkpoint's offsets as [[topic, partition, offset], ...]."""
-    return [[t, int(p), int(o)] for t, ps in (nested or {}).items() for p, o in ps.items()]
 
 
 def _unlink_shm(name: str) -> None:

@@ -36,7 +36,7 @@ import psutil
 
 from shmbus.core import paths as _paths, ownership as _private
 from shmbus.log import metadata
-from shmbus.client.bus import open_or_recreate_ring
+from shmbus.log.partition import open_or_recreate_ring
 from shmbus.errors import ShmbusError, UnknownTopicError
 from shmbus.core.ring import ControlBlock
 from shmbus.log import recovery
