@@ -13,6 +13,7 @@ import os
 import platform
 import random
 import struct
+from types import SimpleNamespace
 import subprocess
 import sys
 
@@ -574,3 +575,38 @@ def test_a_caught_up_reader_of_an_exactly_full_ring_waits_even_when_the_oldest_f
     meta = np.zeros((9, F.META_COLS), np.int64)
     assert K.fast()["scan_ring"](addr, claim, 8, 8, meta.ctypes.data, 9) == 0
     assert meta[0, 0] == claim
+
+
+@needs_native
+def test_a_lapped_cursor_on_a_word_that_claims_a_frame_past_the_ring_end_reads_nothing_past_the_mapping():
+    """A reader whose cursor the spiller lapped reads, at its cursor, bytes of a newer frame: a word
+    that may look like a DATA header with any length. A frame never straddles the ring's end, so
+    such a length sends every reader to the general path (the scans stop there as corrupt), and
+    nothing is read past the mapping."""
+    from shmbus.client import consumer as consumer_mod
+    from shmbus.records import ConsumerRecord, TopicPartition
+
+    ring = 4096
+    buf = make_ring(ring, start=1000)
+    addr = buf.ctypes.data
+    cur = 4096 - 64
+    # a "DATA" word 64 bytes before the ring's end claiming 128 bytes, with lengths inside it
+    # that pass every other check
+    struct.pack_into("<Q", buf, HDR + cur, F.header_word(128, F.DATA))
+    struct.pack_into("<qqiii", buf, HDR + cur + F.OFF_OFFSET, 5, TS, -1, 128 - F.HEADER_BYTES, 0)
+    struct.pack_into("<q", buf, R.OFF_CLAIM_POS, 5000)
+    rd = native.Reader(addr, TopicPartition("t", 0), ConsumerRecord)
+    rd.cursor = cur
+    rd.position_raw = 0
+    assert rd.take(False) is None and rd.take_many(10, 0) is None and rd.poll(10, 0) is None
+    assert rd.cursor == cur
+    for scan in (native.scan_ring, K.fast()["scan_ring"]):
+        meta = np.zeros((9, F.META_COLS), np.int64)
+        assert scan(addr, cur, 8, 0, meta.ctypes.data, 9) == 0
+        assert meta[0, F.MS_REASON] == F.STOP_CORRUPT and meta[0, F.MS_BAD] == cur
+    # the Python reader (the twin without the C build) hands it to the general path too
+    ring_obj = SimpleNamespace(address=addr, mask=ring - 1, ring_bytes=ring, memoryview=lambda: memoryview(buf))
+    part = consumer_mod._Part(TopicPartition("t", 0), ring_obj, None)
+    part.cursor, part.position = cur, 0
+    me = SimpleNamespace(_kdes=None, _vdes=None)
+    assert consumer_mod.Consumer._take1(me, part, 1) is None

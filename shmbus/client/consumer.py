@@ -679,8 +679,8 @@ class Consumer:
         if c >= q[_W_RELEASED] + p.ring_bytes:
             return _EMPTY  # an exactly full ring: this is the oldest frame, not a new one
         flen = w & F.LEN_MASK
-        if flen < F.HEADER_BYTES or flen & (F.ALIGN - 1):
-            return None  # a header that cannot be: the general path's scan reports it
+        if flen < F.HEADER_BYTES or flen & (F.ALIGN - 1) or (c & p.mask) + flen > p.ring_bytes:
+            return None  # a header that cannot be (a lapped cursor, say): the general path's scan finds out
         nxt = c + flen
         if budget > 1 and (q[p.hq + ((nxt & p.mask) >> 3)] >> F.TYPE_SHIFT) & F.TYPE_MASK == F.DATA:
             return None  # more records are ready: one kernel call reads them all

@@ -562,4 +562,4 @@ class Producer:
         self.close()
 
 
-__all__ = ["Producer", "encode_headers", "decode_headers"]
+__all__ = ["Producer"]

@@ -451,7 +451,10 @@ static int reader_take_core(Reader *r, int more, PyObject **out) {
         }
         if (t != T_DATA) return TAKE_GENERAL;
         flen = w & 0xFFFFFFFF;
-        if (flen < F_HDR || (flen & 7)) return TAKE_GENERAL;
+        /* a frame never straddles the ring's end: a length that would is a word read from a
+         * region the spiller released and a writer reused (a lapped cursor); the general path
+         * finds that out, without reading past the mapping here */
+        if (flen < F_HDR || (flen & 7) || (c & mask) + flen > ring) return TAKE_GENERAL;
         nxt = c + flen;
         memcpy(&off, buf + i + F_OFFSET, 8);
         if (off < r->position) {  /* below the position (after a locate): step over it, as the scan does */

@@ -405,6 +405,12 @@ def scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta):
         if pos + ln > end:
             reason = STOP_END
             break
+        if mask >= 0 and (pos & mask) + ln > mask + 1:
+            # a frame never straddles the ring's end: a length read from a lapped (reused)
+            # region; stop before reading past the mapping
+            reason = STOP_CORRUPT
+            bad = pos
+            break
         if t == T_DATA:
             if ln < F_HDR:
                 reason = STOP_CORRUPT
