@@ -17,7 +17,7 @@ import uuid
 import numpy as np
 import pytest
 
-from conftest import cleanup_bus
+from helpers.bus import cleanup_bus
 
 from shmbus import (
     BatchMetadata,
@@ -127,7 +127,8 @@ def wait_spilled(bus, topic, partition=0):
     """Until the segment files hold everything published (the ring keeps recent records too)."""
     import os
 
-    from shmbus.log.segments import PartitionLog, list_segments
+    from shmbus.log.files import list_segments
+    from shmbus.log.reader import PartitionLog
 
     ring = ring_of(bus, topic, partition)
     pdir = os.path.join(bus.data_dir, "topics", topic, str(partition))
@@ -880,7 +881,7 @@ def child_delete_under_clients(data_dir, scenario, q):
 
 
 def run_delete_scenario(data_dir, procs, scenario):
-    from conftest import SPAWN
+    from helpers.waiting import SPAWN
 
     q = SPAWN.Queue()
     p = procs.start(child_delete_under_clients, data_dir, scenario, q)
@@ -971,7 +972,7 @@ def child_read(data_dir, topic, n, q):
 
 @pytest.mark.timeout(60)
 def test_topic_created_in_one_process_is_visible_in_another(bus, procs):
-    from conftest import SPAWN
+    from helpers.waiting import SPAWN
 
     q = SPAWN.Queue()
     procs.start(child_create_and_send, bus.data_dir, "made-by-child", q)
