@@ -8,6 +8,7 @@ shared-memory object whose name carries the test bus's id.
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 
@@ -79,3 +80,50 @@ def procs():
         yield ps
     finally:
         ps.kill_all()
+
+
+# --- one bus with a supervisor per test module (tests/test_api_*.py) ---
+
+@pytest.fixture(scope="module")
+def sbus(tmp_path_factory):
+    """One bus with a supervisor for the module's tests (each makes its own topics)."""
+    from shmbus import Bus
+
+    d = str(tmp_path_factory.mktemp("api") / "bus")
+    try:
+        b = Bus(d)
+        try:
+            yield b
+        finally:
+            b.close()
+    finally:
+        cleanup_bus(d)
+
+
+@pytest.fixture
+def make_topic(sbus):
+    """make_topic(partitions=1, config=None) -> a new topic's name on the shared bus; deleted afterwards."""
+    from shmbus import UnknownTopicError
+
+    made = []
+
+    def make(partitions=1, config=None):
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        sbus.create_topic(name, partitions, config)
+        made.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            try:
+                sbus.delete_topic(name)
+            except UnknownTopicError:
+                pass
+
+
+@pytest.fixture
+def producer(sbus):
+    with sbus.producer() as p:
+        yield p
