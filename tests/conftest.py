@@ -1,4 +1,4 @@
-"""Fixtures: a fresh data dir per test, and cleanup that runs even when a test fails.
+"""Fixtures: a fresh data dir per test, and cleanup that runs even when a test fails (helpers: tests/helpers/).
 
 Cleanup stops the supervisor of the test's own data dir (a process the test
 started), kills worker processes the test started, and unlinks every
@@ -7,41 +7,13 @@ shared-memory object whose name carries the test bus's id.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import time
+import uuid
 
 import pytest
 
-SPAWN = mp.get_context("spawn")
-
-
-def bus_shm_names(data_dir: str) -> list[str]:
-    from shmbus.core import shm
-
-    return shm.bus_names(data_dir)
-
-
-def cleanup_bus(data_dir: str) -> None:
-    from shmbus.core import shm
-
-    shm.remove_bus(data_dir)
-
-
-def read_offsets(bus, topic, start, end, timeout_s=60, partition=0):
-    """Records of ``topic``/``partition`` from ``start`` until the position reaches ``end`` (or the timeout)."""
-    from shmbus import TopicPartition
-
-    tp = TopicPartition(topic, partition)
-    out = []
-    with bus.consumer(auto_offset_reset="none") as c:
-        c.assign([tp])
-        c.seek(tp, start)
-        deadline = time.monotonic() + timeout_s
-        while c.position(tp) < end and time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=100, max_records=5000).values():
-                out.extend(recs)
-    return out
+from helpers.bus import cleanup_bus
+from helpers.waiting import Procs
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,16 +22,6 @@ def warm_kernels():
     from shmbus.kernels import frames
 
     frames.warm()
-
-
-def wait_for(cond, timeout_s, what):
-    """Poll ``cond()`` every 10 ms until it is true; AssertionError naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture
@@ -94,33 +56,6 @@ def bus_nosup(data_dir):
         b.close()
 
 
-class Procs:
-    """Worker processes (spawn) that are killed and reaped at teardown, whatever happened."""
-
-    def __init__(self):
-        self.procs = []
-
-    def start(self, target, *args):
-        p = SPAWN.Process(target=target, args=args, daemon=True)
-        p.start()
-        self.procs.append(p)
-        return p
-
-    def join_all(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for p in self.procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        alive = [p for p in self.procs if p.is_alive()]
-        assert not alive, f"worker processes still running after {timeout} s: {[p.pid for p in alive]}"
-
-    def kill_all(self) -> None:
-        for p in self.procs:
-            if p.is_alive():
-                p.kill()
-        for p in self.procs:
-            p.join(5)
-
-
 @pytest.fixture(params=["native", "numba"])
 def send_impl(request, monkeypatch):
     """Worker processes started in the test send with the compiled verbs or with the numba
@@ -145,3 +80,50 @@ def procs():
         yield ps
     finally:
         ps.kill_all()
+
+
+# --- one bus with a supervisor per test module (tests/test_api_*.py) ---
+
+@pytest.fixture(scope="module")
+def sbus(tmp_path_factory):
+    """One bus with a supervisor for the module's tests (each makes its own topics)."""
+    from shmbus import Bus
+
+    d = str(tmp_path_factory.mktemp("api") / "bus")
+    try:
+        b = Bus(d)
+        try:
+            yield b
+        finally:
+            b.close()
+    finally:
+        cleanup_bus(d)
+
+
+@pytest.fixture
+def make_topic(sbus):
+    """make_topic(partitions=1, config=None) -> a new topic's name on the shared bus; deleted afterwards."""
+    from shmbus import UnknownTopicError
+
+    made = []
+
+    def make(partitions=1, config=None):
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        sbus.create_topic(name, partitions, config)
+        made.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            try:
+                sbus.delete_topic(name)
+            except UnknownTopicError:
+                pass
+
+
+@pytest.fixture
+def producer(sbus):
+    with sbus.producer() as p:
+        yield p

@@ -74,7 +74,7 @@ def test_batches_through_a_small_ring_keep_flowing_with_the_supervisor(bus):
             arr[:, :8] = np.arange(i * 1000, (i + 1) * 1000, dtype="<u8").view(np.uint8).reshape(1000, 8)
             p.send_batch("t", arr, partition=0)
     pdir = f"{bus.data_dir}/topics/t/0"
-    from conftest import wait_for
+    from helpers.waiting import wait_for
 
     wait_for(lambda: (log_end_offset(pdir) or 0) >= 250_000, 30, "every record on disk")
     with bus.consumer(auto_offset_reset="earliest") as c:

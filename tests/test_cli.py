@@ -8,22 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers.cli import one_line_error, sh
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def sh(data_dir, *args, stdin=None, timeout=60):
-    env = dict(os.environ, SHMBUS_DATA_DIR=data_dir)
-    return subprocess.run([sys.executable, "-m", "shmbus", *args], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-def one_line_error(r):
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    return lines[0]
 
 
 def test_serve_status_stop_and_second_serve(data_dir):

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from test_cli import one_line_error, sh
+from helpers.cli import one_line_error, sh
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from shmbus import TopicPartition
-from shmbus.log.segments import list_segments
+from shmbus.log.files import list_segments
 
 KIB = 1024
 KEYS, VERSIONS, TOMBSTONED = 100, 150, 10

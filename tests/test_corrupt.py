@@ -13,7 +13,7 @@ import pytest
 
 from shmbus import Bus, CorruptRecordError, TopicPartition
 
-from test_disk import read_n, wait_spilled
+from helpers.bus import read_n, wait_spilled
 
 TP = TopicPartition("d", 0)
 N = 300

@@ -5,7 +5,7 @@ Each test drives seeded random operation sequences through the C verb
 (``shmbus/kernels/``), else the Python code that does the same job
 (``Consumer._take1`` for ``Reader``, ``Producer.send`` for ``Sender``,
 ``Consumer._records_from`` for ``build_records``, the header codec of
-``producer.py``, ``SegmentWriter._append_numpy`` for ``write_frames``). Rings,
+``producer.py``). Rings,
 tables and segment files must come out byte-identical and every answer equal,
 through ring wraps, padding, dead claims (``claim_and_abandon``, then the
 supervisor's unblock), full rings, deleted topics, bad frames, checksum
@@ -17,14 +17,14 @@ The states are made with the numba kernels that only the supervisor runs
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_kernels import PID, TS, make_ring, set_word, word
+from helpers.frames import dir_files
+from helpers.rings import PID, TS, make_ring, set_word, word
 
 from shmbus.client import consumer as consumer_mod
 from shmbus.core import native
@@ -41,7 +41,7 @@ from shmbus.layout import frame as F
 from shmbus.layout import groups as G
 from shmbus.layout import ring as R
 from shmbus.records import ConsumerRecord, TopicPartition
-from shmbus.log import segments as log_mod
+from shmbus.log import writer as writer_mod
 
 pytestmark = pytest.mark.skipif(not native.ENABLED, reason=f"compiled verbs not loaded: {native.REASON}")
 
@@ -669,27 +669,17 @@ def test_sender_c_and_python_send_write_identical_rings(seed, bus_nosup, python_
     pp.close()
 
 
-# --- write_frames: the supervisor's segment writes, against the numpy writer ----------------
-
-def _files(d):
-    out = {}
-    for root, _dirs, names in os.walk(d):
-        for n in names:
-            p = os.path.join(root, n)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, d)] = f.read()
-    return out
-
+# --- write_frames: the supervisor's segment writes, against the numba twin -----------------
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_write_frames_c_and_numpy_write_identical_segments(seed, tmp_path, monkeypatch):
-    monkeypatch.setattr(log_mod, "INDEX_INTERVAL", 512)  # many index entries
+def test_write_frames_c_and_numba_write_identical_segments(seed, tmp_path):
     rnd = random.Random(80 + seed)
     seg_bytes = rnd.choice((700, 3000, 20000))
-    da, db = str(tmp_path / "c"), str(tmp_path / "np")
-    wa = log_mod.SegmentWriter(da, seg_bytes, 1 << 40, 0)
-    wb = log_mod.SegmentWriter(db, seg_bytes, 1 << 40, 0)
-    assert log_mod._write_frames is native.write_frames
+    da, db = str(tmp_path / "c"), str(tmp_path / "numba")
+    # index_interval 512: many index entries
+    wa = writer_mod.SegmentWriter(da, seg_bytes, 1 << 40, 0, index_interval=512, write_frames=native.write_frames)
+    wb = writer_mod.SegmentWriter(db, seg_bytes, 1 << 40, 0, index_interval=512,
+                                  write_frames=writer_mod.numba_write_frames)
     ring_bytes = 1 << 14
     buf = make_ring(ring_bytes, base_offset=rnd.choice((0, 5000)))
     mv = memoryview(buf)
@@ -703,7 +693,7 @@ def test_write_frames_c_and_numpy_write_identical_segments(seed, tmp_path, monke
                     k = rnd.randint(0, len(rows) - 1)
                     rows = np.ascontiguousarray(rows[k:])
                 ka = wa.append(mv, rows, 0)
-                kb = wb._append_numpy(mv, rows, 0)
+                kb = wb.append(mv, rows, 0)
                 assert ka == kb, step
                 frames += ka
                 state = ("size", "base", "next_offset", "last_index_pos", "max_ts")
@@ -713,11 +703,28 @@ def test_write_frames_c_and_numpy_write_identical_segments(seed, tmp_path, monke
                     K.release(buf, rel, _new)
     wa.close()
     wb.close()
-    fa, fb = _files(da), _files(db)
+    fa, fb = dir_files(da), dir_files(db)
     assert sorted(fa) == sorted(fb)
     for name in fa:
         assert fa[name] == fb[name], name
     assert frames > 20 and sum(n.endswith(".log") for n in fa) >= (2 if seg_bytes < 3000 else 1)
+    assert sum(len(fa[n]) for n in fa if n.endswith(".index")) > 8 * sum(n.endswith(".log") for n in fa)
+
+
+def test_write_frames_c_and_numba_agree_on_bad_rows(tmp_path):
+    """A row outside the buffer, or rows of too few columns: ValueError from both, nothing written."""
+    buf = make_ring(1 << 12)
+    mv = memoryview(buf)
+    for impl, step in (("c", native.write_frames), ("numba", writer_mod.numba_write_frames)):
+        w = writer_mod.SegmentWriter(str(tmp_path / impl), 1 << 20, 1 << 40, 0, write_frames=step)
+        w._open(0, 0)
+        rows = np.array([[0, 64, 0, 1, F.DATA], [len(buf) - 8, 64, 1, 1, F.DATA]], np.int64)
+        with pytest.raises(ValueError, match="row 1 lies outside the buffer"):
+            step(mv, rows, 5, 0, w.fd, w.ifd, w.tfd, 0, 1 << 20, 0, -512, -1, 512, -1)
+        with pytest.raises(ValueError, match="5 columns"):
+            step(mv, rows[:, :4].copy(), 4, 0, w.fd, w.ifd, w.tfd, 0, 1 << 20, 0, -512, -1, 512, -1)
+        w.close()
+        assert all(len(v) == 0 for v in dir_files(str(tmp_path / impl)).values()), impl
 
 
 # the test that drives each compiled verb against its twin
@@ -736,7 +743,7 @@ TWIN_TESTS = {
     "build_records": test_build_records_c_and_python_build_equal_records,
     "scan": test_scan_c_and_numba_describe_identical_rows_of_a_ring,
     "scan_ring": test_scan_ring_c_and_numba_agree_by_address,
-    "write_frames": test_write_frames_c_and_numpy_write_identical_segments,
+    "write_frames": test_write_frames_c_and_numba_write_identical_segments,
 }
 
 

@@ -7,37 +7,11 @@ import time
 
 import pytest
 
+from helpers.bus import read_n, wait_spilled
+
 from shmbus import CorruptRecordError, TopicPartition
-from shmbus.log.segments import list_segments
 
 TP = TopicPartition("d", 0)
-
-
-def wait_spilled(bus, topic, partition, offset, timeout_s=20):
-    """Until the segment files hold ``offset`` (the supervisor spills in the background)."""
-    from shmbus.log.segments import PartitionLog
-
-    pdir = os.path.join(bus.data_dir, "topics", topic, str(partition))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        log = PartitionLog(pdir)
-        try:
-            segs = list_segments(pdir)
-            if segs and log.end_of_segment(segs[-1]) > offset:
-                return
-        finally:
-            log.close()
-        time.sleep(0.02)
-    raise AssertionError(f"offset {offset} never reached the segment files")
-
-
-def read_n(c, n, timeout_s=20):
-    out = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < n and time.monotonic() < deadline:
-        for recs in c.poll(timeout_ms=100, max_records=1000).values():
-            out.extend(recs)
-    return out
 
 
 def test_segment_files_are_where_people_look(bus):
@@ -139,7 +113,7 @@ def test_poll_batch_from_disk_gives_the_values_back_to_back(bus):
 def test_a_topic_made_just_before_stop_is_spilled_by_the_stop(data_dir):
     """The supervisor's last spill looks for new topics first: nothing published is left only in memory."""
     from shmbus import Bus
-    from shmbus.log.segments import PartitionLog
+    from shmbus.log.reader import PartitionLog
     from shmbus.client import control as client
 
     with Bus(data_dir) as bus:

@@ -19,11 +19,14 @@ import time
 
 import numpy as np
 import pytest
-from test_log_keeping import frame
+from helpers.frames import frame
 
 from shmbus.core import paths as _paths
 from shmbus.layout import frame as F
-from shmbus.log import segments as L
+from shmbus.log.filepool import FilePool
+from shmbus.log.files import list_segments, read_recovery_point
+from shmbus.log.reader import PartitionLog
+from shmbus.log.writer import SegmentWriter
 from shmbus.client import control as client
 
 
@@ -51,7 +54,7 @@ def _fds_under(path: str) -> int:
 
 def _read_all(pdir: str) -> list[tuple[int, bytes]]:
     """(offset, value) of every record on disk, in order."""
-    log = L.PartitionLog(pdir)
+    log = PartitionLog(pdir)
     out, off = [], 0
     try:
         while True:
@@ -70,8 +73,8 @@ def test_the_file_pool_closes_and_reopens_segment_files_and_keeps_every_record(t
     """40 partitions, room for 4 open segments: appends park and reopen writers, rolls by size
     happen in parked and open ones; every record is on disk once, in order, indexes rebuilt equal."""
     root = str(tmp_path)
-    pool = L.FilePool(cap_fds=12)
-    writers = [L.SegmentWriter(os.path.join(root, str(p)), 4096, 10**9, 0, pool=pool) for p in range(40)]
+    pool = FilePool(cap_fds=12)
+    writers = [SegmentWriter(os.path.join(root, str(p)), 4096, 10**9, 0, pool=pool) for p in range(40)]
     assert _fds_under(root) == 0  # a new writer in a pool holds nothing until it appends
     sent = {p: [] for p in range(40)}
     for rnd in range(12):
@@ -97,12 +100,12 @@ def test_the_file_pool_closes_and_reopens_segment_files_and_keeps_every_record(t
     for p in range(40):
         pdir = os.path.join(root, str(p))
         assert _read_all(pdir) == list(enumerate(sent[p]))
-        assert len(L.list_segments(pdir)) > 1  # rolled by size
-        for base in L.list_segments(pdir):  # the indexes are what a rebuild makes
+        assert len(list_segments(pdir)) > 1  # rolled by size
+        for base in list_segments(pdir):  # the indexes are what a rebuild makes
             from shmbus.log import recovery
 
             assert recovery.indexes_ok(pdir, base)
-        assert L.read_recovery_point(pdir) == len(sent[p])
+        assert read_recovery_point(pdir) == len(sent[p])
 
 
 def test_a_parked_writer_still_fsyncs_for_acks_disk_and_its_roll_moves_the_recovery_point(tmp_path, monkeypatch):
@@ -116,10 +119,10 @@ def test_a_parked_writer_still_fsyncs_for_acks_disk_and_its_roll_moves_the_recov
         synced.append(os.fstat(fd).st_ino)
         return real_fsync(fd)
 
-    monkeypatch.setattr(L.os, "fsync", spy)
-    pool = L.FilePool(cap_fds=12)
+    monkeypatch.setattr(os, "fsync", spy)
+    pool = FilePool(cap_fds=12)
     pdir = str(tmp_path / "0")
-    w = L.SegmentWriter(pdir, 1 << 20, 1000, 0, pool=pool)
+    w = SegmentWriter(pdir, 1 << 20, 1000, 0, pool=pool)
     buf, rows = _rows([frame(i, 5, None, b"v%d" % i) for i in range(3)], [0, 1, 2], 5)
     w.append(memoryview(buf), rows, now_ms=0)
     assert w.park() and w.parked and w.dirty and _fds_under(pdir) == 0
@@ -131,11 +134,11 @@ def test_a_parked_writer_still_fsyncs_for_acks_disk_and_its_roll_moves_the_recov
     assert w.should_roll(now_ms=2000)
     w.roll()
     assert w.wait_flushed(10)
-    assert log_ino in synced and L.read_recovery_point(pdir) == 3
+    assert log_ino in synced and read_recovery_point(pdir) == 3
     assert w.active_base() is None
     buf, rows = _rows([frame(3, 6, None, b"v3")], [3], 6)
     w.append(memoryview(buf), rows, now_ms=2001)  # a new segment at offset 3
-    assert L.list_segments(pdir) == [0, 3]
+    assert list_segments(pdir) == [0, 3]
     w.close()
     assert [v for _, v in _read_all(pdir)] == [b"v0", b"v1", b"v2", b"v3"]
 
@@ -148,7 +151,7 @@ def test_retention_keeps_a_last_segment_that_became_active_while_it_was_judged(t
 
     now = 10**12
     pdir = str(tmp_path / "0")
-    w = L.SegmentWriter(pdir, 1 << 20, 10**9, now)
+    w = SegmentWriter(pdir, 1 << 20, 10**9, now)
     open(os.path.join(pdir, _paths.segment_name(0)), "wb").close()  # made, then the .index open failed
     buf, rows = _rows([frame(i, now, None, b"v%d" % i) for i in range(3)], [0, 1, 2], now)
 

@@ -13,7 +13,8 @@ import pytest
 
 from shmbus import Bus, BufferFullError
 
-from conftest import cleanup_bus, read_offsets, wait_for
+from helpers.bus import cleanup_bus, read_offsets
+from helpers.waiting import wait_for
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import time
 import numpy as np
 import posix_ipc
 import pytest
-from conftest import SPAWN, bus_shm_names, wait_for
+from helpers.waiting import SPAWN, wait_for
+from helpers.bus import bus_shm_names
 
 from shmbus import Bus, TopicPartition
 from shmbus.core import paths as _paths, native

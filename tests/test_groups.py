@@ -13,7 +13,7 @@ import signal
 import time
 
 import pytest
-from conftest import SPAWN
+from helpers.waiting import SPAWN
 
 from shmbus import Bus, TopicPartition
 from shmbus.errors import (

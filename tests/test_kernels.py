@@ -19,43 +19,17 @@ import crc32c
 import numpy as np
 import pytest
 
+from helpers.rings import BIG, HDR, PID, TS, make_ring, set_word, word
+
 from shmbus.core import native
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.layout import ring as R
 from shmbus.core.headers import decode_headers, encode_headers
 
-HDR = R.HEADER_BYTES
-TS = 1_700_000_000_123
-PID = 4242
-BIG = 1 << 62
 
 
 # --- a ring by hand -----------------------------------------------------------
-
-def make_ring(ring_bytes: int = 4096, start: int = 0, base_offset: int = 0) -> np.ndarray:
-    """Header + ring, zeroed, claim/released/reclaiming at ``start``, next offset ``base_offset``."""
-    raw = np.zeros(HDR + ring_bytes + 64, np.uint8)
-    skip = (-raw.ctypes.data) % 64  # cas128 needs the claim words 16-aligned
-    buf = raw[skip: skip + HDR + ring_bytes]
-    set_word(buf, R.OFF_MAGIC, R.MAGIC)
-    set_word(buf, R.OFF_RING_BYTES, ring_bytes)
-    set_word(buf, R.OFF_BASE_OFFSET, base_offset)
-    set_word(buf, R.OFF_CLAIM_POS, start)
-    set_word(buf, R.OFF_CLAIM_OFFSET, base_offset)
-    set_word(buf, R.OFF_RELEASED, start)
-    set_word(buf, R.OFF_RECLAIMING, start)
-    set_word(buf, R.OFF_MAX_MESSAGE, 1 << 30)
-    return buf
-
-
-def word(buf, i: int) -> int:
-    return struct.unpack_from("<q", buf, i)[0]
-
-
-def set_word(buf, i: int, v: int) -> None:
-    struct.pack_into("<q", buf, i, v)
-
 
 def ring_word(buf, pos: int) -> int:
     """The unsigned 64-bit word at ring position ``pos``."""

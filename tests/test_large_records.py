@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from helpers.waiting import wait_for
 
 _READ_ALL = r"""
 import hashlib, json, sys

@@ -9,47 +9,23 @@ from __future__ import annotations
 import os
 import struct
 
-import crc32c as ref_crc
 import numpy as np
 import pytest
 
+from helpers.frames import frame, write_segment
+
 from shmbus.layout import frame as F
 from shmbus.log import recovery, swap
-from shmbus.log.segments import (
-    INDEX_DTYPE,
-    TIMEINDEX_DTYPE,
-    INDEX_INTERVAL,
-    PartitionLog,
-    SegmentWriter,
-    list_segments,
-)
+from shmbus.layout.segment import INDEX_DTYPE, TIMEINDEX_DTYPE
+from shmbus.log.files import list_segments
+from shmbus.log.index import INDEX_INTERVAL
+from shmbus.log.reader import PartitionLog
+from shmbus.log.writer import SegmentWriter
 from shmbus.log import cleaner, retention
 from shmbus.log.retention import SegmentInfo, segments_to_delete
 
 CFG = {"cleanup.policy": "delete", "retention.ms": 1000, "retention.bytes": -1,
        "min.compaction.lag.ms": 0, "delete.retention.ms": 500}
-
-
-def frame(offset: int, ts: int, key: bytes | None, value: bytes | None, headers: bytes = b"") -> bytes:
-    """A DATA frame exactly as the layout (layout/frame.py) describes it."""
-    kl = -1 if key is None else len(key)
-    vl = -1 if value is None else len(value)
-    body = (key or b"") + (value or b"") + headers
-    ln = F.frame_length(kl, vl, len(headers))
-    mid = struct.pack("<qqiii", offset, ts, kl, vl, len(headers))
-    crc = ref_crc.crc32c(mid + body)
-    out = struct.pack("<Q", F.header_word(ln, F.DATA)) + mid + struct.pack("<I", crc) + body
-    return out + b"\0" * (ln - len(out))
-
-
-def write_segment(pdir: str, base: int, frames: list[bytes], index: bool = True) -> str:
-    os.makedirs(pdir, exist_ok=True)
-    path = os.path.join(pdir, f"{base:020d}.log")
-    with open(path, "wb") as f:
-        f.write(b"".join(frames))
-    if index:
-        recovery.rebuild_indexes(pdir, base)
-    return path
 
 
 def read_bytes(path: str) -> bytes:
@@ -354,7 +330,7 @@ def _garbage_tail(path: str) -> None:
 
 
 def test_rolls_are_fsynced_in_the_background_and_move_the_recovery_point(tmp_path):
-    from shmbus.log.segments import read_recovery_point
+    from shmbus.log.files import read_recovery_point
 
     pdir = str(tmp_path / "p")
     w = SegmentWriter(pdir, segment_bytes=4096, segment_ms=10**9, now_ms=0)

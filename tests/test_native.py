@@ -21,7 +21,7 @@ import crc32c
 import numpy as np
 import pytest
 from kafka.partitioner.default import murmur2 as kafka_murmur2
-from test_kernels import HDR, PID, TS, make_ring
+from helpers.rings import HDR, PID, TS, make_ring
 
 from shmbus.client import consumer as consumer_mod
 from shmbus.core import native
@@ -504,7 +504,7 @@ def test_a_consumer_reads_disk_batches_and_seeks_without_importing_numba(bus, da
         for i in range(5000):
             p.send("t", b"%06d" % i + b"." * 94, partition=0)
     ring = bus.ring(bus.topic_meta("t"), 0)
-    from conftest import wait_for
+    from helpers.waiting import wait_for
 
     wait_for(lambda: ring.released() > 65536, 30, "the supervisor to spill and release the ring")
     out = subprocess.run([sys.executable, "-c", _GENERAL_READS, data_dir], capture_output=True, text=True,

@@ -10,7 +10,8 @@ import sys
 import time
 
 import pytest
-from conftest import SPAWN, cleanup_bus
+from helpers.waiting import SPAWN
+from helpers.bus import cleanup_bus
 
 from shmbus.core import shm
 

@@ -10,10 +10,10 @@ import os
 import time
 
 import pytest
-from conftest import read_offsets
+from helpers.bus import read_offsets
 
 from shmbus import OffsetOutOfRangeError, TopicPartition
-from shmbus.log.segments import list_segments
+from shmbus.log.files import list_segments
 
 KIB = 1024
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import wait_for
+from helpers.waiting import wait_for
 
 from shmbus import ForeignObjectError, TopicPartition
 from shmbus.core import paths as _paths, shm

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from test_log_keeping import frame, write_segment
+from helpers.frames import frame, write_segment
 
-from shmbus.log import segments as L
+from shmbus.log.reader import PartitionLog
 
 
 def test_a_read_at_a_segment_end_passes_nothing_when_the_writer_completes_it_and_rolls_meanwhile(tmp_path):
@@ -16,7 +16,7 @@ def test_a_read_at_a_segment_end_passes_nothing_when_the_writer_completes_it_and
     pdir = str(tmp_path / "p")
     frames = [frame(o, 1000 + o, b"k%d" % o, b"v%d" % o * 7) for o in range(30)]
     seg0 = write_segment(pdir, 0, frames[:10])
-    log = L.PartitionLog(pdir)
+    log = PartitionLog(pdir)
     n, meta, _ = log.read(0, 100)
     assert meta[1: n + 1, 1].tolist() == list(range(10))
 
@@ -46,7 +46,7 @@ def test_a_torn_frame_at_the_end_of_a_segment_that_is_not_the_newest_is_passed(t
     frames = [frame(o, 1000 + o, None, b"v%d" % o * 9) for o in range(12)]
     write_segment(pdir, 0, frames[:6] + [frames[6][:20]])
     write_segment(pdir, 6, frames[6:])
-    log = L.PartitionLog(pdir)
+    log = PartitionLog(pdir)
     got = []
     while len(got) < 12:
         n, meta, _ = log.read(len(got), 100)

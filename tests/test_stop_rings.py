@@ -13,7 +13,9 @@ import pytest
 from shmbus import Bus, TopicPartition
 from shmbus.core import shm
 
-from conftest import read_offsets, wait_for
+from helpers.bus import read_offsets
+
+from helpers.waiting import wait_for
 
 
 def _stop(d, *extra):

@@ -72,7 +72,7 @@ class Bus(BusHandle):
         self.ctl.ring_doorbell()  # sleeping consumers notice the topic went away
 
     def describe_topic(self, name: str) -> TopicDescription:
-        from shmbus.log.segments import PartitionLog
+        from shmbus.log.reader import PartitionLog
 
         validate_topic_name(name)
         meta = self.topic_meta(name)

@@ -62,7 +62,7 @@ _build = native.build_records  # None: _records_from builds records in Python
 from shmbus.layout import ring as R
 from shmbus.core.headers import decode_headers
 from shmbus.records import ConsumerRecord, OffsetAndTimestamp, RecordBatch, TopicPartition
-from shmbus.log.segments import PartitionLog
+from shmbus.log.reader import PartitionLog
 
 _BIG = 1 << 62
 _INT64_END = 1 << 63  # offsets and timestamps are int64, >= 0

@@ -1336,7 +1336,7 @@ static PyObject *py_scan_ring(PyObject *Py_UNUSED(self), PyObject *const *args, 
     return PyLong_FromLongLong(n);
 }
 
-/* --- write_frames: a spill step of SegmentWriter.append (segments/log.py) ---
+/* --- write_frames: a spill step of SegmentWriter.append (log/writer.py) ---
  * write_frames(buf, rows, cols, first, fd, ifd, tfd, size, segment_bytes, base, last_index_pos, max_ts,
  *              index_interval, next_offset) -> (next_row, frames, size, last_index_pos, max_ts, next_offset)
  * `rows` holds spill_scan rows (buffer index, frame length, offset, timestamp, type, ...), `cols` int64
@@ -1345,7 +1345,7 @@ static PyObject *py_scan_ring(PyObject *Py_UNUSED(self), PyObject *const *args, 
  * the segment file `fd` while they fit in segment_bytes (an empty segment takes one whatever its size).
  * It stops at the first frame that does not fit, or at once if fd < 0: next_row is that row, and the
  * caller opens a new segment based at its offset. Frames lying back to back in buf go out as one iovec.
- * Then the sparse index entries, as the numpy path makes them: the first frame at or after each
+ * Then the sparse index entries, as its numba twin (kernels/segment_write.py) makes them: the first frame at or after each
  * index_interval boundary of the file gets (offset - base, file position) in `ifd` and (the running
  * maximum timestamp, offset - base) in `tfd`.
  * On an error the three files are cut back to their sizes at the call and OSError is raised: nothing of

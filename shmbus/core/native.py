@@ -9,7 +9,8 @@ kernels/groups.py (a group member's commit); ``encode_headers`` and
 ``build_records`` that of Consumer._records_from (records from scan rows); ``scan``
 that of the ``scan`` and ``scan_copy`` kernels (with a values array), ``scan_ring`` that of
 ``scan_ring`` and ``scan_copy_ring``, so a consumer never imports numba; ``write_frames`` a
-step of the supervisor's ``SegmentWriter.append`` (numpy there). ``Sender`` is
+step of the supervisor's ``SegmentWriter.append`` (the numba twin: ``lay_out_frames`` in
+kernels/segment_write.py, its writes in log/writer.py). ``Sender`` is
 ``Producer.send``'s common case in one call (see the C file).
 They exist for the cost of a call and of start-up (see the C file's header).
 

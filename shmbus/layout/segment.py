@@ -12,8 +12,9 @@ record in each index (little-endian)::
                                             +8   relative offset u32
                                             +12  zero u32
 
-Written by ``SegmentWriter`` (``segments/log.py``, numpy) and by its compiled
-step ``write_frames`` (``shmbus/core/_native.c``, C structs of the same layout).
+Written by the steps of ``SegmentWriter`` (``log/writer.py``): the compiled
+``write_frames`` (``shmbus/core/_native.c``, C structs of the same layout) or
+its numba twin ``lay_out_frames`` (``kernels/segment_write.py``).
 """
 
 from __future__ import annotations

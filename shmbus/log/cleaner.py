@@ -39,7 +39,7 @@ import numpy as np
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.log import swap
-from shmbus.log.segments import segment_path, list_segments
+from shmbus.log.files import segment_path, list_segments
 from shmbus.log.recovery import index_entries
 
 NEVER = 1 << 62  # drop_time of a record only a newer record of its key can drop

@@ -37,15 +37,9 @@ import numpy as np
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.log import swap
-from shmbus.log.segments import (
-    INDEX_DTYPE,
-    TIMEINDEX_DTYPE,
-    INDEX_INTERVAL,
-    read_entries,
-    segment_path,
-    list_segments,
-    read_recovery_point,
-)
+from shmbus.layout.segment import INDEX_DTYPE, TIMEINDEX_DTYPE
+from shmbus.log.files import list_segments, read_recovery_point, segment_path
+from shmbus.log.index import INDEX_INTERVAL, read_entries
 
 
 @dataclass

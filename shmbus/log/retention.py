@@ -36,7 +36,9 @@ import numpy as np
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.log import swap
-from shmbus.log.segments import INDEX_DTYPE, TIMEINDEX_DTYPE, read_entries, segment_path, list_segments
+from shmbus.layout.segment import INDEX_DTYPE, TIMEINDEX_DTYPE
+from shmbus.log.files import segment_path, list_segments
+from shmbus.log.index import read_entries
 
 
 class SegmentInfo(NamedTuple):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 
-from shmbus.log.segments import segment_path
+from shmbus.log.files import segment_path
 
 CLEANED = ".cleaned"
 INDEX_EXTS = (".index", ".timeindex")

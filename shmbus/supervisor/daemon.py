@@ -13,7 +13,7 @@ on the supervisor except when a ring is full or acks="disk".
 
 File descriptors: at start the soft ``RLIMIT_NOFILE`` is raised to the hard
 limit. Rings are mapped without keeping an fd; open segment files are bounded
-by a :class:`~shmbus.log.segments.FilePool` (idle writers close theirs), with
+by a :class:`~shmbus.log.filepool.FilePool` (idle writers close theirs), with
 room left for sockets and passing work. Running out of fds anyway (EMFILE,
 ENFILE) is never fatal: each loop logs it (at most every ``FD_LOG_S``), backs
 off, tries again on its next round, and ``status`` reports it.
@@ -41,7 +41,7 @@ from shmbus.errors import ShmbusError, UnknownTopicError
 from shmbus.core.ring import ControlBlock
 from shmbus.log import recovery
 from shmbus.core.limits import fd_exhausted
-from shmbus.log.segments import FilePool
+from shmbus.log.filepool import FilePool
 from shmbus.log import cleaner, retention
 from shmbus.supervisor.sockets import listen_unix
 from shmbus.supervisor.spill import PartitionSpiller

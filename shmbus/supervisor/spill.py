@@ -28,7 +28,7 @@ import numpy as np
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
 from shmbus.core.ring import Ring
-from shmbus.log.segments import SegmentWriter
+from shmbus.log.writer import SegmentWriter
 from shmbus.supervisor import unblock
 
 

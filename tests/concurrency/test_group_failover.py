@@ -23,7 +23,7 @@ import signal
 import time
 
 import pytest
-from conftest import wait_for
+from helpers.waiting import wait_for
 
 TOPIC = "orders"
 PARTS = 6

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import SPAWN
+from helpers.waiting import SPAWN
 
 TOPIC = "kill"
 _V = struct.Struct("<iq")

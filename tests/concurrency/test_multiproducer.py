@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import SPAWN
+from helpers.waiting import SPAWN
 from shmbus.core.partitioner import partition_for_key
 
 PRODUCERS = 4

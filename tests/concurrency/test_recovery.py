@@ -19,10 +19,10 @@ import struct
 import time
 
 import pytest
-from conftest import bus_shm_names, read_offsets
+from helpers.bus import bus_shm_names, read_offsets
 
 from shmbus import Bus
-from shmbus.log.segments import list_segments
+from shmbus.log.files import list_segments
 from shmbus.client import control as client
 
 TOPIC = "crash"
@@ -64,7 +64,7 @@ def kill_supervisor(data_dir) -> int:
 
 @pytest.mark.timeout(180)
 def test_sigkill_of_the_supervisor_mid_spill_loses_nothing(bus, procs):
-    from conftest import SPAWN
+    from helpers.waiting import SPAWN
 
     bus.create_topic(TOPIC, config={"ring.bytes": 64 * 1024, "segment.bytes": 256 * 1024})
     stop, sent = SPAWN.Event(), SPAWN.Value("q", -1)
@@ -96,7 +96,7 @@ def test_sigkill_of_the_supervisor_mid_spill_loses_nothing(bus, procs):
 
 
 def garbage_tail(kind: str, next_offset: int) -> bytes:
-    from test_log_keeping import frame
+    from helpers.frames import frame
 
     if kind == "random":
         return random.Random(3).randbytes(333)
@@ -193,9 +193,9 @@ def disk_producer_main(data_dir, who, n, barrier):
 @pytest.mark.timeout(120)
 def test_acks_disk_from_four_producers_every_acked_record_is_in_a_segment(bus, procs):
     """Group commit: the fsyncs are shared, and each send still returns only once its record is on disk."""
-    from conftest import SPAWN
+    from helpers.waiting import SPAWN
 
-    from shmbus.log.segments import PartitionLog
+    from shmbus.log.reader import PartitionLog
 
     bus.create_topic("acks")
     n = 60

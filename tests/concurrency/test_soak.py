@@ -25,7 +25,7 @@ import signal
 import time
 
 import pytest
-from conftest import SPAWN, wait_for
+from helpers.waiting import SPAWN, wait_for
 
 TOPIC = "soak"
 PARTS = 4

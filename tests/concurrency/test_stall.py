@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import SPAWN, wait_for
+from helpers.waiting import SPAWN, wait_for
 
 TOPIC = "stall"
 TIMEOUT_MS = 300
