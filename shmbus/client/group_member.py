@@ -1,4 +1,4 @@
-"""A consumer's membership in a group: the client side of ``supervisor/coordinator.py``.
+"""A consumer's membership in a group: the client side of ``supervisor/groups/server.py``.
 
 One ``GroupMember`` per ``Consumer(group_id=...)``. Two threads touch it:
 

@@ -1,6 +1,6 @@
 """Consumer-group descriptions for ``Bus.list_groups`` / ``Bus.describe_group`` and the CLI.
 
-The coordinator (``supervisor/coordinator.py``) knows members, assignments,
+The coordinator (``supervisor/groups/``) knows members, assignments,
 states and committed offsets; end offsets and lag are read here, from the
 rings. With no supervisor running, the groups' checkpoints on disk
 (``data_dir/groups/*.json``) answer: committed offsets, no members, state

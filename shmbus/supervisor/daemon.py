@@ -2,7 +2,7 @@
 
 Jobs, each in its own module: spilling rings to segments (``spill.py``),
 unblocking dead writers' claims (``unblock.py``), coordinating consumer groups
-(``coordinator.py``, its own socket and thread); and answering the control
+(``groups/``, its own socket and thread); and answering the control
 socket (status, stop). It holds an exclusive ``flock`` on ``supervisor.lock``
 for its whole life, so a second one for the same data dir exits at once.
 
@@ -126,7 +126,7 @@ class Supervisor:
         self.stopping = threading.Event()
         self.started = time.time()
         self.sock = None
-        self.coordinator = None  # the consumer-group coordinator (coordinator.py), its own socket and thread
+        self.coordinator = None  # the consumer-group coordinator (groups/server.py), its own socket and thread
         self.lock = threading.Lock()
         self._stamp = None
         self.cleaner = cleaner.Cleaner()
@@ -389,7 +389,7 @@ class Supervisor:
 
         K.warm()  # compile or load every kernel now: clients that autostarted us then find a warm cache
         self.rescan()
-        from shmbus.supervisor.coordinator import Coordinator
+        from shmbus.supervisor.groups import Coordinator
 
         self.coordinator = Coordinator(self.data_dir, log, out_of_fds=self._out_of_fds)
         self.coordinator.start()  # before the control socket: a client that sees us answer can join a group
