@@ -26,7 +26,9 @@ from shmbus.core.offsets_table import GroupTable
 from shmbus.kernels import groups as KG
 from shmbus.layout import groups as GL
 from shmbus.client import control as client
-from shmbus.supervisor import coordinator as C
+from shmbus.core.paths import checkpoint_path
+from shmbus.log.group_offsets import read_checkpoint
+from shmbus.supervisor.groups import Coordinator
 
 pytestmark = pytest.mark.timeout(120)
 TP = TopicPartition
@@ -175,7 +177,7 @@ def test_shm_commit_is_seen_by_other_processes_and_describe(bus):
         assert bus.describe_group("g").offsets[TP("t", 1)].committed == 20
     # the checkpoint gets them within a tick (or at stop)
     assert client.stop(bus.data_dir)
-    with open(C.checkpoint_path(bus.data_dir, "g")) as f:
+    with open(checkpoint_path(bus.data_dir, "g")) as f:
         assert json.load(f)["offsets"] == {"t": {"0": 11, "1": 20, "2": 13}}
     assert not os.path.exists(f"/dev/shm{table_name(bus, 'g')}")  # a clean stop removes the table
 
@@ -234,7 +236,7 @@ def test_a_fenced_member_committing_in_a_loop_never_overwrites_its_successor(bus
 
 
 def checkpoint_offsets(data_dir, group):
-    ck = C.read_checkpoint(C.checkpoint_path(data_dir, group)) or {}
+    ck = read_checkpoint(checkpoint_path(data_dir, group)) or {}
     return ck.get("offsets") or {}
 
 
@@ -308,7 +310,7 @@ def test_a_full_table_falls_back_to_socket_commits(data_dir, monkeypatch):
     monkeypatch.setattr(GL, "SLOTS", 2)
     with Bus(data_dir, autostart=False) as bus:
         bus.create_topic("t", 4)
-        coord = C.Coordinator(bus.data_dir, log=lambda msg: None)
+        coord = Coordinator(bus.data_dir, log=lambda msg: None)
         coord.start()
         try:
             with bus.consumer("t", group_id="g", enable_auto_commit=False) as c:

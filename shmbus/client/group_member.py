@@ -1,4 +1,4 @@
-"""A consumer's membership in a group: the client side of ``supervisor/coordinator.py``.
+"""A consumer's membership in a group: the client side of ``supervisor/groups/server.py``.
 
 One ``GroupMember`` per ``Consumer(group_id=...)``. Two threads touch it:
 
@@ -56,7 +56,7 @@ import socket
 import threading
 import time
 
-from shmbus.core import paths as _paths
+from shmbus.core import paths
 from shmbus.errors import (
     CommitFailedError,
     InvalidConfigError,
@@ -81,7 +81,7 @@ def not_running_error(data_dir: str) -> SupervisorNotRunningError:
 def connect(data_dir: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        s.connect(_paths.groups_socket_path(data_dir))
+        s.connect(paths.groups_socket_path(data_dir))
     except (FileNotFoundError, ConnectionRefusedError):
         s.close()
         raise not_running_error(data_dir) from None
@@ -299,17 +299,17 @@ class GroupMember:
             msg = self._inbox.popleft()
             op = msg.get("op")
             if op == "revoke":
-                gone = [tp for tp in map(_tp, msg["partitions"]) if tp in consumer._parts]
+                gone = [tp for tp in map(topic_partition, msg["partitions"]) if tp in consumer._parts]
                 if gone and self.auto_commit:
                     self._commit_quietly(consumer, gone)
                 if gone:
                     self._callback("on_partitions_revoked", set(gone))
                 _assign(consumer, [tp for tp in consumer._parts if tp not in set(gone)])
-                for tp in map(_tp, msg["partitions"]):
+                for tp in map(topic_partition, msg["partitions"]):
                     self._slots.pop(tp, None)
                 self._try_send({"op": "revoked", "gen": msg["gen"], "partitions": msg["partitions"]})
             elif op == "assign":
-                add = [_tp(x) for x in msg["add"]]
+                add = [topic_partition(x) for x in msg["add"]]
                 if add:
                     _assign(consumer, list(consumer._parts) + add)
                     for tp, off in zip(add, msg["committed"]):
@@ -388,7 +388,7 @@ class GroupMember:
             from shmbus.core.offsets_table import GroupTable
 
             try:
-                t = GroupTable.open(_paths.group_table_name(self._bus_id, self.group_id))
+                t = GroupTable.open(paths.group_table_name(self._bus_id, self.group_id))
             except Exception as e:  # noqa: BLE001 (commits of these partitions go over the socket)
                 log.warning("group %s: cannot map the offsets table, committing over the socket: %s", self.group_id, e)
                 return
@@ -438,9 +438,9 @@ class GroupMember:
                 if native.commit_offset is not None:
                     fn = native.commit_offset  # compiled: a commit needs no numba (its load takes ~0.5 s)
                 else:
-                    from shmbus.kernels import groups as KG
+                    from shmbus.kernels import groups as group_kernels
 
-                    fn = KG.entry("commit_offset")
+                    fn = group_kernels.entry("commit_offset")
                 self._commit_fn = fn
             addr = self._table.address
             rest = {}
@@ -520,7 +520,8 @@ class GroupMember:
             self._close_table()
 
 
-def _tp(x) -> TopicPartition:
+def topic_partition(x) -> TopicPartition:
+    """A TopicPartition from its wire form [topic, partition, ...]."""
     return TopicPartition(str(x[0]), int(x[1]))
 
 

@@ -1,6 +1,6 @@
 """Consumer-group descriptions for ``Bus.list_groups`` / ``Bus.describe_group`` and the CLI.
 
-The coordinator (``supervisor/coordinator.py``) knows members, assignments,
+The coordinator (``supervisor/groups/``) knows members, assignments,
 states and committed offsets; end offsets and lag are read here, from the
 rings. With no supervisor running, the groups' checkpoints on disk
 (``data_dir/groups/*.json``) answer: committed offsets, no members, state
@@ -93,19 +93,19 @@ def _with_table(bus, group_id: str, offsets: list) -> list:
     from shmbus.core import paths as _paths
     from shmbus.errors import ShmbusError
     from shmbus.core.offsets_table import GroupTable
-    from shmbus.layout import groups as GL
+    from shmbus.layout import groups as group_layout
 
     try:
         t = GroupTable.open(_paths.group_table_name(bus.id, group_id))
     except (posix_ipc.Error, ShmbusError, OSError, ValueError):
         return offsets
     try:
-        names = {GL.topic_key(x): x for x in set(bus.list_topics()) | {o[0] for o in offsets}}
+        names = {group_layout.topic_key(x): x for x in set(bus.list_topics()) | {o[0] for o in offsets}}
         out = {(o[0], int(o[1])): int(o[2]) for o in offsets}
         for s in range(min(t.used(), t.slots)):
             key, part, flags = t.slot_meta(s)
             off = t.offset(s)
-            if flags & GL.FLAG_USED and off >= 0 and key in names:
+            if flags & group_layout.FLAG_USED and off >= 0 and key in names:
                 out[(names[key], int(part))] = off
         return [[tp, p, o] for (tp, p), o in sorted(out.items())]
     finally:

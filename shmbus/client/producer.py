@@ -30,7 +30,7 @@ from shmbus.errors import (
     StalledWriteError,
     UnknownTopicError,
 )
-from shmbus.layout import frame as F
+from shmbus.layout import frame as frame_layout
 from shmbus.core.partitioner import partition_for_key
 from shmbus.records import BatchMetadata, RecordMetadata
 
@@ -38,19 +38,23 @@ _PID = os.getpid()
 _SENDERS = weakref.WeakSet()  # producers whose send is a native.Sender (it holds the pid it writes)
 
 
-def _after_fork():
+def _set_pid_after_fork():
     global _PID
     _PID = os.getpid()
     for prod in list(_SENDERS):
         prod.send.set_pid(_PID)
 
 
-os.register_at_fork(after_in_child=_after_fork)
+os.register_at_fork(after_in_child=_set_pid_after_fork)
 
 _KEY_CACHE_MAX = 65536
 _time_ns = time.time_ns
 _new_tuple = tuple.__new__
 _NO_KEYS = np.frombuffer(b"", np.uint8)
+# a full ring: tries without sleeping, then sleeps growing by _SPIN_SLEEP_S per that many tries, up to the max
+_SPINS_BEFORE_SLEEP = 20
+_SPIN_SLEEP_S = 0.0002
+_MAX_SPIN_SLEEP_S = 0.005
 _TS_END = 1 << 63  # timestamps are int64 ms since the epoch, >= 0
 
 
@@ -166,7 +170,7 @@ class Producer:
         self._shapes: dict = {}  # (rows, width) -> send_batch's index arrays for a 2-D array (_send_rows)
         if native.Sender is not None and key_serializer is None and value_serializer is None and acks == "memory":
             # send's common case in one C call; everything else it hands to the Python send below
-            self.send = native.Sender(self._fast, Producer.send.__get__(self), self._after, RecordMetadata, _PID,
+            self.send = native.Sender(self._fast, Producer.send.__get__(self), self._ring_bells, RecordMetadata, _PID,
                                       self._stalled)
             _SENDERS.add(self)
 
@@ -252,7 +256,7 @@ class Producer:
         if r < 0:
             r, h = self._send_slow(topic, p, key, value, headers, ts, r)
         if r & 3:
-            self._after(r)
+            self._ring_bells(r)
         if self._durable:
             self._wait_durable(h.rings[p], r >> 2, topic, p)
         return _new_tuple(RecordMetadata, (topic, p, r >> 2, ts))  # a NamedTuple without its Python __new__
@@ -281,7 +285,8 @@ class Producer:
             return f"{failing}: free space there; the ring empties once spilling works again; `shmbus status`"
         return "is the supervisor running? `shmbus status`; a larger ring.bytes absorbs longer bursts"
 
-    def _after(self, bits: int) -> None:
+    def _ring_bells(self, bits: int) -> None:
+        """Wake who an append asks for: bit 0 the readers' doorbell, bit 1 the supervisor's spill bell."""
         if bits & 1:
             self._ctl.ring_doorbell()
         if bits & 2:
@@ -293,35 +298,50 @@ class Producer:
         deadline = time.monotonic() + self.max_block_ms / 1000.0
         spins = 0
         while True:
-            h = self._topics.get(topic) or self._topic(topic)
-            ring = h.rings[p]
-            if r == F.ST_STALLED:
-                self._stalled(topic, p)
-            if r == F.ST_OVER_MAX:
-                self._too_large(ring, topic, key, value, hdrs)
-            if r == F.ST_TOO_LARGE:
-                frame = F.frame_length(len(key) if key is not None else -1, len(value) if value is not None else -1, len(hdrs))
+            if r == frame_layout.ST_OVER_MAX or r == frame_layout.ST_TOO_LARGE:
+                ring = (self._topics.get(topic) or self._topic(topic)).rings[p]
+                if r == frame_layout.ST_OVER_MAX:
+                    self._too_large(ring, topic, key, value, hdrs)
+                frame = frame_layout.frame_length(len(key) if key is not None else -1,
+                                                  len(value) if value is not None else -1, len(hdrs))
                 raise RecordTooLargeError(
                     f"record too large for the ring: frame_bytes={frame} ring.bytes={ring.ring_bytes} topic={topic!r} "
                     f"(a record may take at most half the ring; recreate the topic with a larger ring.bytes)")
-            if r == F.ST_DELETED:
-                h = self._reload_deleted(topic)
-                if p >= h.n:
-                    raise UnknownTopicError(f"partition no longer exists: topic={topic!r} partition={p}")
-            elif r == F.ST_FULL:
-                self._ctl.ring_spill_bell()
-                now = time.monotonic()
-                if now >= deadline:
-                    raise BufferFullError(
-                        f"ring full for max_block_ms: topic={topic!r} partition={p} max_block_ms={self.max_block_ms} "
-                        f"ring.bytes={ring.ring_bytes} ({self._why_full()})")
-                spins += 1
-                if spins > 50:
-                    time.sleep(min(0.0005 * (spins // 50), 0.005, max(deadline - now, 0)))
-            h = self._topics.get(topic) or self._topic(topic)
+            spins += 1
+            h = self._retry_or_raise(r, topic, p, deadline, spins)
             r = _append(h.addrs[p], key, value, hdrs, ts, _PID)
             if r >= 0:
                 return r, h
+
+    def _retry_or_raise(self, r: int, topic: str, p: int, deadline: float, spins: int, progress=None) -> _TopicHandle:
+        """After an append into partition ``p`` answered status ``r`` (< 0; a record too large is the
+        caller's): raise the error it means, or return the topic handle to append with again.
+
+        ``ST_STALLED`` raises StalledWriteError; ``ST_DELETED`` reloads the topic (it may have been
+        made anew); ``ST_FULL`` rings the spill bell and, after the first few tries, sleeps a little,
+        raising BufferFullError once ``deadline`` passed. ``progress`` is (records written, records
+        asked) of a batch, for the messages.
+        """
+        if r == frame_layout.ST_STALLED:
+            self._stalled(topic, p, "" if progress is None else
+                          f" written_by_this_call={progress[0]} of {progress[1]} records for this partition")
+        if r == frame_layout.ST_DELETED:
+            h = self._reload_deleted(topic)
+            if p >= h.n:
+                raise UnknownTopicError(f"partition no longer exists: topic={topic!r} partition={p}")
+            return h
+        h = self._topics.get(topic) or self._topic(topic)
+        self._ctl.ring_spill_bell()
+        now = time.monotonic()
+        if now >= deadline:
+            sent = (f"ring.bytes={h.rings[p].ring_bytes}" if progress is None
+                    else f"sent={progress[0]} of {progress[1]}")
+            raise BufferFullError(
+                f"ring full for max_block_ms: topic={topic!r} partition={p} max_block_ms={self.max_block_ms} "
+                f"{sent} ({self._why_full()})")
+        if spins > _SPINS_BEFORE_SLEEP:
+            time.sleep(min(_SPIN_SLEEP_S * (spins // _SPINS_BEFORE_SLEEP), _MAX_SPIN_SLEEP_S, deadline - now))
+        return h
 
     def _wait_durable(self, ring, off: int, topic: str, p: int, deadline=None) -> None:
         """Block until the supervisor has fsynced ``off`` (acks='disk')."""
@@ -343,6 +363,62 @@ class Producer:
             time.sleep(0.0002 if i < 50 else 0.002)
             i += 1
 
+    def _wait_batch_durable(self, topic: str, h: _TopicHandle, runs, parts, offsets) -> None:
+        """acks='disk': block until every partition a batch went to has fsynced its last record.
+
+        ``runs`` ([(partition, start, stop)], in batch order) when the batch went in contiguous
+        runs, else None and ``parts`` names each record's partition.
+        """
+        if runs is not None:
+            last = [(p, int(offsets[b - 1])) for p, a, b in runs if b > a]
+        else:
+            last = [(int(p), int(offsets[parts == p].max())) for p in np.unique(parts)]
+        for p, off in last:
+            self._wait_durable(h.rings[p], off, topic, p)
+
+    @staticmethod
+    def _partition_runs(topic: str, h: _TopicHandle, n: int, partition) -> list:
+        """A batch of ``n`` records without keys as contiguous runs [(partition, start, stop)], in order.
+
+        All in ``partition`` when given; else spread evenly, one run per partition, starting at the
+        round-robin partition (which moves on by one per batch). Runs are never empty unless n is 0.
+        """
+        if partition is not None:
+            partition = _as_partition(partition)
+            if not 0 <= partition < h.n:
+                raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
+                                 f"(it has {h.n} partitions)")
+            return [(partition, 0, n)]
+        p0 = h.rr
+        h.rr = (p0 + 1) % h.n
+        runs = []
+        for j in range(h.n):
+            a, b = (j * n) // h.n, ((j + 1) * n) // h.n
+            if b > a:
+                runs.append(((p0 + j) % h.n, a, b))
+        return runs
+
+    @staticmethod
+    def _key_partitions(h: _TopicHandle, keys: list) -> np.ndarray:
+        """Each record's partition by its key (murmur2, cached); round-robin for a None key."""
+        n = len(keys)
+        parts = np.empty(n, np.int64)
+        cache = h.key_cache
+        rr = h.rr
+        for i, k in enumerate(keys):
+            if k is None:
+                parts[i] = rr
+                rr = rr + 1 if rr + 1 < h.n else 0
+                continue
+            p = cache.get(k)
+            if p is None:
+                p = partition_for_key(k, h.n)
+                if len(cache) < _KEY_CACHE_MAX:
+                    cache[k] = p
+            parts[i] = p
+        h.rr = rr
+        return parts
+
     def send_batch(self, topic, values, keys=None, partition=None) -> BatchMetadata:
         """Many records in one call. ``values``: a list of bytes-likes or a 2-D uint8 array."""
         if self._closed:
@@ -351,40 +427,9 @@ class Producer:
         if (keys is None and values.__class__ is np.ndarray and values.ndim == 2 and values.dtype == np.uint8
                 and native.append_batch is not None):
             return self._send_rows(topic, h, values, partition)
-        if isinstance(values, np.ndarray):
-            if values.ndim != 2 or values.dtype != np.uint8:
-                raise TypeError(f"values as an array must be 2-D uint8: ndim={values.ndim} dtype={values.dtype}")
-            n, w = values.shape
-            data = np.ascontiguousarray(values).reshape(-1)[:]
-            data.flags.writeable = False  # one compiled kernel for both input kinds (read-only data)
-            starts = np.arange(n, dtype=np.int64) * w
-            lens = np.full(n, w, np.int64)
-        else:
-            if self._value_ser is not None:
-                values = [self._value_ser(v) for v in values]
-            vals = [v if type(v) is bytes or v is None else _as_bytes(v, "value") for v in values]
-            n = len(vals)
-            lens = np.fromiter((len(v) if v is not None else -1 for v in vals), np.int64, n)
-            data = np.frombuffer(b"".join(v for v in vals if v is not None), np.uint8)
-            starts = np.zeros(n, np.int64)
-            if n:
-                np.cumsum(np.maximum(lens, 0)[:-1], out=starts[1:])
-        if keys is not None:
-            if self._key_ser is not None:
-                keys = [self._key_ser(k) if k is not None else None for k in keys]
-            ks = [k if type(k) is bytes or k is None else _as_bytes(k, "key") for k in keys]
-            if len(ks) != n:
-                raise ValueError(f"keys and values differ in length: keys={len(ks)} values={n}")
-            klens = np.fromiter((len(k) if k is not None else -1 for k in ks), np.int64, n)
-            kdata = np.frombuffer(b"".join(k for k in ks if k is not None), np.uint8)
-            kstarts = np.zeros(n, np.int64)
-            if n:
-                np.cumsum(np.maximum(klens, 0)[:-1], out=kstarts[1:])
-        else:
-            ks = None
-            klens = np.full(n, -1, np.int64)
-            kdata = _NO_KEYS
-            kstarts = np.zeros(n, np.int64)
+        data, starts, lens = self._value_columns(values)
+        n = len(lens)
+        ks, kdata, kstarts, klens = self._key_columns(keys, n)
         sizes = np.maximum(lens, 0) + np.maximum(klens, 0)
         limit = h.rings[0].max_message_bytes()
         if n and int(sizes.max()) > limit:
@@ -393,36 +438,11 @@ class Producer:
                 f"record too large: index={i} bytes={int(sizes[i])} max.message.bytes={limit} "
                 f"topic={topic!r} (nothing of the batch was sent)")
         # partitions: contiguous runs where we can (one claim each, no gathering)
-        runs = None  # [(partition, start, stop)] over the batch in order
-        if partition is not None:
-            partition = _as_partition(partition)
-            if not 0 <= partition < h.n:
-                raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
-                                 f"(it has {h.n} partitions)")
-            parts = np.full(n, partition, np.int64)
-            runs = [(partition, 0, n)]
-        elif ks is not None:
-            parts = np.empty(n, np.int64)
-            cache = h.key_cache
-            rr = h.rr
-            for i, k in enumerate(ks):
-                if k is None:
-                    parts[i] = rr
-                    rr = rr + 1 if rr + 1 < h.n else 0
-                    continue
-                p = cache.get(k)
-                if p is None:
-                    p = partition_for_key(k, h.n)
-                    if len(cache) < _KEY_CACHE_MAX:
-                        cache[k] = p
-                parts[i] = p
-            h.rr = rr
+        if ks is not None and partition is None:
+            runs = None
+            parts = self._key_partitions(h, ks)
         else:
-            # spread evenly: one contiguous run per partition
-            p0 = h.rr
-            h.rr = (p0 + 1) % h.n
-            bounds = (np.arange(h.n + 1, dtype=np.int64) * n) // h.n
-            runs = [((p0 + j) % h.n, int(bounds[j]), int(bounds[j + 1])) for j in range(h.n) if bounds[j + 1] > bounds[j]]
+            runs = self._partition_runs(topic, h, n, partition)
             parts = np.empty(n, np.int64)
             for p, a, b in runs:
                 parts[a:b] = p
@@ -441,11 +461,45 @@ class Producer:
                 out = np.full(len(sel), -1, np.int64)
                 self._append_batch(topic, p, data, starts[sel], lens[sel], kdata, kstarts[sel], klens[sel], ts, out)
                 offsets[sel] = out
-        if self.acks == "disk":
-            for p in np.unique(parts):
-                p = int(p)
-                self._wait_durable(h.rings[p], int(offsets[parts == p].max()), topic, p)
+        if self._durable:
+            self._wait_batch_durable(topic, h, runs, parts, offsets)
         return BatchMetadata(topic, parts, offsets)
+
+    def _value_columns(self, values):
+        """A batch's values as (bytes, starts, lengths), a length of -1 for a None value."""
+        if isinstance(values, np.ndarray):
+            if values.ndim != 2 or values.dtype != np.uint8:
+                raise TypeError(f"values as an array must be 2-D uint8: ndim={values.ndim} dtype={values.dtype}")
+            n, w = values.shape
+            data = np.ascontiguousarray(values).reshape(-1)[:]
+            data.flags.writeable = False  # one compiled kernel for both input kinds (read-only data)
+            return data, np.arange(n, dtype=np.int64) * w, np.full(n, w, np.int64)
+        if self._value_ser is not None:
+            values = [self._value_ser(v) for v in values]
+        vals = [v if type(v) is bytes or v is None else _as_bytes(v, "value") for v in values]
+        n = len(vals)
+        lens = np.fromiter((len(v) if v is not None else -1 for v in vals), np.int64, n)
+        data = np.frombuffer(b"".join(v for v in vals if v is not None), np.uint8)
+        starts = np.zeros(n, np.int64)
+        if n:
+            np.cumsum(np.maximum(lens, 0)[:-1], out=starts[1:])
+        return data, starts, lens
+
+    def _key_columns(self, keys, n: int):
+        """A batch's keys as (the keys as bytes or None, bytes, starts, lengths); no keys: (None, ...)."""
+        if keys is None:
+            return None, _NO_KEYS, np.zeros(n, np.int64), np.full(n, -1, np.int64)
+        if self._key_ser is not None:
+            keys = [self._key_ser(k) if k is not None else None for k in keys]
+        ks = [k if type(k) is bytes or k is None else _as_bytes(k, "key") for k in keys]
+        if len(ks) != n:
+            raise ValueError(f"keys and values differ in length: keys={len(ks)} values={n}")
+        klens = np.fromiter((len(k) if k is not None else -1 for k in ks), np.int64, n)
+        kdata = np.frombuffer(b"".join(k for k in ks if k is not None), np.uint8)
+        kstarts = np.zeros(n, np.int64)
+        if n:
+            np.cumsum(np.maximum(klens, 0)[:-1], out=kstarts[1:])
+        return ks, kdata, kstarts, klens
 
     def _send_rows(self, topic, h, values, partition) -> BatchMetadata:
         """send_batch of a 2-D uint8 array without keys (one record per row): the short path.
@@ -473,30 +527,18 @@ class Producer:
                 self._shapes.clear()
             shape = self._shapes[(n, w)] = (starts, lens, klens, kstarts)
         starts, lens, klens, kstarts = shape
-        if partition is not None:
-            partition = _as_partition(partition)
-            if not 0 <= partition < h.n:
-                raise ValueError(f"partition out of range: topic={topic!r} partition={partition!r} "
-                                 f"(it has {h.n} partitions)")
-            runs = [(partition, 0, n)]
-        else:  # spread evenly: one contiguous run per partition
-            p0 = h.rr
-            h.rr = (p0 + 1) % h.n
-            runs = [((p0 + j) % h.n, (j * n) // h.n, ((j + 1) * n) // h.n) for j in range(h.n)]
+        runs = self._partition_runs(topic, h, n, partition)
         offsets = np.empty(n, np.int64)
         parts = np.empty(n, np.int64)
         if n == 0:
             return BatchMetadata(topic, parts, offsets)
         ts = _time_ns() // 1_000_000
         for p, a, b in runs:
-            if b > a:
-                self._append_batch(topic, p, data, starts[a:b], lens[a:b], _NO_KEYS, kstarts[a:b], klens[a:b], ts,
-                                   offsets[a:b])
-                parts[a:b] = p
+            self._append_batch(topic, p, data, starts[a:b], lens[a:b], _NO_KEYS, kstarts[a:b], klens[a:b], ts,
+                               offsets[a:b])
+            parts[a:b] = p
         if self._durable:
-            for p, a, b in runs:
-                if b > a:
-                    self._wait_durable(h.rings[p], int(offsets[b - 1]), topic, p)
+            self._wait_batch_durable(topic, h, runs, parts, offsets)
         return BatchMetadata(topic, parts, offsets)
 
     def _append_batch(self, topic, p, data, starts, lens, kdata, kstarts, klens, ts, out):
@@ -504,8 +546,8 @@ class Producer:
         n = len(starts)
         deadline = None
         spins = 0
+        h = self._topics.get(topic) or self._topic(topic)
         while i < n:
-            h = self._topics.get(topic) or self._topic(topic)
             ring = h.rings[p]
             if native.append_batch is not None:
                 r = native.append_batch(ring.address, data, starts, lens, kdata, kstarts, klens, ts, _PID, i, out)
@@ -514,30 +556,17 @@ class Producer:
             if r >= 0:
                 i += r >> 2
                 if r & 3:
-                    self._after(r)
+                    self._ring_bells(r)
                 spins = 0
                 continue
-            if r == F.ST_TOO_LARGE:
+            if r == frame_layout.ST_TOO_LARGE:
                 raise RecordTooLargeError(
                     f"record too large for the ring: topic={topic!r} ring.bytes={ring.ring_bytes} "
                     f"(a record may take at most half the ring); records before index {i} were sent")
-            if r == F.ST_DELETED:
-                h = self._reload_deleted(topic)
-                continue
-            if r == F.ST_STALLED:
-                self._stalled(topic, p, f" written_by_this_call={i} of {n} records for this partition")
-            # full
-            self._ctl.ring_spill_bell()
             if deadline is None:
                 deadline = time.monotonic() + self.max_block_ms / 1000.0
-            now = time.monotonic()
-            if now >= deadline:
-                raise BufferFullError(
-                    f"ring full for max_block_ms: topic={topic!r} partition={p} max_block_ms={self.max_block_ms} "
-                    f"sent={i} of {n} ({self._why_full()})")
             spins += 1
-            if spins > 20:
-                time.sleep(min(0.0002 * (spins // 20), 0.005))
+            h = self._retry_or_raise(r, topic, p, deadline, spins, (i, n))
 
     def flush(self, timeout=None) -> None:
         """Records are visible once ``send`` returns; with acks='disk' they are on disk too.

@@ -2,7 +2,7 @@ r"""A consumer group's offsets table: one POSIX shared-memory object per group.
 
 Named ``/shmbus-<bus id>-g-<first 12 hex digits of sha1(group id)>`` (see
 ``_paths.group_table_name``), mode 0600, made only by the group coordinator
-(``supervisor/coordinator.py``); members open it and commit into it.
+(``supervisor/groups/``); members open it and commit into it.
 
 ::
 

@@ -1,13 +1,31 @@
 """Consumer groups' committed offsets on disk: one JSON checkpoint per group.
 
 ``data_dir/groups/<group id, %-quoted>.json`` holds the group's generation and
-``{"offsets": {topic: {partition: offset}}}``. The coordinator writes it (every
-``CHECKPOINT_S`` and at stop, fsynced); clients read it when no supervisor runs.
+``{"offsets": {topic: {partition: offset}}}``. The coordinator
+(``supervisor/groups/``) writes it through a ``CheckpointWriter`` when offsets
+changed (every ``CHECKPOINT_S`` at most) and at stop, fsynced; clients read it
+when no supervisor runs.
+
+A checkpoint, as ``checkpoint_document`` makes it::
+
+    {"group_id": str, "generation": int, "strategy": str,
+     "offsets": {topic: {partition (str): offset}},
+     "members": [{"member_id": str, "pid": int, "session_timeout_ms": int}, ...],
+     "written_ms": int}
+
+The members' pids let a restarted coordinator wait for the old members to
+rejoin or die before it grants anything.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import queue
+import threading
+import time
+
+from shmbus.core import ownership
 
 
 def read_checkpoint(path: str) -> dict | None:
@@ -32,4 +50,71 @@ def flat_offsets(nested: dict) -> list:
     return [[t, int(p), int(o)] for t, ps in (nested or {}).items() for p, o in ps.items()]
 
 
-__all__ = ["flat_offsets", "nested_offsets", "read_checkpoint"]
+def checkpoint_document(group_id: str, generation: int, strategy: str, offsets: dict, members) -> dict:
+    """A group's checkpoint: ``offsets`` {TopicPartition: offset}; ``members`` [(member id, pid,
+    session_timeout_ms)]."""
+    return {
+        "group_id": group_id, "generation": generation, "strategy": strategy,
+        "offsets": nested_offsets(offsets),
+        "members": [{"member_id": mid, "pid": pid, "session_timeout_ms": timeout} for mid, pid, timeout in members],
+        "written_ms": int(time.time() * 1000),
+    }
+
+
+def read_checkpoints(groups_dir: str):
+    """Every readable checkpoint in ``groups_dir`` (with a ``group_id``), in file-name order."""
+    for name in sorted(os.listdir(groups_dir)):
+        if not name.endswith(".json"):
+            continue
+        ck = read_checkpoint(os.path.join(groups_dir, name))
+        if ck and "group_id" in ck:
+            yield ck
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a thread of its own (write to a temporary file, fsync, rename), so the
+    coordinator's loop never waits for a disk. Of several checkpoints of one path waiting, the
+    newest is written. ``failed`` is True once a write failed."""
+
+    def __init__(self, log):
+        self.log = log
+        self.failed = False
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="group-checkpoints", daemon=True)
+        self._thread.start()
+
+    def put(self, path: str, document: dict) -> None:
+        self._queue.put((path, json.dumps(document, indent=1).encode()))
+
+    def close(self, timeout: float) -> bool:
+        """Write what is queued and stop; True if every checkpoint was written."""
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.failed and (self._thread is None or not self._thread.is_alive())
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = {}
+            while item is not None:
+                batch[item[0]] = item[1]  # the newest snapshot per group wins
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            for path, data in batch.items():
+                try:
+                    ownership.write_file(path, data)
+                except OSError as e:
+                    self.failed = True
+                    self.log(f"cannot write the group checkpoint: path={path}: {e}")
+            if item is None:
+                return
+
+
+__all__ = ["CheckpointWriter", "checkpoint_document", "flat_offsets", "nested_offsets", "read_checkpoint",
+           "read_checkpoints"]

@@ -2,7 +2,7 @@
 
 Jobs, each in its own module: spilling rings to segments (``spill.py``),
 unblocking dead writers' claims (``unblock.py``), coordinating consumer groups
-(``coordinator.py``, its own socket and thread); and answering the control
+(``groups/``, its own socket and thread); and answering the control
 socket (status, stop). It holds an exclusive ``flock`` on ``supervisor.lock``
 for its whole life, so a second one for the same data dir exits at once.
 
@@ -34,7 +34,7 @@ import time
 
 import psutil
 
-from shmbus.core import paths as _paths, ownership as _private
+from shmbus.core import ownership, paths
 from shmbus.log import metadata
 from shmbus.log.partition import open_or_recreate_ring
 from shmbus.errors import ShmbusError, UnknownTopicError
@@ -104,9 +104,9 @@ class AlreadyRunning(Exception):
 
 class Supervisor:
     def __init__(self, data_dir: str):
-        self.data_dir = _paths.resolve_data_dir(data_dir)
-        _private.makedirs(self.data_dir)
-        self.lock_fd = _private.open_file(_paths.lock_path(self.data_dir), os.O_RDWR | os.O_CREAT)
+        self.data_dir = paths.resolve_data_dir(data_dir)
+        ownership.makedirs(self.data_dir)
+        self.lock_fd = ownership.open_file(paths.lock_path(self.data_dir), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -115,7 +115,7 @@ class Supervisor:
         os.ftruncate(self.lock_fd, 0)
         os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
         try:
-            self.id = _paths.bus_id(self.data_dir)
+            self.id = paths.bus_id(self.data_dir)
             self.ctl = ControlBlock.open_or_create(self.id, self.data_dir)
         except BaseException:
             os.close(self.lock_fd)
@@ -126,7 +126,7 @@ class Supervisor:
         self.stopping = threading.Event()
         self.started = time.time()
         self.sock = None
-        self.coordinator = None  # the consumer-group coordinator (coordinator.py), its own socket and thread
+        self.coordinator = None  # the consumer-group coordinator (groups/server.py), its own socket and thread
         self.lock = threading.Lock()
         self._stamp = None
         self.cleaner = cleaner.Cleaner()
@@ -148,7 +148,7 @@ class Supervisor:
     # --- topics ---
     def _topics_stamp(self):
         """Changes when a topic is created, deleted or altered (renames touch the dirs' mtimes)."""
-        tdir = _paths.topics_dir(self.data_dir)
+        tdir = paths.topics_dir(self.data_dir)
         try:
             stamp = [os.stat(tdir).st_mtime_ns]
             with os.scandir(tdir) as it:
@@ -192,7 +192,7 @@ class Supervisor:
                 if sp is None:
                     if short is not None:
                         continue  # no fds: the next scan opens the rest
-                    pdir = _paths.partition_dir(self.data_dir, name, p)
+                    pdir = paths.partition_dir(self.data_dir, name, p)
                     try:
                         self.recover(pdir)
                         ring = open_or_recreate_ring(self.data_dir, self.id, meta, p)
@@ -385,11 +385,11 @@ class Supervisor:
         return self.ctl.spill_failure(self.data_dir) or f"spilling is failing: {type(e).__name__}: {e}"
 
     def run(self) -> None:
-        from shmbus.kernels import frames as K
+        from shmbus.kernels import frames as frame_kernels
 
-        K.warm()  # compile or load every kernel now: clients that autostarted us then find a warm cache
+        frame_kernels.warm()  # compile or load every kernel now: clients that autostarted us then find a warm cache
         self.rescan()
-        from shmbus.supervisor.coordinator import Coordinator
+        from shmbus.supervisor.groups import Coordinator
 
         self.coordinator = Coordinator(self.data_dir, log, out_of_fds=self._out_of_fds)
         self.coordinator.start()  # before the control socket: a client that sees us answer can join a group
@@ -442,7 +442,7 @@ class Supervisor:
 
     # --- control socket ---
     def start_control(self) -> None:
-        s = listen_unix(_paths.socket_path(self.data_dir), 64)
+        s = listen_unix(paths.socket_path(self.data_dir), 64)
         s.settimeout(0.2)
         self.sock = s
         threading.Thread(target=self._serve, name="control", daemon=True).start()
@@ -533,7 +533,7 @@ class Supervisor:
         if self.sock is not None:
             self.sock.close()
             try:
-                os.unlink(_paths.socket_path(self.data_dir))
+                os.unlink(paths.socket_path(self.data_dir))
             except FileNotFoundError:
                 pass
         self.ctl.close()

@@ -25,8 +25,8 @@ from collections import deque
 
 import numpy as np
 
-from shmbus.kernels import frames as K
-from shmbus.layout import frame as F
+from shmbus.kernels import frames as frame_kernels
+from shmbus.layout import frame as frame_layout
 from shmbus.core.ring import Ring
 from shmbus.log.writer import SegmentWriter
 from shmbus.supervisor import unblock
@@ -73,7 +73,7 @@ class PartitionSpiller:
         # pool: the supervisor's bound on open segment files (log.py FilePool)
         self.writer = SegmentWriter(pdir, config["segment.bytes"], config["segment.ms"], now_ms,
                                     pool=pool, lock=self.state_lock)
-        self.meta = np.zeros((4097, K.META_COLS), np.int64)
+        self.meta = np.zeros((4097, frame_kernels.META_COLS), np.int64)
         self.blocked_pos = -1
         self.blocked_since = 0.0
         self.stuck = False
@@ -81,7 +81,7 @@ class PartitionSpiller:
         # that readers a little behind still find recent records in the ring
         if ring.reclaiming() > ring.released():
             # a supervisor died while zeroing: what it was freeing is on disk; finish the job
-            K.release(ring.buf, ring.released(), ring.reclaiming())
+            frame_kernels.release(ring.buf, ring.released(), ring.reclaiming())
         self.spilled_pos = ring.released()
         self.boundaries: deque[int] = deque()  # frame boundaries RELEASED may move to
         self.config = config
@@ -106,13 +106,13 @@ class PartitionSpiller:
         frm = self.spilled_pos
         # never past RELEASED + ring: in an exactly full ring the next word is the oldest frame
         max_bytes = min(max_bytes, ring.released() + ring.ring_bytes - frm)
-        n = K.spill_scan(ring.buf, frm, max_bytes, self.meta)
-        new = int(self.meta[0, F.MS_POS])
+        n = frame_kernels.spill_scan(ring.buf, frm, max_bytes, self.meta)
+        new = int(self.meta[0, frame_layout.MS_POS])
         if n:
             rows = self.meta[1: n + 1]
             now_ms = int(time.time() * 1000)
             self.writer.append(self.mv, rows, now_ms)  # skips what is on disk already (a restart)
-            if rows[:, F.SP_PID].any():  # fenced claims (padding with a pid): hold RELEASED before them
+            if rows[:, frame_layout.SP_PID].any():  # fenced claims (padding with a pid): hold RELEASED before them
                 self._note_fences(frm, rows)
             self.spilled_frames += n
             self.spilled_bytes += new - frm
@@ -131,19 +131,19 @@ class PartitionSpiller:
         rel = ring.released()
         to = release_to(rel, ring.claim_position(), self.boundaries, ring.ring_bytes, self._hold())
         if to is not None:
-            K.release(ring.buf, rel, to)
+            frame_kernels.release(ring.buf, rel, to)
             while self.boundaries and self.boundaries[0] <= to:
                 self.boundaries.popleft()
-        if int(self.meta[0, F.MS_REASON]) == K.STOP_EMPTY and ring.claim_position() > new:
-            self._maybe_unblock(new, int(self.meta[0, F.MS_BAD]))  # the blocked header word
+        if int(self.meta[0, frame_layout.MS_REASON]) == frame_kernels.STOP_EMPTY and ring.claim_position() > new:
+            self._maybe_unblock(new, int(self.meta[0, frame_layout.MS_BAD]))  # the blocked header word
         return new - frm
 
     def _note_fences(self, frm: int, rows) -> None:
-        ends = frm + np.cumsum(rows[:, F.SP_LEN])
-        for k in np.nonzero(rows[:, F.SP_PID])[0]:
+        ends = frm + np.cumsum(rows[:, frame_layout.SP_LEN])
+        for k in np.nonzero(rows[:, frame_layout.SP_PID])[0]:
             pos = int(ends[k] - rows[k, 1])
             if pos not in self.fences:
-                pid = int(rows[k, F.SP_PID])
+                pid = int(rows[k, frame_layout.SP_PID])
                 self.fences[pos] = (pid, unblock.process_start(pid))
 
     def _hold(self) -> int | None:
@@ -152,11 +152,11 @@ class PartitionSpiller:
         buf = self.ring.buf
         for pos in sorted(self.fences):
             pid, start = self.fences[pos]
-            header = int(K.header_at(buf, pos))
+            header = int(frame_kernels.header_at(buf, pos))
             if unblock.fence_held(header, pid, start, unblock.process_start(pid)):
                 hold, held_by = pos, pid
                 break
-            K.let_go(buf, pos)  # gone (a no-op if it let go itself)
+            frame_kernels.let_go(buf, pos)  # gone (a no-op if it let go itself)
             del self.fences[pos]
         self.held_by = held_by
         return hold
@@ -173,12 +173,12 @@ class PartitionSpiller:
                                 unblock.pid_alive, timeout)
         done = False
         if action == unblock.PAD_RESERVED:
-            done = K.unblock_reserved(self.ring.buf, pos, header)
+            done = frame_kernels.unblock_reserved(self.ring.buf, pos, header)
         elif action == unblock.FENCE:
-            done = K.fence_reserved(self.ring.buf, pos, header)
+            done = frame_kernels.fence_reserved(self.ring.buf, pos, header)
             self.fenced += int(done)
         elif action == unblock.PAD_FREE:
-            done = K.unblock_free(self.ring.buf, pos) > 0
+            done = frame_kernels.unblock_free(self.ring.buf, pos) > 0
         if done:
             self.unblocked += 1
             if self.on_unblock is not None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 
-from shmbus.layout import frame as F
+from shmbus.layout import frame as frame_layout
 
 WAIT = "wait"
 PAD_RESERVED = "pad_reserved"
@@ -46,22 +46,22 @@ UNBLOCK_TIMEOUT_MS = 1000  # a RESERVED frame of a live pid: the topic's unblock
 
 
 def header_type(header: int) -> int:
-    return (header >> F.TYPE_SHIFT) & F.TYPE_MASK
+    return (header >> frame_layout.TYPE_SHIFT) & frame_layout.TYPE_MASK
 
 
 def header_pid(header: int) -> int:
-    return (header >> F.AUX_SHIFT) & F.PID_MASK
+    return (header >> frame_layout.AUX_SHIFT) & frame_layout.PID_MASK
 
 
 def decide(header: int, tail_past: bool, blocked_ms: float, pid_alive, timeout_ms: float = UNBLOCK_TIMEOUT_MS) -> str:
     t = header_type(header)
-    if t == F.RESERVED:
+    if t == frame_layout.RESERVED:
         if blocked_ms >= DEAD_AFTER_MS and not pid_alive(header_pid(header)):
             return PAD_RESERVED
         if blocked_ms >= timeout_ms:
             return FENCE
         return WAIT
-    if t == F.FREE and tail_past and blocked_ms >= FREE_AFTER_MS:
+    if t == frame_layout.FREE and tail_past and blocked_ms >= FREE_AFTER_MS:
         return PAD_FREE
     return WAIT
 
@@ -73,7 +73,7 @@ def fence_held(header: int, pid: int, start, start_now) -> bool:
     ``start``: its process start time when the fence was found (None: unknown);
     ``start_now``: that pid's start time now, None if no such process runs.
     """
-    if header_type(header) != F.PADDING or header_pid(header) != pid:
+    if header_type(header) != frame_layout.PADDING or header_pid(header) != pid:
         return False  # the writer let go (aux 0)
     if start_now is None:
         return False  # gone
