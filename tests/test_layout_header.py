@@ -22,8 +22,8 @@ from shmbus.layout import constants, frame, segment
 from shmbus.layout.constants import CONSTANTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEADER = os.path.join(ROOT, "shmbus", "_layout.h")
-C_FILE = os.path.join(ROOT, "shmbus", "_native.c")
+HEADER = os.path.join(ROOT, "shmbus", "core", "_layout.h")
+C_FILE = os.path.join(ROOT, "shmbus", "core", "_native.c")
 
 
 def _generator():
@@ -109,7 +109,7 @@ def test_the_table_names_the_layout_values():
 
 _STALE = r"""
 import importlib, sys, types
-from shmbus import _native as real, native
+from shmbus.core import _native as real, native
 stub = types.ModuleType("shmbus.core._native")
 for name in dir(real):
     setattr(stub, name, getattr(real, name))
@@ -122,7 +122,7 @@ elif what == "missing":
 else:
     stub.LAYOUT["F_EXTRA"] = 1
 sys.modules["shmbus.core._native"] = stub
-sys.modules["shmbus"]._native = stub
+sys.modules["shmbus.core"]._native = stub
 importlib.reload(native)
 print(native.ENABLED, native.REASON)
 """
@@ -143,7 +143,7 @@ def test_the_type_stubs_name_every_public_name_of_the_module():
     import ast
 
     native_mod = _native_module()
-    with open(os.path.join(ROOT, "shmbus", "_native.pyi")) as f:
+    with open(os.path.join(ROOT, "shmbus", "core", "_native.pyi")) as f:
         tree = ast.parse(f.read())
     stubbed = set()
     for node in tree.body:

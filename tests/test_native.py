@@ -134,7 +134,8 @@ def test_both_single_record_readers_return_the_same_records(bus_nosup, monkeypat
 _STARTUP = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from shmbus import Bus, native
+from shmbus import Bus
+from shmbus.core import native
 bus = Bus(sys.argv[1], autostart=False)
 with bus.producer() as p:
     p.send("t", b"x" * 100)
@@ -469,7 +470,8 @@ def test_the_compiled_scan_refuses_a_frame_past_the_buffer():
 
 _GENERAL_READS = r"""
 import json, sys, time
-from shmbus import Bus, TopicPartition, native
+from shmbus import Bus, TopicPartition
+from shmbus.core import native
 bus = Bus(sys.argv[1], autostart=False)
 tp = TopicPartition("t", 0)
 t0 = time.perf_counter()
@@ -522,12 +524,12 @@ def test_a_stale_build_without_a_verb_falls_back_to_the_numba_kernels():
     AttributeError at the first use, but the numba kernels for everything, and REASON says why."""
     code = r"""
 import importlib, sys, types
-from shmbus import _native as real, native
+from shmbus.core import _native as real, native
 stub = types.ModuleType("shmbus.core._native")
 stub.LAYOUT = real.LAYOUT
 stub.append = real.append  # an old build: some verbs, not all
 sys.modules["shmbus.core._native"] = stub
-sys.modules["shmbus"]._native = stub
+sys.modules["shmbus.core"]._native = stub
 importlib.reload(native)  # its load, again, finding the stub
 print(native.ENABLED, native.append is None, native.scan_frames is not None, native.REASON)
 """

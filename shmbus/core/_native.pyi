@@ -1,4 +1,4 @@
-"""Type stubs of ``shmbus._native``, the compiled verbs (see shmbus/_native.c and shmbus/native.py).
+"""Type stubs of ``shmbus.core._native``, the compiled verbs (see shmbus/core/_native.c and shmbus/core/native.py).
 
 Addresses (``addr``, ``meta_addr``, ``values_addr``) are the addresses of mappings or
 numpy arrays (``ctypes.data``); a ring address points at the ring's 4096-byte header.
@@ -13,7 +13,7 @@ from typing_extensions import Buffer
 
 _Headers = Sequence[tuple[str, bytes | None]]
 
-#: every constant of shmbus/_layout.h by name (shmbus/layout/constants.py ``CONSTANTS``)
+#: every constant of shmbus/core/_layout.h by name (shmbus/layout/constants.py ``CONSTANTS``)
 LAYOUT: Final[dict[str, int]]
 #: 1 when the CPU has SSE4.2 (the CRC-32C instruction), else 0
 HAVE_SSE42: Final[int]
