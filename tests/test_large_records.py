@@ -20,7 +20,8 @@ from conftest import wait_for
 
 _READ_ALL = r"""
 import hashlib, json, sys
-from shmbus import Bus, TopicPartition, native
+from shmbus import Bus, TopicPartition
+from shmbus.core import native
 data_dir, topic, n, max_poll, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 tp = TopicPartition(topic, 0)
 got = []
