@@ -3,9 +3,10 @@
 Each test drives seeded random operation sequences through the C verb
 (``shmbus/core/_native.c``) and its twin: the numba kernel where there is one
 (``shmbus/kernels/``), else the Python code that does the same job
-(``Consumer._take1`` for ``Reader``, ``Producer.send`` for ``Sender``,
-``Consumer._records_from`` for ``build_records``, the header codec of
-``producer.py``). Rings,
+(the consumer's general read path, the numba ``scan_ring`` and the records
+builder, for ``Reader``; ``Producer.send`` for ``Sender``, the Python records
+builder ``python_records`` for ``build_records``, the Python header codec of
+``core/headers.py``; for ``write_frames`` the numba kernel of the same step). Rings,
 tables and segment files must come out byte-identical and every answer equal,
 through ring wraps, padding, dead claims (``claim_and_abandon``, then the
 supervisor's unblock), full rings, deleted topics, bad frames, checksum
@@ -26,7 +27,8 @@ import pytest
 from helpers.frames import dir_files
 from helpers.rings import PID, TS, make_ring, set_word, word
 
-from shmbus.client import consumer as consumer_mod
+from shmbus.client.consumer import fetch as consumer_fetch
+from shmbus.client.consumer import partition as consumer_partition
 from shmbus.core import native
 from shmbus.core import partitioner as partitioner_mod
 from shmbus.client import producer as producer_mod
@@ -384,15 +386,12 @@ def python_codec(monkeypatch):
     headers_mod._ENC_CACHE.clear()
 
 
-def _python_records(rows, buf, monkeypatch):
-    monkeypatch.setattr(consumer_mod, "_build", None)
-    me = SimpleNamespace(_kdes=None, _vdes=None)
-    p = SimpleNamespace(tp=TopicPartition("t", 3))
-    return consumer_mod.Consumer._records_from(me, p, rows, buf, False)
+def _python_records(rows, buf):
+    return consumer_fetch.python_records(rows, buf, "t", 3)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_build_records_c_and_python_build_equal_records(seed, python_codec, monkeypatch):
+def test_build_records_c_and_python_build_equal_records(seed, python_codec):
     buf, rnd = populated_ring(seed + 30)
     ring_bytes = word(buf, R.OFF_RING_BYTES)
     positions, _rows, _new = frame_positions(buf)
@@ -406,53 +405,34 @@ def test_build_records_c_and_python_build_equal_records(seed, python_codec, monk
             src, n = f, K.scan(f, 0, -1, rnd.choice(starts), len(f), 64, 0, True, meta)
         rows = meta[1: n + 1]
         got_c = native.build_records(src, rows, "t", 3, ConsumerRecord)
-        got_py = _python_records(rows, memoryview(src), monkeypatch)
+        got_py = _python_records(rows, memoryview(src))
         assert got_c == got_py
         assert all(type(r) is ConsumerRecord for r in got_c)
         total += n
     assert total > 100
 
 
-def _python_take(p, more):
-    """``Consumer._take1``'s Python reader, stepping over padding and frames below the position as the
-    compiled Reader does (the Python twin leaves those to the general path)."""
-    me = SimpleNamespace(_kdes=None, _vdes=None)
-    if p.cursor >= 0 and p.position is None:
-        return None  # (the consumer sets the position before a cursor: the Reader leaves this to it too)
-    while True:
-        got = consumer_mod.Consumer._take1(me, p, 2 if more else 1)
-        if got is consumer_mod._EMPTY:
-            return 0
-        if got is not None:
-            return got[0]
-        c = p.cursor
-        q = p.qwords
-        if c < 0 or q[R.OFF_RECLAIMING // 8] > c:
-            return None
-        w = q[p.hq + ((c & p.mask) >> 3)]
-        t, ln = (w >> F.TYPE_SHIFT) & F.TYPE_MASK, w & F.LEN_MASK
-        if c >= q[R.OFF_RELEASED // 8] + p.ring_bytes and t in (F.DATA, F.PADDING):
-            return 0  # an exactly full ring: the oldest frame
-        if t == F.PADDING and ln > 0 and ln % 8 == 0:
-            p.cursor = c + ln
-            continue
-        i = R.HEADER_BYTES + (c & p.mask)
-        if t == F.DATA and F.HEADER_BYTES <= ln and ln % 8 == 0 and \
-                struct.unpack_from("<q", p.mv, i + F.OFF_OFFSET)[0] < p.position:
-            p.cursor = c + ln
-            continue
-        return None
+class GeneralPath(consumer_fetch.FetchMixin):
+    """A consumer's general read path over a bare ring, without C: the numba ``scan_ring`` entry
+    point and the Python records builder (``native.build_records`` is set to None by the tests)."""
+
+    def __init__(self):
+        self._key_deserializer = self._value_deserializer = None
+        self._plain = True
+        self._meta = np.zeros((65, F.META_COLS), np.int64)
+        self._meta_cell = memoryview(self._meta)
+        self._meta_addr, self._meta_rows = self._meta.ctypes.data, len(self._meta)
+        self._scan_ring = K.fast()["scan_ring"]
 
 
-def _python_part(buf):
-    mv = memoryview(buf)
+def _ring_object(buf):
     rb = word(buf, R.OFF_RING_BYTES)
-    return SimpleNamespace(tp=TopicPartition("t", 3), cursor=-1, position=None, paused=False, rd=None, mv=mv,
-                           qwords=mv.cast("q"), hq=R.HEADER_BYTES // 8, mask=rb - 1, ring_bytes=rb)
+    return SimpleNamespace(address=buf.ctypes.data, buf=buf, mask=rb - 1, ring_bytes=rb,
+                           memoryview=lambda: memoryview(buf), reclaiming=lambda: word(buf, R.OFF_RECLAIMING))
 
 
 def _answer(x):
-    return tuple(x) if isinstance(x, ConsumerRecord) else x
+    return tuple(x) if isinstance(x, ConsumerRecord) else [_answer(r) for r in x] if isinstance(x, list) else x
 
 
 def _outcome(f, *args):
@@ -463,52 +443,103 @@ def _outcome(f, *args):
         return type(e)
 
 
+def _compare_reads(rd, general, p, more, max_n, where):
+    """One read by the compiled Reader (``take(more)``, or ``take_many(max_n)`` when max_n) and one by
+    the general path from the same cursor and position. The Reader's answer, or "lapped"."""
+    state = (p.cursor, p.position)
+    reclaiming = word(p.ring.buf, R.OFF_RECLAIMING)
+    lapped = reclaiming > p.cursor
+    x = _outcome(rd.take, more) if max_n is None else _outcome(rd.take_many, max_n, 0)
+    y = _outcome(general._read_ring, p, 1 if max_n is None else max_n, False)
+    after_rd = (rd.cursor, None if rd.position_raw == F.POS_NONE else rd.position_raw)
+    if lapped:
+        # the Reader leaves a lapped cursor to the general path, which returns no record read from
+        # released bytes (it may step over a padding frame to records after them)
+        assert x is None, where
+        assert not isinstance(y, list) or general._meta[1, F.M_POS] >= reclaiming, where
+        return "lapped"
+    if isinstance(x, list) and y is ValueError:
+        # take_many answers the records before one whose headers cannot be decoded; the general path
+        # raises for the whole read; read up to that record, it answers the same
+        p.cursor, p.position = state
+        y = general._read_ring(p, len(x), False)
+    if isinstance(x, (ConsumerRecord, list)):
+        assert _answer(y) == _answer(x if isinstance(x, list) else [x]), where
+        assert (p.cursor, p.position) == after_rd, where
+    elif x == 0:  # nothing published: padding and frames below the position stepped over alike
+        assert y is None, where
+        assert (p.cursor, p.position) == after_rd, where
+    elif x is ValueError:
+        assert y is ValueError, where
+    return x
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_reader_c_and_python_take_the_same_records(seed, python_codec):
+def test_reader_c_and_the_general_path_take_the_same_records(seed, python_codec, monkeypatch):
+    monkeypatch.setattr(native, "build_records", None)  # the general path without C
     buf, rnd = populated_ring(seed + 40)
     ring_bytes = word(buf, R.OFF_RING_BYTES)
     positions, _rows, new = frame_positions(buf)
     rd = native.Reader(buf.ctypes.data, TopicPartition("t", 3), ConsumerRecord)
-    p = _python_part(buf)
+    general = GeneralPath()
+    p = consumer_partition.PartitionState(TopicPartition("t", 3), _ring_object(buf), None)
     answers = set()
-    for trial in range(120):
-        if trial == 60:
+    for trial in range(160):
+        if trial == 80:
             for pos in rnd.sample(positions, min(4, len(positions))):
                 i = R.HEADER_BYTES + (pos & (ring_bytes - 1))
                 if (word(buf, i) >> F.TYPE_SHIFT) & F.TYPE_MASK == F.DATA:
                     corrupt(buf, i, rnd)
-        c = rnd.choice(positions + [new, -1])
+        c = rnd.choice(positions + [new])
         off = word(buf, R.OFF_CLAIM_OFFSET)
-        position = rnd.choice((None, 0, off - rnd.randint(0, 60), off + 5))
+        position = rnd.choice((0, off - rnd.randint(0, 60), off + 5))
+        reclaiming = word(buf, R.OFF_RECLAIMING)
+        if rnd.random() < 0.1:  # the spiller passed the cursor
+            set_word(buf, R.OFF_RECLAIMING, c + 8 * rnd.randint(1, 64))
         rd.cursor = p.cursor = c
-        rd.position_raw = F.POS_NONE if position is None else position
-        p.position = position
-        for step in range(rnd.randint(1, 40)):
-            if rnd.random() < 0.7:
+        rd.position_raw = p.position = position
+        try:
+            for step in range(rnd.randint(1, 40)):
                 more = rnd.random() < 0.5
-                x, y = _outcome(rd.take, more), _outcome(_python_take, p, more)
-            else:
-                max_n = rnd.randint(1, 10)
-                x = _outcome(rd.take_many, max_n, 0)
-                first = _outcome(_python_take, p, False)
-                y = first
-                if isinstance(first, ConsumerRecord):
-                    y = [first]
-                    while len(y) < max_n:
-                        z = _outcome(_python_take, p, False)
-                        if not isinstance(z, ConsumerRecord):
-                            break
-                        y.append(z)
-                x = [_answer(r) for r in x] if isinstance(x, list) else x
-                y = [_answer(r) for r in y] if isinstance(y, list) else y
-            where = f"trial {trial} step {step} cursor {c} position {position}"
-            assert _answer(x) == _answer(y), where
-            pos_raw = None if rd.position_raw == F.POS_NONE else rd.position_raw
-            assert (rd.cursor, pos_raw) == (p.cursor, p.position), where
-            answers.add(x.__name__ if isinstance(x, type) else type(x).__name__)
-            if not isinstance(x, (ConsumerRecord, list)):
+                max_n = None if rnd.random() < 0.6 else rnd.randint(1, 10)
+                where = f"trial {trial} step {step} cursor {c} position {position} more {more} max_n {max_n}"
+                x = _compare_reads(rd, general, p, more, max_n, where)
+                answers.add(x if isinstance(x, str) else x.__name__ if isinstance(x, type) else type(x).__name__)
+                if not isinstance(x, (ConsumerRecord, list)):
+                    break
+        finally:
+            set_word(buf, R.OFF_RECLAIMING, reclaiming)
+    assert {"ConsumerRecord", "list", "int", "NoneType", "lapped"} <= answers, answers
+
+
+def test_reader_c_and_the_general_path_wait_at_the_tail_of_an_exactly_full_ring(python_codec, monkeypatch):
+    """The ring is exactly full (claim tail == RELEASED + ring), the oldest frame the padding before
+    a wrap: both readers read every frame, and at the tail both find nothing yet."""
+    monkeypatch.setattr(native, "build_records", None)
+    ring = 4096
+    buf = make_ring(ring)
+    value = bytes(1000 - F.HEADER_BYTES)  # frames of exactly 1000 bytes
+    for i in range(4):  # frames at 0, 1000, 2000, 3000
+        assert c_append(buf, (None, value, b"", TS + i)) >= 0
+    K.release(buf, 0, 4000)  # RELEASED at 4000, where the next claim puts its padding
+    for i in range(4, 8):  # padding [4000, 4096), frames at 4096 .. 7096: the tail at 8096
+        assert c_append(buf, (None, value, b"", TS + i)) >= 0
+    assert c_append(buf, (None, value, b"", TS + 8)) == K.ST_FULL
+    assert word(buf, R.OFF_CLAIM_POS) == 4000 + ring
+    rd = native.Reader(buf.ctypes.data, TopicPartition("t", 3), ConsumerRecord)
+    general = GeneralPath()
+    p = consumer_partition.PartitionState(TopicPartition("t", 3), _ring_object(buf), None)
+    for start, position in ((4000, 4), (4000, 6), (4096, 0), (4000 + ring, 8)):
+        rd.cursor = p.cursor = start
+        rd.position_raw = p.position = position
+        got = []
+        while True:
+            x = _compare_reads(rd, general, p, False, None, f"from {start} position {position}")
+            if not isinstance(x, ConsumerRecord):
                 break
-    assert {"ConsumerRecord", "list", "int", "NoneType"} <= answers, answers
+            got.append(x.offset)
+        assert x == 0 and got == list(range(max(position, 4), 8))  # offsets 0-3 were released
+        assert p.cursor == rd.cursor == 4000 + ring
 
 
 # --- the header codec -------------------------------------------------------------------
@@ -731,7 +762,7 @@ def test_write_frames_c_and_numba_agree_on_bad_rows(tmp_path):
 TWIN_TESTS = {
     "append": test_append_c_and_numba_write_identical_rings,
     "append_batch": test_append_batch_c_and_numba_write_identical_rings,
-    "Reader": test_reader_c_and_python_take_the_same_records,
+    "Reader": test_reader_c_and_the_general_path_take_the_same_records,
     "crc32c": test_crc32c_c_and_numba_agree,
     "murmur2": test_murmur2_and_partition_c_and_numba_agree,
     "partition": test_murmur2_and_partition_c_and_numba_agree,

@@ -13,7 +13,6 @@ import os
 import platform
 import random
 import struct
-from types import SimpleNamespace
 import subprocess
 import sys
 
@@ -23,7 +22,6 @@ import pytest
 from kafka.partitioner.default import murmur2 as kafka_murmur2
 from helpers.rings import HDR, PID, TS, make_ring
 
-from shmbus.client import consumer as consumer_mod
 from shmbus.core import native
 from shmbus.kernels import frames as K
 from shmbus.layout import frame as F
@@ -108,8 +106,8 @@ def _produce_mixed(bus, topic, n):
 
 
 def _read_one_by_one(bus, topic, n, monkeypatch, impl):
-    if impl == "python":
-        monkeypatch.setattr(consumer_mod, "_Reader", None)  # selects the Python reader (not a stand-in)
+    if impl == "general":
+        monkeypatch.setattr(native, "Reader", None)  # as without the C build: the general path reads
     out = []
     with bus.consumer(topic, auto_offset_reset="earliest") as c:
         while len(out) < n:
@@ -121,12 +119,12 @@ def _read_one_by_one(bus, topic, n, monkeypatch, impl):
 
 
 @needs_native
-def test_both_single_record_readers_return_the_same_records(bus_nosup, monkeypatch):
+def test_the_compiled_reader_and_the_general_path_return_the_same_records(bus_nosup, monkeypatch):
     bus_nosup.create_topic("t", partitions=1, config={"ring.bytes": 1 << 20})
     sent = _produce_mixed(bus_nosup, "t", 500)
     got_c = _read_one_by_one(bus_nosup, "t", len(sent), monkeypatch, "native")
-    got_py = _read_one_by_one(bus_nosup, "t", len(sent), monkeypatch, "python")
-    assert got_c == got_py
+    got_general = _read_one_by_one(bus_nosup, "t", len(sent), monkeypatch, "general")
+    assert got_c == got_general
     assert [(k, v, h) for _, _, k, v, h in got_c] == sent
     assert [o for o, *_ in got_c] == list(range(len(sent)))
 
@@ -268,12 +266,12 @@ def test_a_producer_with_serializers_or_acks_disk_uses_the_python_send(bus_nosup
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("impl", ["native", "python"])
+@pytest.mark.parametrize("impl", ["native", "general"])
 def test_a_following_reader_crosses_ring_ends_and_takes_what_is_ready(bus, monkeypatch, impl):
     """A 4 KiB ring wraps every few records (a padding frame at each end); poll() with the
     default max_records returns everything ready at once, in order, on both readers."""
-    if impl == "python":
-        monkeypatch.setattr(consumer_mod, "_Reader", None)
+    if impl == "general":
+        monkeypatch.setattr(native, "Reader", None)
     elif not native.ENABLED:
         pytest.skip(native.REASON)
     bus.create_topic("t", partitions=1, config={"ring.bytes": 4096})
@@ -281,7 +279,7 @@ def test_a_following_reader_crosses_ring_ends_and_takes_what_is_ready(bus, monke
     sent = []
     with bus.producer() as p, bus.consumer("t", auto_offset_reset="earliest") as c:
         assert c.poll(timeout_ms=0) == {}
-        assert (c._solo.rd is not None) == (impl == "native")
+        assert (c._single.reader is not None) == (impl == "native")
         got = []
         for round_ in range(150):
             k = rnd.randrange(1, 6)
@@ -585,7 +583,7 @@ def test_a_lapped_cursor_on_a_word_that_claims_a_frame_past_the_ring_end_reads_n
     that may look like a DATA header with any length. A frame never straddles the ring's end, so
     such a length sends every reader to the general path (the scans stop there as corrupt), and
     nothing is read past the mapping."""
-    from shmbus.client import consumer as consumer_mod
+
     from shmbus.records import ConsumerRecord, TopicPartition
 
     ring = 4096
@@ -606,9 +604,3 @@ def test_a_lapped_cursor_on_a_word_that_claims_a_frame_past_the_ring_end_reads_n
         meta = np.zeros((9, F.META_COLS), np.int64)
         assert scan(addr, cur, 8, 0, meta.ctypes.data, 9) == 0
         assert meta[0, F.MS_REASON] == F.STOP_CORRUPT and meta[0, F.MS_BAD] == cur
-    # the Python reader (the twin without the C build) hands it to the general path too
-    ring_obj = SimpleNamespace(address=addr, mask=ring - 1, ring_bytes=ring, memoryview=lambda: memoryview(buf))
-    part = consumer_mod._Part(TopicPartition("t", 0), ring_obj, None)
-    part.cursor, part.position = cur, 0
-    me = SimpleNamespace(_kdes=None, _vdes=None)
-    assert consumer_mod.Consumer._take1(me, part, 1) is None

@@ -529,7 +529,7 @@ def _assign(consumer, tps) -> None:
     """Set the consumer's partitions; keep its one-partition short path off, so that every
     poll goes through the round where ``before_poll`` runs."""
     consumer._set_assignment(tps)
-    consumer._solo = None
+    consumer._single = None
 
 
 __all__ = ["GroupMember", "connect", "not_running_error", "request"]

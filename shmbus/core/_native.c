@@ -396,7 +396,7 @@ done:
     return out;
 }
 
-/* --- Reader: one partition's single-record reads (consumer.py: _take1, poll) --
+/* --- Reader: one partition's single-record reads (client/consumer: _take_one, poll) --
  *
  * A consumer keeps one Reader per assigned partition; it owns the partition's
  * read state, `cursor` (a ring position, -1 = unknown) and `position` (the next
@@ -410,7 +410,8 @@ done:
  * consumer's general path must decide: the reader lapped by the spiller, an
  * unknown cursor, a header that cannot be, or, with more=True, a second
  * record ready (one scan kernel call then reads them all). Frames below
- * `position` (left of a locate) are stepped over, as the scan kernel does.
+ * `position` (left of a locate) are stepped over, as the scan kernel does, after
+ * the same checks of their lengths.
  * The copy is checked against RECLAIMING after it is made, like every ring read.
  */
 typedef struct {
@@ -444,7 +445,8 @@ static int reader_take_core(Reader *r, int more, PyObject **out) {
         if (c >= ld_acq64(buf, R_RELEASED) + ring) return TAKE_EMPTY;
         if (t == T_PADDING) {  /* the ring's end, or an unblocked dead claim: step over it */
             int64_t plen = w & 0xFFFFFFFF;
-            if (plen <= 0 || (plen & 7) || ld_acq64(buf, R_RECLAIMING) > c) return TAKE_GENERAL;
+            if (plen <= 0 || (plen & 7) || (c & mask) + plen > ring || ld_acq64(buf, R_RECLAIMING) > c)
+                return TAKE_GENERAL;
             c += plen;
             r->cursor = c;
             continue;
@@ -456,6 +458,12 @@ static int reader_take_core(Reader *r, int more, PyObject **out) {
          * finds that out, without reading past the mapping here */
         if (flen < F_HDR || (flen & 7) || (c & mask) + flen > ring) return TAKE_GENERAL;
         nxt = c + flen;
+        memcpy(&kl, buf + i + F_KLEN, 4);
+        memcpy(&vl, buf + i + F_VLEN, 4);
+        memcpy(&hl, buf + i + F_HLEN, 4);
+        /* lengths that cannot be, below the position too: the scan stops there as corrupt */
+        if (kl < -1 || vl < -1 || hl < 0 || F_HDR + (int64_t)(kl > 0 ? kl : 0) + (vl > 0 ? vl : 0) + hl > flen)
+            return TAKE_GENERAL;
         memcpy(&off, buf + i + F_OFFSET, 8);
         if (off < r->position) {  /* below the position (after a locate): step over it, as the scan does */
             if (ld_acq64(buf, R_RECLAIMING) > c) return TAKE_GENERAL;
@@ -467,11 +475,6 @@ static int reader_take_core(Reader *r, int more, PyObject **out) {
     }
     if (more && ((ld_acq64(buf, RING_HDR + (nxt & mask)) >> 32) & 0xFF) == T_DATA) return TAKE_GENERAL;
     memcpy(&ts, buf + i + F_TS, 8);
-    memcpy(&kl, buf + i + F_KLEN, 4);
-    memcpy(&vl, buf + i + F_VLEN, 4);
-    memcpy(&hl, buf + i + F_HLEN, 4);
-    if (kl < -1 || vl < -1 || hl < 0 || F_HDR + (int64_t)(kl > 0 ? kl : 0) + (vl > 0 ? vl : 0) + hl > flen)
-        return TAKE_GENERAL;
     const char *b = (const char *)buf + i + F_HDR;
     PyObject *key, *value, *hb;
     key = kl >= 0 ? PyBytes_FromStringAndSize(b, kl) : Py_NewRef(Py_None);

@@ -1,12 +1,14 @@
 """The compiled per-record verbs (``shmbus/core/_native.c``), when they are built and allowed.
 
-``append``, ``append_batch`` and ``Reader`` are the C twins of the numba
-kernels ``append_*`` (kernels/frames.py) and of ``Consumer._take1``: same bytes, same statuses;
+``append`` and ``append_batch`` are the C twins of the numba kernels
+``append_*`` (kernels/frames.py): same bytes, same statuses; ``Reader`` reads
+one record at a consumer's cursor as the numba ``scan_ring`` kernel and the
+records builder do (the consumer's general path, client/consumer/fetch.py);
 ``murmur2``/``partition`` and ``crc32c`` those of kernels/murmur2.py and
 kernels/crc32c.py (bytes only); ``commit_offset`` that of
 kernels/groups.py (a group member's commit); ``encode_headers`` and
 ``decode_headers`` those of producer.py's Python header codec;
-``build_records`` that of Consumer._records_from (records from scan rows); ``scan``
+``build_records`` that of ``client/consumer/fetch.py: python_records`` (records from scan rows); ``scan``
 that of the ``scan`` and ``scan_copy`` kernels (with a values array), ``scan_ring`` that of
 ``scan_ring`` and ``scan_copy_ring``, so a consumer never imports numba; ``write_frames`` a
 step of the supervisor's ``SegmentWriter.append`` (the numba twin: ``lay_out_frames`` in
