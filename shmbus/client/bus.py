@@ -15,7 +15,7 @@ from shmbus.core import paths as _paths
 from shmbus.log import metadata
 from shmbus.core.limits import limit_error
 from shmbus.core.config import validate_topic_config, validate_topic_name
-from shmbus.errors import InvalidConfigError, UnknownTopicError
+from shmbus.errors import InvalidConfigError
 from shmbus.records import PartitionDescription, TopicDescription
 from shmbus.core.ring import Ring, unlink
 from shmbus.client.handle import BusHandle

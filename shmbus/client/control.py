@@ -6,7 +6,6 @@ lives, and answers newline-delimited JSON on ``supervisor.sock``.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket

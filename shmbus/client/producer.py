@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import struct
 import time
 import weakref
 

@@ -36,13 +36,13 @@ class FilePool:
     def writers_open(self) -> int:
         return len(self._writers)
 
-    def opened(self, w: "SegmentWriter") -> None:
+    def opened(self, w) -> None:
         with self.lock:
             self.open_fds += SEGMENT_FDS
             self._writers[w] = None
             self._writers.move_to_end(w)
 
-    def dropped(self, w: "SegmentWriter") -> None:
+    def dropped(self, w) -> None:
         """``w`` holds no files any more (parked, closed, or handed to the flusher)."""
         with self.lock:
             self._writers.pop(w, None)
@@ -51,7 +51,7 @@ class FilePool:
         with self.lock:
             self.open_fds -= n
 
-    def make_room(self, w: "SegmentWriter | None" = None) -> None:
+    def make_room(self, w=None) -> None:
         """Park writers, least recently used first, until a segment more fits under the cap."""
         turns = 2 * len(self._writers) + 2
         while self.open_fds + SEGMENT_FDS > self.cap_fds and turns > 0:
@@ -81,7 +81,7 @@ class FilePool:
         self.make_room()
 
     @staticmethod
-    def _try_park(v: "SegmentWriter") -> bool:
+    def _try_park(v) -> bool:
         if not v.lock.acquire(blocking=False):
             return False
         try:

@@ -37,7 +37,7 @@ import psutil
 from shmbus.core import ownership, paths
 from shmbus.log import metadata
 from shmbus.log.partition import open_or_recreate_ring
-from shmbus.errors import ShmbusError, UnknownTopicError
+from shmbus.errors import ShmbusError
 from shmbus.core.ring import ControlBlock
 from shmbus.log import recovery
 from shmbus.core.limits import fd_exhausted

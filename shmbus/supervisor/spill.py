@@ -141,7 +141,7 @@ class PartitionSpiller:
     def _note_fences(self, frm: int, rows) -> None:
         ends = frm + np.cumsum(rows[:, frame_layout.SP_LEN])
         for k in np.nonzero(rows[:, frame_layout.SP_PID])[0]:
-            pos = int(ends[k] - rows[k, 1])
+            pos = int(ends[k] - rows[k, frame_layout.SP_LEN])
             if pos not in self.fences:
                 pid = int(rows[k, frame_layout.SP_PID])
                 self.fences[pos] = (pid, unblock.process_start(pid))

@@ -124,6 +124,19 @@ def delivered(paths):
     return got, bad
 
 
+def kill_and_restart_supervisor(data_dir, pause_s: float) -> None:
+    """SIGKILL the supervisor of ``data_dir`` (the one the test's Bus started), wait ``pause_s``,
+    and start a new one."""
+    from shmbus.client import control
+
+    pid = control.running_pid(data_dir)
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: control.running_pid(data_dir) is None, 10, "the supervisor to die")
+    time.sleep(pause_s)
+    control.start(data_dir)
+
+
 def missing_runs(missing):
     runs = []
     for p, off in sorted(missing):
@@ -187,12 +200,7 @@ def test_every_acknowledged_record_reaches_the_group_through_random_sigkills(dat
                 members[i].join(10)
                 members[i] = start_member()
             else:
-                pid = client.running_pid(data_dir)
-                if pid:
-                    os.kill(pid, signal.SIGKILL)  # the supervisor this test's Bus started
-                    wait_for(lambda: client.running_pid(data_dir) is None, 10, "the supervisor to die")
-                time.sleep(rnd.uniform(0.0, 0.5))
-                client.start(data_dir)
+                kill_and_restart_supervisor(data_dir, rnd.uniform(0.0, 0.5))
         open(stop_p, "w").close()
         for p in producers:
             p.join(30)
@@ -280,7 +288,6 @@ def test_readers_that_move_between_disk_and_ring_pass_no_acknowledged_record(dat
     """Readers seek back at random while producers and the supervisor are SIGKILLed: a gap in the
     offsets a reader sees may only hold offsets no ``send`` acknowledged (a killed writer's claims)."""
     from shmbus import Bus
-    from shmbus.client import control as client
 
     duration = float(os.environ.get("SHMBUS_SOAK_S", "20"))
     rnd = random.Random(int(os.environ.get("SHMBUS_SOAK_SEED", str(int(time.time())))))
@@ -313,12 +320,7 @@ def test_readers_that_move_between_disk_and_ring_pass_no_acknowledged_record(dat
                 producers[i].join(10)
                 producers[i] = start_producer()
             else:
-                pid = client.running_pid(data_dir)
-                if pid:
-                    os.kill(pid, signal.SIGKILL)  # the supervisor this test's Bus started
-                    wait_for(lambda: client.running_pid(data_dir) is None, 10, "the supervisor to die")
-                time.sleep(rnd.uniform(0.0, 0.3))
-                client.start(data_dir)
+                kill_and_restart_supervisor(data_dir, rnd.uniform(0.0, 0.3))
         open(stop, "w").close()
         for p in producers + readers:
             p.join(30)
