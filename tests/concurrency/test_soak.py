@@ -124,6 +124,17 @@ def delivered(paths):
     return got, bad
 
 
+def replace_one(workers, start, rnd, what=None) -> None:
+    """SIGKILL one of ``workers`` (processes this test started), at random, and start another;
+    with ``what``, that worker must still be running (not exited by itself)."""
+    i = rnd.randrange(len(workers))
+    if what is not None:
+        assert workers[i].is_alive(), f"{what} exited by itself: exit code {workers[i].exitcode}"
+    workers[i].kill()
+    workers[i].join(10)
+    workers[i] = start()
+
+
 def kill_and_restart_supervisor(data_dir, pause_s: float) -> None:
     """SIGKILL the supervisor of ``data_dir`` (the one the test's Bus started), wait ``pause_s``,
     and start a new one."""
@@ -189,16 +200,9 @@ def test_every_acknowledged_record_reaches_the_group_through_random_sigkills(dat
             kind = rnd.choice(kinds)
             kills[kind] += 1
             if kind == "producer":
-                i = rnd.randrange(len(producers))
-                producers[i].kill()  # SIGKILL
-                producers[i].join(10)
-                producers[i] = start_producer()
+                replace_one(producers, start_producer, rnd)
             elif kind == "member":
-                i = rnd.randrange(len(members))
-                assert members[i].is_alive(), f"a member exited by itself: exit code {members[i].exitcode}"
-                members[i].kill()
-                members[i].join(10)
-                members[i] = start_member()
+                replace_one(members, start_member, rnd, what="a member")
             else:
                 kill_and_restart_supervisor(data_dir, rnd.uniform(0.0, 0.5))
         open(stop_p, "w").close()
@@ -315,10 +319,7 @@ def test_readers_that_move_between_disk_and_ring_pass_no_acknowledged_record(dat
         while time.monotonic() < end:
             time.sleep(rnd.uniform(0.2, 1.0))
             if rnd.random() < 0.5:
-                i = rnd.randrange(len(producers))
-                producers[i].kill()
-                producers[i].join(10)
-                producers[i] = start_producer()
+                replace_one(producers, start_producer, rnd)
             else:
                 kill_and_restart_supervisor(data_dir, rnd.uniform(0.0, 0.3))
         open(stop, "w").close()
