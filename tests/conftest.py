@@ -127,3 +127,45 @@ def make_topic(sbus):
 def producer(sbus):
     with sbus.producer() as p:
         yield p
+
+
+# --- a bus whose supervisor serves the Kafka protocol (tests/test_kafka_*.py) ---
+
+class KafkaBus:
+    """A bus with a Kafka listener: ``bus`` (a shmbus.Bus), ``bootstrap`` (host:port), ``data_dir``."""
+
+    def __init__(self, bus, bootstrap):
+        self.bus = bus
+        self.bootstrap = bootstrap
+        self.data_dir = bus.data_dir
+
+
+@pytest.fixture(scope="module")
+def kbus(tmp_path_factory):
+    """One bus with a supervisor serving the Kafka protocol on a free loopback port, for a module's tests."""
+    from shmbus import Bus
+
+    from helpers.kafka import start_listener
+
+    d = str(tmp_path_factory.mktemp("kafka") / "bus")
+    try:
+        bootstrap = start_listener(d)
+        b = Bus(d, autostart=False)
+        try:
+            yield KafkaBus(b, bootstrap)
+        finally:
+            b.close()
+    finally:
+        cleanup_bus(d)
+
+
+@pytest.fixture
+def ktopic(kbus):
+    """ktopic(partitions=1, config=None) -> a new topic's name on the Kafka bus."""
+
+    def make(partitions=1, config=None):
+        name = f"k-{uuid.uuid4().hex[:12]}"
+        kbus.bus.create_topic(name, partitions, config)
+        return name
+
+    return make

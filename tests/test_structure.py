@@ -7,9 +7,10 @@ Layers, lowest first (a module belongs to the longest prefix listed):
 2. ``shmbus.core``: shared-memory objects, paths, configuration, the compiled verbs
 3. ``shmbus.log``: the files on disk and their policies
 4. ``shmbus.client``: what a user's process runs (Bus, Producer, Consumer, group membership)
-5. ``shmbus.supervisor``: the daemon
-6. ``shmbus.cli``: the command line
-7. ``shmbus`` itself (``__init__``, ``__main__``)
+5. ``shmbus.kafka``: the Kafka protocol listener (the supervisor runs it)
+6. ``shmbus.supervisor``: the daemon
+7. ``shmbus.cli``: the command line
+8. ``shmbus`` itself (``__init__``, ``__main__``)
 
 Every import counts, also one inside a function (it is a dependency all the same).
 """
@@ -28,9 +29,10 @@ LAYERS = {
     "shmbus.core": 2,
     "shmbus.log": 3,
     "shmbus.client": 4,
-    "shmbus.supervisor": 5,
-    "shmbus.cli": 6,
-    "shmbus": 7,
+    "shmbus.kafka": 5,
+    "shmbus.supervisor": 6,
+    "shmbus.cli": 7,
+    "shmbus": 8,
 }
 
 

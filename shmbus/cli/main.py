@@ -73,25 +73,46 @@ def _bus(data_dir, autostart=False):
 @cli.command()
 @data_dir_option
 @click.option("--foreground", is_flag=True, help="Run in this terminal instead of in the background.")
-def serve(data_dir, foreground):
-    """Run the supervisor (spills rings to disk, coordinates groups).
+@click.option("--kafka-listener", metavar="HOST:PORT", default=None,
+              help="Serve the Kafka protocol there (loopback only unless --kafka-listener-allow-remote); "
+                   "default: $SHMBUS_KAFKA_LISTENER, else off.")
+@click.option("--kafka-listener-allow-remote", is_flag=True,
+              help="Allow a non-loopback listener address (whoever reaches it can read and write the bus).")
+@click.option("--kafka-sasl-users", metavar="FILE", default=None,
+              help="Require SASL/PLAIN: one user:password per line; the file must be mode 0600 and yours.")
+def serve(data_dir, foreground, kafka_listener, kafka_listener_allow_remote, kafka_sasl_users):
+    """Run the supervisor (spills rings to disk, coordinates groups, serves Kafka clients if asked).
 
     \b
     Example:
       shmbus serve                  # in the background, returns when ready
       shmbus serve --foreground     # until Ctrl-C or `shmbus stop`
+      shmbus serve --kafka-listener 127.0.0.1:9092   # Kafka clients: bootstrap.servers=127.0.0.1:9092
     """
     from shmbus.core.paths import resolve_data_dir
     from shmbus.client import control as client
+    from shmbus.kafka.settings import ENV_LISTENER, listener_settings
     from shmbus.supervisor.daemon import serve as run
 
     d = resolve_data_dir(data_dir)
     if client.running_pid(d) is not None:
         fail(f"a supervisor is already running: pid={client.running_pid(d)} data_dir={d}")
+    address = kafka_listener or os.environ.get(ENV_LISTENER) or None
+    kafka = None
+    args = []
+    if address:
+        kafka = listener_settings(address, kafka_listener_allow_remote, kafka_sasl_users)  # (a user error: exit 1)
+        args = ["--kafka-listener", address]
+        if kafka_listener_allow_remote:
+            args.append("--kafka-listener-allow-remote")
+        if kafka_sasl_users:
+            args += ["--kafka-sasl-users", os.path.abspath(kafka_sasl_users)]
+    elif kafka_listener_allow_remote or kafka_sasl_users:
+        fail("--kafka-listener-allow-remote and --kafka-sasl-users need --kafka-listener HOST:PORT")
     if foreground:
-        sys.exit(run(d))
-    pid = client.start(d)
-    click.echo(f"supervisor running: pid={pid} data_dir={d}")
+        sys.exit(run(d, kafka))
+    pid = client.start(d, args=tuple(args))
+    click.echo(f"supervisor running: pid={pid} data_dir={d}" + (f" kafka_listener={address}" if address else ""))
 
 
 @cli.command()

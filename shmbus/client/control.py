@@ -53,11 +53,12 @@ def ping(data_dir: str) -> bool:
         return False
 
 
-def start(data_dir: str, wait_s: float = 120.0) -> int:
+def start(data_dir: str, wait_s: float = 120.0, args: tuple = ()) -> int:
     """Start a supervisor in the background unless one runs; return once it answers.
 
     The wait is long because a first start on a machine compiles the kernels
-    (seconds); with a warm cache it is well under a second.
+    (seconds); with a warm cache it is well under a second. ``args``: more of
+    ``python -m shmbus.supervisor``'s options (the Kafka listener's).
     """
     if running_pid(data_dir) is not None and ping(data_dir):
         return running_pid(data_dir) or -1
@@ -66,7 +67,7 @@ def start(data_dir: str, wait_s: float = 120.0) -> int:
     log_start = log.tell()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shmbus.supervisor", "--data-dir", data_dir],
+            [sys.executable, "-m", "shmbus.supervisor", "--data-dir", data_dir, *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
         )
     finally:

@@ -103,7 +103,7 @@ class AlreadyRunning(Exception):
 
 
 class Supervisor:
-    def __init__(self, data_dir: str):
+    def __init__(self, data_dir: str, kafka=None):
         self.data_dir = paths.resolve_data_dir(data_dir)
         ownership.makedirs(self.data_dir)
         self.lock_fd = ownership.open_file(paths.lock_path(self.data_dir), os.O_RDWR | os.O_CREAT)
@@ -127,6 +127,8 @@ class Supervisor:
         self.started = time.time()
         self.sock = None
         self.coordinator = None  # the consumer-group coordinator (groups/server.py), its own socket and thread
+        self.kafka_settings = kafka  # kafka/settings.py ListenerSettings, or None: no Kafka listener
+        self.kafka = None  # the Kafka listener (kafka/server.py), its own threads
         self.lock = threading.Lock()
         self._stamp = None
         self.cleaner = cleaner.Cleaner()
@@ -393,6 +395,8 @@ class Supervisor:
 
         self.coordinator = Coordinator(self.data_dir, log, out_of_fds=self._out_of_fds)
         self.coordinator.start()  # before the control socket: a client that sees us answer can join a group
+        if self.kafka is not None:
+            self.start_kafka()
         self.start_control()
         keeper = threading.Thread(target=self._keep_loop, name="log-keeper", daemon=True)
         keeper.start()
@@ -439,6 +443,23 @@ class Supervisor:
             sp.close()
             sp.ring.close()
         self._all_spilled = spilled
+
+    # --- the Kafka listener ---
+    def open_kafka(self) -> None:
+        """Bind the Kafka listener's socket (before anything runs: a port in use fails the start)."""
+        from shmbus.kafka.server import KafkaListener
+
+        k = self.kafka_settings
+        try:
+            self.kafka = KafkaListener(self.data_dir, k.host, k.port, log=log, sasl_users=k.sasl_users)
+        except OSError as e:
+            raise ShmbusError(f"cannot open the Kafka listener on {k.host}:{k.port}: {e.strerror or e} (is the "
+                              f"port in use? pick another with --kafka-listener HOST:PORT)") from None
+
+    def start_kafka(self) -> None:
+        self.kafka.broker.coordinator = self.coordinator
+        self.kafka.start()
+        log(f"kafka listener on {self.kafka.address}{' (SASL/PLAIN)' if self.kafka_settings.sasl_users else ''}")
 
     # --- control socket ---
     def start_control(self) -> None:
@@ -524,10 +545,13 @@ class Supervisor:
                     "writers_open": self.pool.writers_open(), "writers_parked": self.pool.parked,
                     "writers_reopened": self.pool.reopened, "exhausted": self.fd_errors},
             "problems": problems,
+            "kafka_listener": self.kafka.status() if self.kafka is not None else None,
             "partitions": parts,
         }
 
     def close(self) -> None:
+        if self.kafka is not None:
+            self.kafka.close()  # its group members leave before the coordinator writes the checkpoints
         if self.coordinator is not None:
             self.coordinator.close()  # writes every group's checkpoint
         if self.sock is not None:
@@ -575,12 +599,20 @@ def log(msg: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} shmbus supervisor: {msg}", file=sys.stderr, flush=True)
 
 
-def serve(data_dir: str) -> int:
+def serve(data_dir: str, kafka=None) -> int:
+    """Run a supervisor until stopped; ``kafka``: the Kafka listener's settings (kafka/settings.py), or None."""
     try:
-        sup = Supervisor(data_dir)
+        sup = Supervisor(data_dir, kafka)
     except (AlreadyRunning, ShmbusError) as e:
         print(f"shmbus: {e}", file=sys.stderr)
         return 1
+    if kafka is not None:
+        try:
+            sup.open_kafka()
+        except ShmbusError as e:
+            print(f"shmbus: {e}", file=sys.stderr)
+            sup.close()
+            return 1
     stop = lambda *_: (sup.stopping.set(), sup.ctl.ring_spill_bell())  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

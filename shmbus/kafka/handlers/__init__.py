@@ -1,0 +1,3 @@
+"""The handlers, one module per family of Kafka APIs; importing this package registers them all."""
+
+from shmbus.kafka.handlers import metadata  # noqa: F401

@@ -1,0 +1,241 @@
+"""The Kafka listener: a TCP socket, one thread per connection, requests answered in order.
+
+Every byte from the socket is hostile until decoded: a frame's length must be
+at least a request header's and at most ``max_request_bytes``; the header's
+API and version must be registered (``registry.py``); the body must decode
+with the API's schema to its last byte. A request that fails any of that
+closes its connection, with the reason in the supervisor's log; nothing else
+is touched (handlers only run on requests that decoded). Connections beyond
+``max_connections`` are closed as they are accepted, and logged.
+
+Kafka answers one request of a connection at a time, in order, and clients
+rely on it (a consumer's long-polling Fetch delays the requests behind it on
+that connection, and librdkafka keeps its coordinator on another). So each
+connection has its own thread that reads a request, runs its handler (which
+may block, as a Fetch waiting for records does) and writes the response.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+import traceback
+
+from kafka.protocol.metadata import ApiVersionsResponse
+
+from shmbus.kafka import handlers  # noqa: F401  (registers every handler)
+from shmbus.kafka.broker import Broker
+from shmbus.kafka.registry import HANDLERS, MalformedRequest, api_version_entries
+
+MAX_REQUEST_BYTES = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
+MAX_CONNECTIONS = 256
+IDLE_TIMEOUT_S = 600.0  # Kafka's connections.max.idle.ms
+API_VERSIONS = 18
+UNSUPPORTED_VERSION = 35
+_HEAD = struct.Struct(">hhih")  # api_key, api_version, correlation_id, client_id length
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+class Session:
+    """One client connection: who it is, and what its closing must undo.
+
+    ``on_close``: callables run when the connection ends, however it ends
+    (a group member's connection closing removes it from its group at once).
+    """
+
+    def __init__(self, listener: "KafkaListener", sock: socket.socket, peer):
+        self.listener = listener
+        self.broker: Broker = listener.broker
+        self.sock = sock
+        self.peer = peer
+        self.client_id = None
+        self.authenticated = listener.sasl_users is None
+        self.principal = None
+        self.on_close: list = []
+        self.state: dict = {}  # per-connection state that handler modules keep (keyed by module)
+
+    def __repr__(self) -> str:
+        return f"peer={self.peer[0]}:{self.peer[1]} client_id={self.client_id!r}"
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionClosed("the client closed the connection" if got == 0 else
+                                   f"the client closed the connection inside a frame ({got} of {n} bytes)")
+        got += k
+    return buf
+
+
+class KafkaListener:
+    """Serves the Kafka protocol on ``host:port`` for a bus (``port=0``: any free port; see ``port``)."""
+
+    def __init__(self, data_dir: str, host: str, port: int, *, log=print, coordinator=None, sasl_users=None,
+                 max_connections: int = MAX_CONNECTIONS, max_request_bytes: int = MAX_REQUEST_BYTES,
+                 auto_create: bool = True, num_partitions: int = 1):
+        self.log = log
+        self.sasl_users = sasl_users  # {user: password} (SASL/PLAIN), or None: no authentication
+        self.max_connections = max_connections
+        self.max_request_bytes = max_request_bytes
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host, port))
+            self.sock.listen(128)
+        except OSError:
+            self.sock.close()
+            raise
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.broker = Broker(data_dir, self.host, self.port, log=log, coordinator=coordinator,
+                             auto_create=auto_create, num_partitions=num_partitions)
+        self.sessions: set[Session] = set()
+        self._lock = threading.Lock()
+        self._thread = None
+        self._closed = False
+        self.started = time.time()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._accept_loop, name="kafka-listener", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop accepting, close every connection (their closing hooks run), release the broker."""
+        if self._closed:
+            return
+        self._closed = True
+        self.broker.closing.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        with self._lock:
+            sessions = list(self.sessions)
+        for s in sessions:
+            try:
+                s.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+        deadline = time.monotonic() + 5
+        while self.sessions and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.broker.close()
+
+    def status(self) -> dict:
+        c = self.broker.counters
+        return {"address": self.address, "connections": len(self.sessions), "sasl": self.sasl_users is not None,
+                **c.as_dict()}
+
+    # --- connections ---
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError as e:
+                if self._closed:
+                    return
+                self.log(f"kafka listener: accept failed, retrying: {type(e).__name__}: {e}")
+                time.sleep(0.05)
+                continue
+            with self._lock:
+                full = len(self.sessions) >= self.max_connections
+            if full:
+                self.broker.counters.refused += 1
+                self.log(f"kafka listener: refused a connection from {peer[0]}:{peer[1]}: "
+                         f"{self.max_connections} connections open already")
+                conn.close()
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(IDLE_TIMEOUT_S)
+            s = Session(self, conn, peer)
+            with self._lock:
+                self.sessions.add(s)
+            self.broker.counters.connections_total += 1
+            threading.Thread(target=self._serve, args=(s,), name="kafka-conn", daemon=True).start()
+
+    def _serve(self, s: Session) -> None:
+        reason = None
+        try:
+            while not self._closed:
+                head = _recv_exact(s.sock, 4)
+                (size,) = struct.unpack(">i", head)
+                if size < _HEAD.size or size > self.max_request_bytes:
+                    raise MalformedRequest(f"request size {size} outside {_HEAD.size}..{self.max_request_bytes}")
+                self._request(s, _recv_exact(s.sock, size))
+        except ConnectionClosed:
+            pass
+        except MalformedRequest as e:
+            reason = f"malformed request: {e}"
+        except socket.timeout:
+            reason = f"idle for {IDLE_TIMEOUT_S:.0f} s"
+        except OSError as e:
+            if not self._closed:
+                reason = f"{type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 (a bug in a handler: this connection ends, the listener goes on)
+            reason = f"internal error: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+        finally:
+            if reason is not None and not self._closed:
+                self.log(f"kafka listener: closed connection {s}: {reason}")
+            for fn in reversed(s.on_close):
+                try:
+                    fn()
+                except Exception as e:  # noqa: BLE001
+                    self.log(f"kafka listener: cleaning up after {s} failed: {type(e).__name__}: {e}")
+            try:
+                s.sock.close()
+            except OSError:
+                pass
+            with self._lock:
+                self.sessions.discard(s)
+
+    def _request(self, s: Session, frame: bytearray) -> None:
+        api_key, version, correlation_id, cid_len = _HEAD.unpack_from(frame, 0)
+        h = HANDLERS.get(api_key)
+        if h is None:
+            raise MalformedRequest(f"api_key={api_key} is not supported (not offered in ApiVersions)")
+        if cid_len > 0:
+            if _HEAD.size + cid_len > len(frame):
+                raise MalformedRequest("client_id runs past the end of the request")
+            s.client_id = bytes(frame[_HEAD.size: _HEAD.size + cid_len]).decode("utf-8", "replace")
+        if not h.min_version <= version <= h.max_version:
+            if api_key == API_VERSIONS:  # Kafka answers this one, at v0, so the client can pick a version
+                self._send(s, _unsupported_api_versions(), correlation_id, 0)
+                return
+            raise MalformedRequest(f"api_key={api_key} version={version} is not supported "
+                                   f"(versions {h.min_version}..{h.max_version} are)")
+        if h.needs_auth and not s.authenticated:
+            raise MalformedRequest(f"api_key={api_key} before SASL authentication")
+        try:
+            req = h.request.decode(frame, version=version, header=True)
+        except Exception as e:  # noqa: BLE001 (any failure to decode hostile bytes)
+            raise MalformedRequest(f"api_key={api_key} version={version} does not decode: "
+                                   f"{type(e).__name__}: {e}") from None
+        self.broker.counters.requests += 1
+        resp = h.fn(s, req)
+        if resp is not None:
+            self._send(s, resp, correlation_id, version)
+
+    def _send(self, s: Session, resp, correlation_id: int, version: int) -> None:
+        resp.API_VERSION = version
+        resp.with_header(correlation_id=correlation_id)
+        s.sock.sendall(resp.encode(header=True, framed=True))
+
+
+def _unsupported_api_versions():
+    return ApiVersionsResponse[0](error_code=UNSUPPORTED_VERSION, api_keys=api_version_entries())

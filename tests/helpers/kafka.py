@@ -1,0 +1,47 @@
+"""A bus whose supervisor serves the Kafka protocol, for tests with real Kafka clients.
+
+``start_listener(data_dir)`` starts the data dir's supervisor with a Kafka
+listener on a free loopback port and returns ``host:port``. Stopping it is
+the usual cleanup (``cleanup_bus``), which the fixtures run also when a test
+fails.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def start_listener(data_dir: str, *extra: str) -> str:
+    from shmbus.client import control
+
+    control.start(data_dir, args=("--kafka-listener", "127.0.0.1:0", *extra))
+    return listener_address(data_dir)
+
+
+def listener_address(data_dir: str, timeout_s: float = 10.0) -> str:
+    from shmbus.client import control
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = control.request(data_dir, {"cmd": "status"})
+        k = st.get("kafka_listener")
+        if k:
+            return k["address"]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the supervisor of {data_dir} has no Kafka listener: {st}")
+        time.sleep(0.05)
+
+
+def listener_status(data_dir: str) -> dict:
+    from shmbus.client import control
+
+    return control.request(data_dir, {"cmd": "status"})["kafka_listener"]
+
+
+def supervisor_log(data_dir: str) -> str:
+    try:
+        with open(os.path.join(data_dir, "supervisor.log")) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
