@@ -10,8 +10,6 @@ import pytest
 
 from helpers.kafka import listener_status
 
-kafka = pytest.importorskip("kafka")  # kafka-python: a client no one here wrote
-
 
 def test_kafka_python_lists_topics_and_the_one_broker(kbus, ktopic):
     from kafka import KafkaAdminClient

@@ -83,6 +83,10 @@ def read_sasl_users(path: str) -> dict:
 
 def listener_settings(address: str, allow_remote: bool = False, sasl_users_file: str | None = None) \
         -> ListenerSettings:
+    try:
+        import kafka.protocol  # noqa: F401  (the schemas: the extra "kafka")
+    except ImportError:
+        raise InvalidArgumentError("the Kafka listener needs the extra 'kafka': pip install 'shmbus[kafka]'") from None
     host, port = parse_address(address)
     if not allow_remote and not is_loopback(host):
         raise InvalidArgumentError(f"the Kafka listener address is not a loopback address: {address} (whoever "
