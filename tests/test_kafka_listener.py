@@ -95,3 +95,41 @@ def test_a_port_in_use_fails_the_start(tmp_path):
     finally:
         s.close()
         cleanup_bus(d)
+
+
+def test_an_autostarted_supervisor_takes_the_listener_from_the_environment(tmp_path, monkeypatch):
+    import socket
+
+    from kafka import KafkaAdminClient
+
+    from shmbus import Bus
+
+    from helpers.bus import cleanup_bus
+    from helpers.kafka import listener_address
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # (a free port: the supervisor binds it next)
+    monkeypatch.setenv("SHMBUS_KAFKA_LISTENER", f"127.0.0.1:{port}")
+    d = str(tmp_path / "bus")
+    try:
+        with Bus(d) as bus:  # autostarts the supervisor, which inherits the environment
+            bus.create_topic("from-env", 2)
+            assert listener_address(d) == f"127.0.0.1:{port}"
+            admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=10000)
+            try:
+                assert "from-env" in admin.list_topics()
+            finally:
+                admin.close()
+    finally:
+        cleanup_bus(d)
+
+
+def test_status_names_the_listener(kbus):
+    import json
+
+    r = subprocess.run([sys.executable, "-m", "shmbus", "status", "--json", "--data-dir", kbus.data_dir],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["kafka_listener"]["address"] == kbus.bootstrap

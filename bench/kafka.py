@@ -1,0 +1,223 @@
+"""Kafka clients through shmbus's Kafka listener vs librdkafka's own mock cluster, same run.
+
+The same confluent-kafka (librdkafka) clients, 100-byte records, 4 partitions,
+against two one-broker "clusters" on loopback:
+
+* **shmbus**: a supervisor serving the Kafka protocol (``shmbus serve
+  --kafka-listener``): produced batches become ring frames (numba kernels) and
+  are spilled to segment files; fetches read the ring or the segments;
+* **mock**: librdkafka's in-process mock cluster (``test.mock.num.brokers=1``),
+  which keeps record batches as opaque blobs in memory (at most 5 MiB per
+  partition, so the record count stays under that).
+
+Per round and target: a producer sends N records as fast as librdkafka takes
+them (``linger.ms=5``; the time is until ``flush()`` returns: every record
+acknowledged), then a consumer reads them all from the beginning (``consume``
+in batches); then produce-to-fetch latency: one record every millisecond,
+timestamped at ``produce()``, received by a consumer polling in another thread
+(p50/p99 over the samples). Rounds alternate the order of the two targets; a
+cell is the median over rounds with [min-max].
+
+    python bench/kafka.py [--quick] [--rounds N] [--records N]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+NAME = "kafka"
+PARTITIONS = 4
+SIZE = 100
+
+
+@contextlib.contextmanager
+def mock_cluster():
+    import confluent_kafka as ck
+
+    anchor = ck.Producer({"test.mock.num.brokers": 1, "log_level": 0})
+    md = anchor.list_topics(timeout=10)
+    b = next(iter(md.brokers.values()))
+    try:
+        yield f"{b.host}:{b.port}", None
+    finally:
+        del anchor
+
+
+@contextlib.contextmanager
+def shmbus_listener():
+    from shmbus.client import control
+
+    with C.temp_bus(autostart=False) as (bus, d):
+        control.start(d, args=("--kafka-listener", "127.0.0.1:0"))
+        st = control.request(d, {"cmd": "status"})
+        C.warm_kernels(bus)
+        yield st["kafka_listener"]["address"], bus
+
+
+def make_topic(boot: str, bus, name: str) -> None:
+    """shmbus: create it; the mock cluster (no CreateTopics) creates a topic on first use, with 4 partitions."""
+    if bus is not None:
+        bus.create_topic(name, PARTITIONS)
+        return
+    import confluent_kafka as ck
+
+    p = ck.Producer({"bootstrap.servers": boot, "log_level": 0})
+    p.list_topics(name, timeout=10)
+    p.flush(10)
+
+
+def produce(boot: str, topic: str, n: int) -> float:
+    import confluent_kafka as ck
+
+    p = ck.Producer({"bootstrap.servers": boot, "linger.ms": 5, "acks": "all", "log_level": 0})
+    value = b"v" * SIZE
+    p.list_topics(topic, timeout=10)
+    t = time.perf_counter()
+    for i in range(n):
+        while True:
+            try:
+                p.produce(topic, value, key=b"%d" % (i % 1000))
+                break
+            except BufferError:
+                p.poll(0.001)
+    left = p.flush(60)
+    dt = time.perf_counter() - t
+    if left:
+        raise RuntimeError(f"{left} records not acknowledged within 60 s")
+    return n / dt
+
+
+def fetch(boot: str, topic: str, n: int) -> float:
+    import confluent_kafka as ck
+
+    c = ck.Consumer({"bootstrap.servers": boot, "group.id": "bench", "enable.auto.commit": False,
+                     "fetch.wait.max.ms": 100, "log_level": 0})
+    try:
+        c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in range(PARTITIONS)])
+        got = first = 0
+        t = last = time.perf_counter()
+        while got < n:
+            msgs = c.consume(10000, 0.5)
+            ok = sum(1 for m in msgs if m.error() is None)
+            now = time.perf_counter()
+            if ok and not got:
+                t, first = now, ok  # the rate counts from the first batch (not the connection's setup)
+            got += ok
+            if ok:
+                last = now
+            elif now - last > 10:
+                raise RuntimeError(f"fetch stalled at {got} of {n} records")
+        return (n - first) / (time.perf_counter() - t)
+    finally:
+        c.close()
+
+
+def latency(boot: str, topic: str, seconds: float) -> list:
+    import confluent_kafka as ck
+
+    c = ck.Consumer({"bootstrap.servers": boot, "group.id": "bench-lat", "enable.auto.commit": False,
+                     "fetch.wait.max.ms": 100, "fetch.error.backoff.ms": 1, "log_level": 0})
+    c.assign([ck.TopicPartition(topic, 0, ck.OFFSET_END)])
+    p = ck.Producer({"bootstrap.servers": boot, "linger.ms": 0, "acks": 1, "log_level": 0})
+    samples: list = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            m = c.poll(0.1)
+            if m is not None and m.error() is None:
+                (sent,) = struct.unpack_from("<q", m.value())
+                samples.append((time.monotonic_ns() - sent) / 1000.0)
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    time.sleep(1.0)  # the consumer's first fetch is under way
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        p.produce(topic, struct.pack("<q", time.monotonic_ns()) + b"l" * (SIZE - 8), partition=0)
+        p.poll(0)
+        time.sleep(0.001)
+    p.flush(10)
+    time.sleep(0.5)
+    stop.set()
+    th.join(5)
+    c.close()
+    return samples
+
+
+def pct(xs, q):
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(len(s) * q / 100))]
+
+
+def main(argv=None) -> int:
+    C.install_sigterm_handler()
+    ap = C.arg_parser(NAME, __doc__)
+    ap.add_argument("--records", type=int, default=None, help="records per produce and fetch run")
+    args = ap.parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 3)
+    n = args.records or (20_000 if args.quick else 100_000)
+    lat_s = 1.0 if args.quick else 3.0
+    env = C.environment()
+    res = {t: {"produce": [], "fetch": [], "p50_us": [], "p99_us": []} for t in ("shmbus", "mock")}
+    errors = []
+    with shmbus_listener() as (sboot, bus), mock_cluster() as (mboot, _):
+        targets = {"shmbus": (sboot, bus), "mock": (mboot, None)}
+        for rnd in range(rounds):
+            order = ["shmbus", "mock"] if rnd % 2 == 0 else ["mock", "shmbus"]
+            for t in order:
+                boot, b = targets[t]
+                topic = f"bench-{rnd}"
+                lat_topic = f"bench-lat-{rnd}"
+                vals = {"produce": None, "fetch": None, "p50_us": None, "p99_us": None}
+                try:
+                    make_topic(boot, b, topic)
+                    make_topic(boot, b, lat_topic)
+                    vals["produce"] = produce(boot, topic, n)
+                    vals["fetch"] = fetch(boot, topic, n)
+                    s = latency(boot, lat_topic, lat_s)
+                    vals["p50_us"], vals["p99_us"] = pct(s, 50), pct(s, 99)
+                    print(f"round {rnd} {t}: produce {vals['produce']:,.0f}/s fetch {vals['fetch']:,.0f}/s "
+                          f"latency p50 {vals['p50_us']:.0f} µs p99 {vals['p99_us']:.0f} µs ({len(s)} samples)",
+                          file=sys.stderr, flush=True)
+                except Exception as e:  # noqa: BLE001 (report it, keep the other rounds)
+                    errors.append(f"round {rnd} {t}: {e!r}")
+                    print(f"ERROR round {rnd} {t}: {e!r}", file=sys.stderr, flush=True)
+                for k, v in vals.items():
+                    res[t][k].append(v)
+    rows = []
+    for t in ("shmbus", "mock"):
+        r = res[t]
+        rows.append([t, C.cell(r["produce"], C.fmt_rate), C.cell(r["fetch"], C.fmt_rate),
+                     C.cell(r["p50_us"], lambda x: C.fmt_num(x, " µs")),
+                     C.cell(r["p99_us"], lambda x: C.fmt_num(x, " µs"))])
+    ratio = {k: C.per_round_ratio(res["shmbus"][k], res["mock"][k]) for k in ("produce", "fetch")}
+    rows.append(["shmbus / mock", C.cell(ratio["produce"], C.fmt_ratio), C.cell(ratio["fetch"], C.fmt_ratio), "", ""])
+    print(f"confluent-kafka {_ck_version()}, {n:,} records of {SIZE} B, {PARTITIONS} partitions, {rounds} rounds\n")
+    print(C.markdown_table(["target", "produce (records/s)", "fetch (records/s)", "produce→fetch p50",
+                            "produce→fetch p99"], rows))
+    if errors:
+        print("\nerrors: " + "; ".join(errors))
+    C.write_json(C.out_path(NAME, args), {"env": env, "records": n, "rounds": rounds, "results": res,
+                                         "ratios": ratio, "errors": errors})
+    return 1 if errors else 0
+
+
+def _ck_version() -> str:
+    import confluent_kafka as ck
+
+    return f"{ck.version()[0]} (librdkafka {ck.libversion()[0]})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
