@@ -39,6 +39,9 @@ _ENC_CACHE: dict = {}
 _enc_c = native.encode_headers  # the compiled codec (shmbus/core/_native.c), when built
 _dec_c = native.decode_headers
 _I32_MAX = (1 << 31) - 1
+_KEY_MAX = F.HDR_KEY_MAX
+_NULL = F.NULL_LEN
+_MIN_BYTES = F.HDR_MIN_BYTES
 
 
 def encode_headers(headers) -> bytes:
@@ -69,19 +72,22 @@ def encode_headers(headers) -> bytes:
         key = hit = None
     if hit is not None:
         return hit
-    pairs, keys = _checked(headers)
+    pairs, parts, lens = _checked(headers)
     out = _enc_c(pairs) if _enc_c is not None else None  # (None only for keys of a subclass of str)
     if out is None:
-        out = _pack(pairs, keys)
+        out = _pack(parts, lens)
     if key is not None and len(_ENC_CACHE) < 4096:
         _ENC_CACHE[key] = out
     return out
 
 
 def _checked(headers) -> tuple:
-    """Headers as pairs of (str, bytes | None), and the keys' UTF-8; or the error that says what is wrong."""
+    """Headers checked and converted, or the error that says what is wrong: (pairs of (str,
+    bytes | None); the keys' UTF-8 and the values back to back, [k0, v0, k1, ...] without the
+    nulls; two lengths per header, the key's and the value's (NULL_LEN: null))."""
     pairs = []
-    keys = []
+    parts = []
+    lens = []
     for item in headers:
         try:
             k, v = item
@@ -95,36 +101,33 @@ def _checked(headers) -> tuple:
             raise InvalidRecordError(f"a header key must be valid Unicode (it is stored as UTF-8): key={k!r} "
                                      f"({e.reason} at index {e.start}; a lone surrogate, from bytes decoded "
                                      f"with errors='surrogateescape'?)") from None
-        if len(kb) > F.HDR_KEY_MAX:
-            raise InvalidRecordError(f"a header key is at most {F.HDR_KEY_MAX} bytes: len={len(kb)}")
-        if v is not None:
-            v = as_bytes(v, "header value")
+        if len(kb) > _KEY_MAX:
+            raise InvalidRecordError(f"a header key is at most {_KEY_MAX} bytes: len={len(kb)}")
+        parts.append(kb)
+        if v is None:
+            lens += (len(kb), _NULL)
+        else:
+            if type(v) is not bytes:
+                v = as_bytes(v, "header value")
             if len(v) > _I32_MAX:
                 raise InvalidRecordError(f"a header value is at most {_I32_MAX} bytes: len={len(v)} "
                                          f"(send large data as the record's value)")
+            parts.append(v)
+            lens += (len(kb), len(v))
         pairs.append((k, v))
-        keys.append(kb)
-    return pairs, keys
+    return pairs, parts, lens
 
 
 def _encode_headers(headers) -> bytes:
     """The numba encoder: the checks of :func:`_checked`, then the ``pack_headers`` kernel."""
-    return _pack(*_checked(headers))
+    _pairs, parts, lens = _checked(headers)
+    return _pack(parts, lens)
 
 
-def _pack(pairs: list, keys: list) -> bytes:
+def _pack(parts: list, lens: list) -> bytes:
     """The block of checked headers (:func:`_checked`), laid out by the ``pack_headers`` kernel."""
-    lens = []
-    parts = []
-    for (_k, v), kb in zip(pairs, keys):
-        parts.append(kb)
-        if v is None:
-            lens += (len(kb), F.NULL_LEN)
-        else:
-            parts.append(v)
-            lens += (len(kb), len(v))
     src = b"".join(parts)
-    out = np.empty(len(src) + F.HDR_MIN_BYTES * len(pairs), np.uint8)
+    out = np.empty(len(src) + _MIN_BYTES * (len(lens) >> 1), np.uint8)
     n = _KH.entry("pack_headers")(np.array(lens, np.int64), src, out)
     if n != len(out):
         raise AssertionError(f"pack_headers returned {n} for a block of {len(out)} bytes "
