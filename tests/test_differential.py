@@ -5,8 +5,8 @@ Each test drives seeded random operation sequences through the C verb
 (``shmbus/kernels/``), else the Python code that does the same job
 (the consumer's general read path, the numba ``scan_ring`` and the records
 builder, for ``Reader``; ``Producer.send`` for ``Sender``, the Python records
-builder ``python_records`` for ``build_records``, the Python header codec of
-``core/headers.py``; for ``write_frames`` the numba kernel of the same step). Rings,
+builder ``python_records`` for ``build_records``; for ``write_frames`` the numba kernel of the
+same step). Rings,
 tables and segment files must come out byte-identical and every answer equal,
 through ring wraps, padding, dead claims (``claim_and_abandon``, then the
 supervisor's unblock), full rings, deleted topics, bad frames, checksum
@@ -378,8 +378,9 @@ def test_scan_ring_c_and_numba_agree_by_address(seed):
 
 
 @pytest.fixture
-def python_codec(monkeypatch):
-    """The Python header codec (core/headers.py) in place of the compiled one, for the twins' reference side."""
+def numba_codec(monkeypatch):
+    """The numba header codec (kernels/headers.py through core/headers.py) in place of the compiled one,
+    for the twins' reference side."""
     monkeypatch.setattr(headers_mod, "_dec_c", None)
     monkeypatch.setattr(headers_mod, "_enc_c", None)
     headers_mod._HDR_CACHE.clear()
@@ -391,7 +392,7 @@ def _python_records(rows, buf):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_build_records_c_and_python_build_equal_records(seed, python_codec):
+def test_build_records_c_and_python_build_equal_records(seed, numba_codec):
     buf, rnd = populated_ring(seed + 30)
     ring_bytes = word(buf, R.OFF_RING_BYTES)
     positions, _rows, _new = frame_positions(buf)
@@ -475,7 +476,7 @@ def _compare_reads(rd, general, p, more, max_n, where):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_reader_c_and_the_general_path_take_the_same_records(seed, python_codec, monkeypatch):
+def test_reader_c_and_the_general_path_take_the_same_records(seed, numba_codec, monkeypatch):
     monkeypatch.setattr(native, "build_records", None)  # the general path without C
     buf, rnd = populated_ring(seed + 40)
     ring_bytes = word(buf, R.OFF_RING_BYTES)
@@ -512,7 +513,7 @@ def test_reader_c_and_the_general_path_take_the_same_records(seed, python_codec,
     assert {"ConsumerRecord", "list", "int", "NoneType", "lapped"} <= answers, answers
 
 
-def test_reader_c_and_the_general_path_wait_at_the_tail_of_an_exactly_full_ring(python_codec, monkeypatch):
+def test_reader_c_and_the_general_path_wait_at_the_tail_of_an_exactly_full_ring(numba_codec, monkeypatch):
     """The ring is exactly full (claim tail == RELEASED + ring), the oldest frame the padding before
     a wrap: both readers read every frame, and at the tail both find nothing yet."""
     monkeypatch.setattr(native, "build_records", None)
@@ -544,35 +545,104 @@ def test_reader_c_and_the_general_path_wait_at_the_tail_of_an_exactly_full_ring(
 
 # --- the header codec -------------------------------------------------------------------
 
+HEADER_KEYS = ["", "h", "seq", "trace-id", "ключ", "😀" * 3, "\u0000", "k" * 300]
+
+
+def rnd_header_list(rnd):
+    """Headers of every shape the codec takes: none, null and empty values, unicode keys, long
+    values and keys (up to the 65535-byte maximum), many headers."""
+    shape = rnd.random()
+    if shape < 0.05:
+        return []
+    if shape < 0.10:  # many
+        n = rnd.randint(50, 300)
+    else:
+        n = rnd.randint(1, 6)
+    out = []
+    for _ in range(n):
+        r = rnd.random()
+        key = (rnd.choice(HEADER_KEYS) if r < 0.9 else "é" * rnd.randint(1, 32767) if r < 0.95
+               else "k" * rnd.choice((65534, 65535)))
+        v = rnd.random()
+        value = None if v < 0.2 else b"" if v < 0.3 else rnd_bytes(rnd, 1, 70000) if v < 0.35 else rnd_bytes(rnd, 1, 40)
+        out.append((key, value))
+    return tuple(out) if rnd.random() < 0.3 else out
+
+
+def mutate_headers(rnd, block: bytes) -> bytes:
+    """Bytes that may not be headers: cut, extended, a byte changed, a key or value length field set to
+    another value (past the end, negative below -1), or random bytes."""
+    b = bytearray(block)
+    k = rnd.random()
+    if k < 0.2 and b:
+        return bytes(b[: rnd.randrange(len(b))])
+    if k < 0.3:
+        return bytes(b + rnd_bytes(rnd, 1, 8))
+    if k < 0.45 and b:
+        b[rnd.randrange(len(b))] = rnd.randrange(256)
+        return bytes(b)
+    if k < 0.9 and b:
+        # the length fields of a random header: walk the block to it
+        starts, i = [], 0
+        while i + 6 <= len(b):
+            kl = struct.unpack_from("<H", b, i)[0]
+            vl = struct.unpack_from("<i", b, i + 2 + kl)[0] if i + 2 + kl + 4 <= len(b) else 0
+            starts.append((i, i + 2 + kl))
+            i += 2 + kl + 4 + max(vl, 0)
+        if starts:
+            ki, vi = rnd.choice(starts)
+            if rnd.random() < 0.4:
+                struct.pack_into("<H", b, ki, rnd.choice((0, 1, 0xFFFF, rnd.randrange(0x10000))))
+            elif vi + 4 <= len(b):
+                struct.pack_into("<i", b, vi, rnd.choice((-1, -2, -(1 << 31), (1 << 31) - 1, 0,
+                                                          rnd.randint(-5, 50), len(b) - vi - 4, len(b) - vi - 3)))
+            return bytes(b)
+    return rnd_bytes(rnd, 0, 40)
+
+
+def _decoded(f, b):
+    """f(b), or the error it raised (type and message: what a caller sees)."""
+    try:
+        return f(b)
+    except ValueError as e:  # (UnicodeDecodeError too)
+        return type(e), str(e)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_header_codec_c_and_python_agree(seed, python_codec):
+def test_header_codec_c_and_numba_agree(seed, numba_codec):
+    """Random header lists encode to identical bytes in the C twin and the numba kernel; random and
+    mutated blocks decode to equal lists in both, or both raise the same error."""
     rnd = random.Random(50 + seed)
+    errors = set()
     for _ in range(400):
-        h = rnd_headers(rnd) or []
-        if rnd.random() < 0.3:
-            h = tuple(h)
+        h = rnd_header_list(rnd)
         enc_c = native.encode_headers(h)
-        enc_py = headers_mod._encode_headers(h)
-        assert enc_c == enc_py, h
-        assert native.decode_headers(enc_c) == headers_mod.decode_headers(enc_py) == [tuple(x) for x in h]
-        # bytes that are not headers (cut, or a length changed): both refuse, or both read the same
-        bad = bytearray(enc_c)
-        if bad and rnd.random() < 0.5:
-            bad = bad[: rnd.randrange(len(bad))]
-        elif bad:
-            bad[rnd.randrange(len(bad))] = rnd.randrange(256)
-        try:
-            want = headers_mod.decode_headers(bytes(bad))
-        except ValueError:
-            want = ValueError
-        try:
-            got = native.decode_headers(bytes(bad))
-        except ValueError:
-            got = ValueError
-        assert got == want, bytes(bad)
-    # kinds the compiled encoder leaves to the Python one
-    for h in ([("k", bytearray(b"v"))], [["k", b"v"]], [("k" * 70000, b"v")], iter([("k", b"v")])):
+        enc_numba = headers_mod._encode_headers(h)
+        assert enc_c == enc_numba, h
+        assert headers_mod.encode_headers(h) == enc_c  # (the public function, numba and cached)
+        assert native.decode_headers(enc_c) == headers_mod._decode_headers(enc_c) == [tuple(x) for x in h]
+        for _m in range(4):
+            bad = mutate_headers(rnd, enc_c)
+            if rnd.random() < 0.3:
+                bad = mutate_headers(rnd, bad)  # (two faults: the first one in the block decides)
+            want = _decoded(native.decode_headers, bad)
+            assert _decoded(headers_mod._decode_headers, bad) == want, bad[:200]
+            assert _decoded(headers_mod.decode_headers, bad) == want, bad[:200]  # (the public function)
+            if isinstance(want, tuple):
+                errors.add(want[0].__name__ if want[0] is not ValueError else "at 0" if "at=0 " in want[1] else "past 0")
+    assert errors == {"at 0", "past 0", "UnicodeDecodeError"}, errors  # (the mutations reach every error)
+    # a key that is not UTF-8 before a header that cannot be: both raise for the key
+    two = b"\x01\x00\xff" + struct.pack("<i", -1) + b"\x03\x00ab"
+    assert _decoded(headers_mod._decode_headers, two) == _decoded(native.decode_headers, two)
+    assert _decoded(native.decode_headers, two)[0] is UnicodeDecodeError
+    # the kinds the compiled encoder leaves to the code around it: converted, then the same bytes
+    for h, same in (([("k", bytearray(b"v")), ("n", None)], [("k", b"v"), ("n", None)]),
+                    ([["k", memoryview(b"v")]], [("k", b"v")]),
+                    (iter([("k", b"v")]), [("k", b"v")]),
+                    ([("k" * 70000, b"v")], None)):
         assert native.encode_headers(h) is None
+        if same is not None:
+            assert headers_mod.encode_headers(h) == native.encode_headers(same)
 
 
 # --- hashes, counters, the group table ---------------------------------------------------
@@ -641,7 +711,7 @@ def test_commit_offset_c_and_numba_agree(seed):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("seed", SEEDS[:2])
-def test_sender_c_and_python_send_write_identical_rings(seed, bus_nosup, python_codec, monkeypatch):
+def test_sender_c_and_python_send_write_identical_rings(seed, bus_nosup, numba_codec, monkeypatch):
     rnd = random.Random(70 + seed)
     parts = 3
     for t in ("c", "py"):
@@ -769,8 +839,8 @@ TWIN_TESTS = {
     "add_sleepers": test_add_sleepers_c_and_numba_agree,
     "Sender": test_sender_c_and_python_send_write_identical_rings,
     "commit_offset": test_commit_offset_c_and_numba_agree,
-    "encode_headers": test_header_codec_c_and_python_agree,
-    "decode_headers": test_header_codec_c_and_python_agree,
+    "encode_headers": test_header_codec_c_and_numba_agree,
+    "decode_headers": test_header_codec_c_and_numba_agree,
     "build_records": test_build_records_c_and_python_build_equal_records,
     "scan": test_scan_c_and_numba_describe_identical_rows_of_a_ring,
     "scan_ring": test_scan_ring_c_and_numba_agree_by_address,

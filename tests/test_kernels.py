@@ -949,6 +949,34 @@ def test_headers_encoding_is_the_documented_layout():
         encode_headers([("a", 1)])
 
 
+def test_header_kernels_describe_the_documented_layout_and_refuse_what_overruns():
+    from shmbus.kernels import headers as KH
+
+    kb = "ключ".encode()
+    block = (struct.pack("<H", 1) + b"a" + struct.pack("<i", 1) + b"1"
+             + struct.pack("<H", len(kb)) + kb + struct.pack("<i", -1) + struct.pack("<H", 0) + struct.pack("<i", 0))
+    out = np.zeros(len(block), np.uint8)
+    src = b"a1" + kb
+    assert KH.pack_headers(np.array([1, 1, len(kb), -1, 0, 0], np.int64), src, out) == len(block)
+    assert out.tobytes() == block
+    table = np.full((1 + len(block) // F.HDR_MIN_BYTES, F.HDR_COLS), 99, np.int64)
+    assert KH.parse_headers(block, table) == 3
+    assert table[: 4].tolist() == [[3, -1, 99, 99], [2, 1, 7, 1], [10, len(kb), 10 + len(kb) + 4, -1],
+                                   [10 + len(kb) + 6, 0, 10 + len(kb) + 10, 0]]
+    # a corrupt block: the well-formed headers before it, and where it is
+    assert KH.parse_headers(block[:-1], table) == F.HDR_CORRUPT
+    assert table[0, F.HS_COUNT] == 2 and table[0, F.HS_BAD] == 10 + len(kb) + 4
+    assert KH.parse_headers(b"\x00\x00\xfe\xff\xff\xff", table) == F.HDR_CORRUPT  # value length -2
+    assert table[0, F.HS_COUNT] == 0 and table[0, F.HS_BAD] == 0
+    assert KH.parse_headers(b"", table) == 0
+    # a table too short for the bytes: nothing read
+    assert KH.parse_headers(block, np.zeros((2, F.HDR_COLS), np.int64)) == F.HDR_TABLE_SHORT
+    # lengths that disagree with the buffers, a key too long, a value length below -1: refused
+    for lens, src, size in (([1, 1, 4, -1], b"a1", 20), ([1, 1], b"a1", 7), ([1], b"a", 9), ([1, -2], b"a", 9),
+                            ([0x10000, 0], bytes(0x10000), 0x10006)):
+        assert KH.pack_headers(np.array(lens, np.int64), src, np.zeros(size, np.uint8)) == F.HDR_BAD_LENGTHS
+
+
 def test_random_frames_roundtrip_against_the_reference():
     rng = random.Random(7)
     buf = make_ring(65536, start=65536 - 1000)

@@ -301,7 +301,7 @@ def test_a_following_reader_crosses_ring_ends_and_takes_what_is_ready(bus, monke
 
 
 @needs_native
-def test_the_compiled_header_codec_agrees_with_the_python_one(monkeypatch):
+def test_the_compiled_header_codec_agrees_with_the_numba_one(monkeypatch):
     from shmbus.core import headers as P
 
     rnd = random.Random(21)
@@ -313,9 +313,9 @@ def test_the_compiled_header_codec_agrees_with_the_python_one(monkeypatch):
         assert b == P._encode_headers(hs) == native.encode_headers(tuple(hs))
         assert native.decode_headers(b) == hs
         monkeypatch.setattr(P, "_dec_c", None)
-        assert P.decode_headers(b) == hs  # the Python decoder
+        assert P.decode_headers(b) == hs  # the numba decoder
         monkeypatch.undo()
-    # kinds the compiled encoder leaves to the Python one (which converts or explains them)
+    # kinds the compiled encoder leaves to core/headers.py (which converts or explains them)
     assert native.encode_headers([("a", bytearray(b"1"))]) is None
     assert native.encode_headers([("a", 1)]) is None
     assert native.encode_headers([["a", b"1"]]) is None

@@ -7,7 +7,8 @@ records builder do (the consumer's general path, client/consumer/fetch.py);
 ``murmur2``/``partition`` and ``crc32c`` those of kernels/murmur2.py and
 kernels/crc32c.py (bytes only); ``commit_offset`` that of
 kernels/groups.py (a group member's commit); ``encode_headers`` and
-``decode_headers`` those of producer.py's Python header codec;
+``decode_headers`` those of kernels/headers.py (``pack_headers``, ``parse_headers``,
+called by core/headers.py, which makes the Python objects);
 ``build_records`` that of ``client/consumer/fetch.py: python_records`` (records from scan rows); ``scan``
 that of the ``scan`` and ``scan_copy`` kernels (with a values array), ``scan_ring`` that of
 ``scan_ring`` and ``scan_copy_ring``, so a consumer never imports numba; ``write_frames`` a

@@ -734,10 +734,13 @@ def fast():
 
 def load_reader_kernels() -> None:
     """Load (from the cache) the kernels a consumer's general path calls: the ring scans by
-    their entry points, and ``scan``/``scan_copy`` with the types segment reads pass."""
+    their entry points, ``scan``/``scan_copy`` with the types segment reads pass, and the header
+    parser."""
+    from shmbus.kernels import headers as H
     from shmbus.layout import ring as R
 
     fast()
+    H.entry("parse_headers")
     ring_bytes = 4096
     buf = np.zeros(R.HEADER_BYTES + ring_bytes, np.uint8)
     meta = np.zeros((8, META_COLS), np.int64)
@@ -788,3 +791,6 @@ def warm() -> None:
     from shmbus.kernels import groups as G
 
     G.warm()  # the group offsets table's kernels (commits)
+    from shmbus.kernels import headers as H
+
+    H.warm()  # the header codec's

@@ -106,6 +106,23 @@ SP_TYPE = 4  # DATA or PADDING
 SP_PID = 5  # the writer's pid of a fenced claim's padding (0 otherwise)
 SP_MIN_COLS = 5  # write_frames needs these columns
 
+# The table the header parser fills (``parse_headers``, kernels/headers.py; core/headers.py makes the
+# str and bytes objects from it): an int64 array of HDR_COLS columns. Row 0 is the parse's state,
+# rows 1..n describe one header each, as indices into the header bytes.
+HDR_COLS = 4
+HS_COUNT = 0  # row 0: headers described (for a corrupt block: the well-formed ones before the bad one)
+HS_BAD = 1  # row 0: the position of the header that cannot be (HDR_CORRUPT), else -1
+H_KEY = 0  # rows 1..n: the key's start
+H_KLEN = 1  # the key's length
+H_VALUE = 2  # the value's start
+H_VLEN = 3  # the value's length (NULL_LEN: null)
+HDR_MIN_BYTES = 6  # the smallest header: u16 key length, i32 value length
+HDR_KEY_MAX = 0xFFFF  # a key's UTF-8 bytes, at most (its length is a u16)
+# what the header kernels return instead of a count
+HDR_CORRUPT = -1  # parse: bytes that cannot be headers (row 0 says where)
+HDR_TABLE_SHORT = -2  # parse: the table has fewer than 1 + len(bytes) // HDR_MIN_BYTES rows
+HDR_BAD_LENGTHS = -3  # pack: lengths that disagree with the source or output buffer
+
 # why a scan stopped (``meta[0, MS_REASON]`` of the scan kernels and their C twins)
 STOP_MAX = 0  # max records or bytes reached
 STOP_EMPTY = 1  # a FREE or RESERVED word: nothing more published yet
@@ -146,3 +163,4 @@ assert OFF_CRC + 4 == OFF_BODY
 assert LEN_MASK == (1 << TYPE_SHIFT) - 1 and TYPE_MASK == (1 << (AUX_SHIFT - TYPE_SHIFT)) - 1
 assert PID_MASK == (1 << (64 - AUX_SHIFT)) - 1
 assert max(M_POS, M_OFFSET, M_TS, M_KLEN, M_VLEN, M_HLEN, M_BODY, M_LEN) < META_COLS
+assert max(HS_COUNT, HS_BAD, H_KEY, H_KLEN, H_VALUE, H_VLEN) < HDR_COLS

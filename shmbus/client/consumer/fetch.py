@@ -33,7 +33,8 @@ _new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new
 
 def python_records(rows, buf, topic: str, partition: int, key_deserializer=None, value_deserializer=None) -> list:
     """ConsumerRecords for scan ``rows`` whose bodies are in ``buf``: the twin of the compiled
-    ``native.build_records``, used without the C build."""
+    ``native.build_records``, used without the C build. It only slices and makes objects; the
+    header bytes are read by ``decode_headers`` (the numba ``parse_headers`` kernel)."""
     mv = buf if isinstance(buf, memoryview) else memoryview(buf)
     kd, vd = key_deserializer, value_deserializer
     out = []
