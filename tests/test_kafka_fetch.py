@@ -7,8 +7,8 @@ confluent-kafka (librdkafka), kafka-python and kcat what the Python API wrote.
 
 from __future__ import annotations
 
-import os
 import random
+import socket
 import struct
 import subprocess
 import threading
@@ -150,9 +150,10 @@ def test_kernel_refuses_rows_outside_the_buffer():
 # --- real clients through the listener ----------------------------------------------------------------------
 
 def _offers_produce() -> bool:
-    from shmbus.kafka import handlers  # noqa: F401  (registers them)
+    from shmbus.kafka import handlers
     from shmbus.kafka.registry import HANDLERS
 
+    assert handlers  # (imported for its handlers' registration)
     h = HANDLERS.get(0)
     return h is not None and h.max_version >= 3
 
@@ -167,7 +168,7 @@ def _produce(bus, topic, n, partitions, seed=1, value_bytes=(0, 200)):
     """Write ``n`` records with the Python API; returns {partition: [(offset, ts, key, value, headers)]}."""
     rng = random.Random(seed)
     want = {p: [] for p in range(partitions)}
-    base_ts = 1_600_000_000_000
+    base_ts = int(time.time() * 1000) - 3_600_000  # recent: retention (7 days by time) keeps them
     with bus.producer() as prod:
         for i in range(n):
             p = i % partitions
@@ -211,3 +212,255 @@ def test_confluent_kafka_reads_what_the_python_api_wrote(kbus, ktopic):
     for p in range(4):
         assert len(got[p]) == len(want[p])
         assert got[p] == want[p]
+
+
+def _kafka_python_consumer(bootstrap, **kw):
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                         request_timeout_ms=40000, **kw)
+
+
+def _kafka_python_read(bootstrap, topic, partitions, total, offset=0):
+    from kafka import TopicPartition
+
+    c = _kafka_python_consumer(bootstrap, auto_offset_reset="none")
+    got = {p: [] for p in range(partitions)}
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        c.assign(tps)
+        for tp in tps:
+            c.seek(tp, offset)
+        deadline = time.monotonic() + 120
+        n = 0
+        while n < total and time.monotonic() < deadline:
+            for tp, msgs in c.poll(timeout_ms=1000, max_records=5000).items():
+                for m in msgs:
+                    got[tp.partition].append((m.offset, m.timestamp, m.key, m.value, list(m.headers)))
+                    n += 1
+    finally:
+        c.close()
+    return got
+
+
+@pytest.mark.timeout(300)
+def test_kafka_python_reads_with_assign_and_seek(kbus, ktopic):
+    topic = ktopic(2)
+    want = _produce(kbus.bus, topic, 4000, 2, seed=2)
+    got = _kafka_python_read(kbus.bootstrap, topic, 2, 4000)
+    assert got == want
+    # from the middle: a seek lands on that offset exactly
+    got = _kafka_python_read(kbus.bootstrap, topic, 2, 2 * 1500, offset=500)
+    assert got == {p: want[p][500:] for p in range(2)}
+
+
+def _reader(name):
+    return {"confluent": _confluent_read, "kafka-python": _kafka_python_read}[name]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("client", [pytest.param("confluent", marks=librdkafka), "kafka-python"])
+def test_reads_records_that_are_only_on_disk_then_goes_on_in_the_ring(kbus, ktopic, client):
+    from helpers.bus import wait_spilled
+
+    topic = ktopic(1, {"ring.bytes": 65536, "segment.bytes": 100_000})
+    first = _produce(kbus.bus, topic, 6000, 1, seed=3, value_bytes=(50, 300))[0]
+    wait_spilled(kbus.bus, topic, 0, len(first) - 1)
+    pdir = f"{kbus.data_dir}/topics/{topic}/0"
+    import os
+
+    assert len([f for f in os.listdir(pdir) if f.endswith(".log")]) > 5  # spread over many segments
+    # the ring holds 64 KiB: offset 0 and most of what follows are on disk only
+    got = _reader(client)(kbus.bootstrap, topic, 1, len(first))[0]
+    assert got == first
+    # a reader that reached the end of the disk reads on from the ring: more records, read from offset 0 again
+    # by a new reader (it crosses from the segments into the ring within one fetch or a few)
+    more = _produce(kbus.bus, topic, 200, 1, seed=4)[0]
+    got = _reader(client)(kbus.bootstrap, topic, 1, len(first) + len(more))[0]
+    assert [r[0] for r in got] == list(range(len(first) + len(more)))
+    assert got[len(first):] == more
+
+
+def test_kafka_python_offsets_for_times_beginning_and_end(kbus, ktopic):
+    from kafka import TopicPartition
+
+    topic = ktopic(2)
+    with kbus.bus.producer() as prod:
+        for i in range(100):
+            prod.send(topic, value=b"x", partition=i % 2, timestamp_ms=10_000 + 100 * i)
+        prod.flush()
+    c = _kafka_python_consumer(kbus.bootstrap)
+    try:
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        assert c.beginning_offsets(tps) == {tps[0]: 0, tps[1]: 0}
+        assert c.end_offsets(tps) == {tps[0]: 50, tps[1]: 50}
+        # partition 0 has timestamps 10000, 10200, ...; partition 1 10100, 10300, ...
+        got = c.offsets_for_times({tps[0]: 10_250, tps[1]: 10_100})
+        assert (got[tps[0]].offset, got[tps[0]].timestamp) == (2, 10_400)
+        assert (got[tps[1]].offset, got[tps[1]].timestamp) == (0, 10_100)
+        got = c.offsets_for_times({tps[0]: 10**12, tps[1]: 0})
+        assert got[tps[0]] is None  # no record that late
+        assert (got[tps[1]].offset, got[tps[1]].timestamp) == (0, 10_100)
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(300)
+def test_offsets_for_times_finds_records_on_disk(kbus, ktopic):
+    from kafka import TopicPartition
+
+    from helpers.bus import wait_spilled
+
+    topic = ktopic(1, {"ring.bytes": 65536, "segment.bytes": 50_000})
+    t0 = int(time.time() * 1000) - 3_600_000  # recent: retention (7 days by time) keeps them
+    with kbus.bus.producer() as prod:
+        for i in range(3000):
+            prod.send(topic, value=b"v" * 100, partition=0, timestamp_ms=t0 + i)
+        prod.flush()
+    wait_spilled(kbus.bus, topic, 0, 2999)
+    c = _kafka_python_consumer(kbus.bootstrap)
+    try:
+        tp = TopicPartition(topic, 0)
+        for want in (0, 7, 1234, 2999):
+            got = c.offsets_for_times({tp: t0 + want})[tp]
+            assert (got.offset, got.timestamp) == (want, t0 + want)
+    finally:
+        c.close()
+
+
+@librdkafka
+def test_kcat_shows_key_partition_offset_timestamp_headers_value(kbus, ktopic):
+    topic = ktopic(2)
+    with kbus.bus.producer() as prod:
+        prod.send(topic, value=b"hello", key=b"k1", partition=1, timestamp_ms=1_234_567, headers=[("a", b"b")])
+        prod.send(topic, value=b"world", key=b"k2", partition=1, timestamp_ms=1_234_568,
+                  headers=[("x", b"1"), ("y", b"2")])
+        prod.flush()
+    r = subprocess.run(["kcat", "-b", kbus.bootstrap, "-C", "-t", topic, "-p", "1", "-o", "beginning", "-e",
+                        "-f", "%k %p %o %T %h %s\n"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["k1 1 0 1234567 a=b hello", "k2 1 1 1234568 x=1,y=2 world"]
+
+
+@pytest.mark.timeout(120)
+def test_a_waiting_consumer_is_woken_by_a_new_record_and_idles_without_requests(kbus, ktopic):
+    from kafka import TopicPartition
+
+    from helpers.kafka import listener_status
+
+    topic = ktopic(1)
+    with kbus.bus.producer() as prod:
+        prod.send(topic, value=b"first", partition=0)
+        prod.flush()
+    # the broker may hold each Fetch up to 30 s; a record produced while it waits must come at once
+    c = _kafka_python_consumer(kbus.bootstrap, fetch_max_wait_ms=30000, auto_offset_reset="none")
+    try:
+        tp = TopicPartition(topic, 0)
+        c.assign([tp])
+        c.seek(tp, 1)
+        assert c.poll(timeout_ms=500) == {}
+        before = listener_status(kbus.data_dir)["requests"]
+        assert c.poll(timeout_ms=3000) == {}  # waiting at the end: one long-polling Fetch, not a busy loop
+        idle_requests = listener_status(kbus.data_dir)["requests"] - before
+        assert idle_requests <= 3
+
+        def later():
+            time.sleep(1)
+            with kbus.bus.producer() as prod:
+                prod.send(topic, value=b"later", key=b"k", partition=0)
+                prod.flush()
+
+        t = threading.Thread(target=later)
+        t.start()
+        got = []
+        deadline = time.monotonic() + 20  # < the 30 s the broker may wait: only the record's arrival ends the wait
+        while not got and time.monotonic() < deadline:
+            got = [m for msgs in c.poll(timeout_ms=1000).values() for m in msgs]
+        t.join()
+        assert [(m.offset, m.key, m.value) for m in got] == [(1, b"k", b"later")]
+    finally:
+        c.close()
+
+
+# --- errors, seen by clients and on the wire ----------------------------------------------------------------
+
+def _request(bootstrap, req) -> bytes:
+    """Send one request on a new connection; the response's bytes (its header included)."""
+    host, port = bootstrap.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        req.with_header(correlation_id=7, client_id="test")
+        s.sendall(req.encode(header=True, framed=True))
+        head = b""
+        while len(head) < 4:
+            head += s.recv(4 - len(head))
+        (n,) = struct.unpack(">i", head)
+        body = b""
+        while len(body) < n:
+            chunk = s.recv(n - len(body))
+            assert chunk, "the listener closed the connection"
+            body += chunk
+    return body
+
+
+def _fetch(bootstrap, topic, partition, offset, version=12, max_wait_ms=0):
+    from kafka.protocol.consumer import FetchRequest, FetchResponse
+
+    R = FetchRequest
+    req = R[version](replica_id=-1, max_wait_ms=max_wait_ms, min_bytes=1, max_bytes=1 << 20, isolation_level=0,
+                     session_id=0, session_epoch=-1,
+                     topics=[R.FetchTopic(topic=topic, partitions=[R.FetchTopic.FetchPartition(
+                         partition=partition, current_leader_epoch=-1, fetch_offset=offset, last_fetched_epoch=-1,
+                         log_start_offset=-1, partition_max_bytes=1 << 20)])],
+                     forgotten_topics_data=[], rack_id="")
+    resp = FetchResponse.decode(_request(bootstrap, req), version=version, header=True)
+    (t,) = resp.responses
+    (p,) = t.partitions
+    return p
+
+
+@pytest.mark.parametrize("version", [4, 7, 11, 12])
+def test_fetch_errors_on_the_wire(kbus, ktopic, version):
+    from kafka.record.memory_records import MemoryRecords
+
+    topic = ktopic(1)
+    with kbus.bus.producer() as prod:
+        for i in range(5):
+            prod.send(topic, value=b"v%d" % i, partition=0, timestamp_ms=100 + i)
+        prod.flush()
+    p = _fetch(kbus.bootstrap, topic, 0, 2, version)
+    assert p.error_code == 0 and p.high_watermark == 5
+    recs = [r for b in MemoryRecords(p.records) for r in b]
+    assert [(r.offset, r.value) for r in recs] == [(2, b"v2"), (3, b"v3"), (4, b"v4")]
+    assert _fetch(kbus.bootstrap, topic, 0, 5, version).records in (b"", None)  # at the end: nothing, no error
+    assert _fetch(kbus.bootstrap, topic, 0, 6, version).error_code == 1  # OFFSET_OUT_OF_RANGE
+    assert _fetch(kbus.bootstrap, topic, 0, -5, version).error_code == 1
+    assert _fetch(kbus.bootstrap, topic, 1, 0, version).error_code == 3  # UNKNOWN_TOPIC_OR_PARTITION
+    assert _fetch(kbus.bootstrap, "no-such-topic", 0, 0, version).error_code == 3
+
+
+@librdkafka
+def test_confluent_kafka_applies_auto_offset_reset_on_out_of_range(kbus, ktopic):
+    topic = ktopic(1)
+    want = _produce(kbus.bus, topic, 10, 1)[0]
+    got = _confluent_read(kbus.bootstrap, topic, 1, 10, offset=1_000_000, **{"auto.offset.reset": "earliest"})[0]
+    assert got == want
+
+
+def test_kafka_python_applies_auto_offset_reset_on_out_of_range(kbus, ktopic):
+    from kafka import TopicPartition
+
+    topic = ktopic(1)
+    want = _produce(kbus.bus, topic, 10, 1)[0]
+    c = _kafka_python_consumer(kbus.bootstrap, auto_offset_reset="earliest")
+    try:
+        tp = TopicPartition(topic, 0)
+        c.assign([tp])
+        c.seek(tp, 1_000_000)
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 10 and time.monotonic() < deadline:
+            for msgs in c.poll(timeout_ms=500).values():
+                got.extend((m.offset, m.timestamp, m.key, m.value, list(m.headers)) for m in msgs)
+        assert got == want
+    finally:
+        c.close()
