@@ -464,3 +464,130 @@ def test_kafka_python_applies_auto_offset_reset_on_out_of_range(kbus, ktopic):
         assert got == want
     finally:
         c.close()
+
+
+def test_partition_max_bytes_limits_and_a_larger_first_record_still_comes_whole(kbus, ktopic):
+    from kafka.protocol.consumer import FetchRequest, FetchResponse
+    from kafka.record.memory_records import MemoryRecords
+
+    topic = ktopic(2)
+    with kbus.bus.producer() as prod:
+        for i in range(100):
+            prod.send(topic, value=b"s" * 1000, partition=0)
+        prod.send(topic, value=b"L" * 200_000, partition=1)
+        prod.send(topic, value=b"after", partition=1)
+        prod.flush()
+
+    def fetch(parts, max_bytes=1 << 20):
+        R = FetchRequest
+        req = R[12](replica_id=-1, max_wait_ms=0, min_bytes=1, max_bytes=max_bytes, isolation_level=0, session_id=0,
+                    session_epoch=-1, forgotten_topics_data=[], rack_id="",
+                    topics=[R.FetchTopic(topic=topic, partitions=[R.FetchTopic.FetchPartition(
+                        partition=p, current_leader_epoch=-1, fetch_offset=o, last_fetched_epoch=-1,
+                        log_start_offset=-1, partition_max_bytes=pmax) for p, o, pmax in parts])])
+        resp = FetchResponse.decode(_request(kbus.bootstrap, req), version=12, header=True)
+        return {p.partition_index: [(r.offset, len(r.value)) for b in MemoryRecords(p.records) for r in b]
+                for t in resp.responses for p in t.partitions}
+
+    got = fetch([(0, 0, 10_000)])[0]
+    assert 5 <= len(got) < 10 and [o for o, _ in got] == list(range(len(got)))
+    # the first partition's first record is larger than its limit: it comes whole, and alone
+    assert fetch([(1, 0, 1000)])[1] == [(0, 200_000)]
+    # ... but not when another partition's records came first in the response
+    got = fetch([(0, 0, 5000), (1, 0, 1000)])
+    assert len(got[0]) >= 1 and got[1] == []
+    # the response's max_bytes ends it across partitions
+    got = fetch([(0, 0, 1 << 20), (1, 1, 1 << 20)], max_bytes=20_000)
+    assert 10 <= len(got[0]) <= 20 and sum(n for part in got.values() for _, n in part) <= 20_000
+    got = fetch([(0, 0, 1 << 20), (1, 0, 1 << 20)], max_bytes=20_000)
+    assert 10 <= len(got[0]) <= 20 and got[1] == []
+
+
+def test_kafka_python_reads_a_record_larger_than_its_fetch_limits(kbus, ktopic):
+    from kafka import TopicPartition
+
+    topic = ktopic(1)
+    with kbus.bus.producer() as prod:
+        prod.send(topic, value=b"x" * 300_000, key=b"big", partition=0)
+        prod.send(topic, value=b"small", partition=0)
+        prod.flush()
+    c = _kafka_python_consumer(kbus.bootstrap, max_partition_fetch_bytes=4096, fetch_max_bytes=8192,
+                               auto_offset_reset="earliest")
+    try:
+        tp = TopicPartition(topic, 0)
+        c.assign([tp])
+        c.seek(tp, 0)
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 2 and time.monotonic() < deadline:
+            for msgs in c.poll(timeout_ms=500).values():
+                got.extend((m.offset, m.key, len(m.value)) for m in msgs)
+        assert got == [(0, b"big", 300_000), (1, None, 5)]
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_record_whose_header_bytes_do_not_parse_is_answered_corrupt_message(tmp_path):
+    import crc32c as ref_crc
+    from shmbus import Bus
+
+    from helpers.bus import cleanup_bus, wait_spilled
+    from helpers.kafka import start_listener, supervisor_log
+    from shmbus.layout import frame as F
+
+    d = str(tmp_path / "bus")
+    try:
+        start_listener(d)
+        with Bus(d, autostart=False) as bus:
+            bus.create_topic("c", 1)
+            with bus.producer() as prod:
+                for i in range(3):
+                    prod.send("c", value=b"v%d" % i, key=b"k", headers=[("h", b"x")], partition=0)
+                prod.flush()
+            wait_spilled(bus, "c", 0, 2)
+        cleanup_bus(d)  # stops the supervisor
+        # record 1's header block claims a key of 65535 bytes; its checksum is made to match
+        path = f"{d}/topics/c/0/{0:020d}.log"
+        with open(path, "r+b") as f:
+            data = bytearray(f.read())
+            pos = struct.unpack_from("<Q", data, 0)[0] & F.LEN_MASK
+            kl, vl, hl = struct.unpack_from("<iii", data, pos + F.OFF_KEY_LEN)
+            h = pos + F.OFF_BODY + kl + vl
+            data[h: h + 2] = b"\xff\xff"
+            crc = ref_crc.crc32c(bytes(data[pos + F.OFF_OFFSET: pos + F.OFF_CRC])
+                                 + bytes(data[pos + F.OFF_BODY: pos + F.OFF_BODY + kl + vl + hl]))
+            struct.pack_into("<I", data, pos + F.OFF_CRC, crc)
+            f.seek(0)
+            f.write(data)
+        boot = start_listener(d)
+        p = _fetch(boot, "c", 0, 0)
+        from kafka.record.memory_records import MemoryRecords
+
+        assert p.error_code == 0
+        assert [(r.offset, r.value) for b in MemoryRecords(p.records) for r in b] == [(0, b"v0")]
+        assert _fetch(boot, "c", 0, 1).error_code == 2  # CORRUPT_MESSAGE
+        assert "topic='c' partition=0 offset=1: CORRUPT_MESSAGE" in supervisor_log(d)
+        p = _fetch(boot, "c", 0, 2)  # past it, reading goes on
+        assert [(r.offset, r.value) for b in MemoryRecords(p.records) for r in b] == [(2, b"v2")]
+    finally:
+        cleanup_bus(d)
+
+
+@librdkafka
+def test_confluent_kafka_watermarks_and_offsets_for_times(kbus, ktopic):
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = ktopic(1)
+    t0 = int(time.time() * 1000) - 60_000
+    with kbus.bus.producer() as prod:
+        for i in range(20):
+            prod.send(topic, value=b"x", partition=0, timestamp_ms=t0 + 10 * i)
+        prod.flush()
+    c = Consumer({"bootstrap.servers": kbus.bootstrap, "group.id": "unused-no-commits"})
+    try:
+        assert c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, 20)
+        (got,) = c.offsets_for_times([TopicPartition(topic, 0, t0 + 55)], timeout=10)
+        assert got.error is None and got.offset == 6
+    finally:
+        c.close()

@@ -81,6 +81,7 @@ MAX_READERS = 1024  # partition readers one connection keeps (least recently use
 CLOSE_CHECK_S = 0.5  # a long poll looks at the listener's closing at least this often
 BATCH_OVERHEAD = 61  # a batch's header
 START_TTL_S = 1.0
+KEEP_OUT_BYTES = 8 * 1024 * 1024  # a connection's output buffer shrinks back after an answer larger than this
 
 
 class PartitionReader:
@@ -91,6 +92,7 @@ class PartitionReader:
         ring = broker.ring(meta, partition)
         log = PartitionLog(paths.partition_dir(broker.data_dir, meta.name, partition))
         self.p = PartitionState(TopicPartition(meta.name, partition), ring, log)
+        self.reported = None  # the offset of the last CORRUPT_MESSAGE logged
         self._start = (0.0, 0)  # (when, start offset): for log_start_offset, re-read at most every START_TTL_S
 
     @property
@@ -228,9 +230,7 @@ def _read(st: FetchState, a: PartitionAnswer, budget: int, min_one: bool) -> Non
                 n, meta, chunk = p.log.read(p.position, MAX_ROWS)
             except CorruptRecordError as e:
                 if a.records == 0:
-                    a.error = E.CORRUPT_MESSAGE
-                    st.broker.log(f"kafka listener: fetch of topic={a.topic!r} partition={a.partition} "
-                                  f"offset={p.position} answered CORRUPT_MESSAGE: {e}")
+                    _corrupt(st, a, r, str(e))
                 return
             if n:
                 rows = meta[1: n + 1]
@@ -240,7 +240,7 @@ def _read(st: FetchState, a: PartitionAnswer, budget: int, min_one: bool) -> Non
                 k = st.encode(chunk, rows, room, one)
                 if k <= 0:
                     if k < 0 and a.records == 0:
-                        a.error = E.CORRUPT_MESSAGE
+                        _corrupt(st, a, r, "its header bytes do not parse (on disk)")
                     return
                 _took(a, at, st.used, k)
                 p.position = int(rows[k - 1, F.M_OFFSET]) + 1
@@ -266,9 +266,7 @@ def _read(st: FetchState, a: PartitionAnswer, budget: int, min_one: bool) -> Non
             continue
         if k <= 0:
             if k < 0 and a.records == 0:
-                a.error = E.CORRUPT_MESSAGE
-                st.broker.log(f"kafka listener: fetch of topic={a.topic!r} partition={a.partition} "
-                              f"offset={p.position}: a record in the ring whose header bytes do not parse")
+                _corrupt(st, a, r, "its header bytes do not parse (in the ring)")
             return
         _took(a, at, st.used, k)
         if k < n:
@@ -277,6 +275,15 @@ def _read(st: FetchState, a: PartitionAnswer, budget: int, min_one: bool) -> Non
             p.cursor = int(meta[0, F.MS_POS])
         p.position = int(rows[k - 1, F.M_OFFSET]) + 1
     # (64 rounds of lapping or batches: answer what there is; the client fetches again)
+
+
+def _corrupt(st: FetchState, a: PartitionAnswer, r: PartitionReader, why: str) -> None:
+    """Answer CORRUPT_MESSAGE for the record at the position; say so in the log once per reader and offset."""
+    a.error = E.CORRUPT_MESSAGE
+    if r.reported != r.p.position:
+        r.reported = r.p.position
+        st.broker.log(f"kafka listener: fetch of topic={a.topic!r} partition={a.partition} offset={r.p.position}: "
+                      f"CORRUPT_MESSAGE: {why} (the client cannot read past it; seek beyond it)")
 
 
 def _took(a: PartitionAnswer, start: int, end: int, k: int) -> None:
@@ -331,8 +338,10 @@ def fetch(session, req):
     err = _pass(st, answers, total, max_bytes)
     if not err and total[0] < req.min_bytes and answers:
         _long_poll(st, answers, total, max_bytes, req.min_bytes, deadline)
-    return FetchResponse(throttle_time_ms=0, error_code=E.NONE, session_id=0,
-                         responses=_responses(st, answers, req, T, P))
+    responses = _responses(st, answers, req, T, P)
+    if len(st.out) > KEEP_OUT_BYTES:
+        st.out = np.empty(1 << 20, np.uint8)  # a large answer's buffer is not kept for the connection's life
+    return FetchResponse(throttle_time_ms=0, error_code=E.NONE, session_id=0, responses=responses)
 
 
 def _long_poll(st: FetchState, answers: list, total: list, max_bytes: int, min_bytes: int, deadline: float) -> None:
