@@ -436,6 +436,8 @@ def test_fetch_errors_on_the_wire(kbus, ktopic, version):
     assert _fetch(kbus.bootstrap, topic, 0, -5, version).error_code == 1
     assert _fetch(kbus.bootstrap, topic, 1, 0, version).error_code == 3  # UNKNOWN_TOPIC_OR_PARTITION
     assert _fetch(kbus.bootstrap, "no-such-topic", 0, 0, version).error_code == 3
+    for bad in ("..", "../" + topic, "", "a" * 300):  # not topic names: never looked up as paths
+        assert _fetch(kbus.bootstrap, bad, 0, 0, version).error_code == 3
 
 
 @librdkafka
@@ -589,5 +591,56 @@ def test_confluent_kafka_watermarks_and_offsets_for_times(kbus, ktopic):
         assert c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, 20)
         (got,) = c.offsets_for_times([TopicPartition(topic, 0, t0 + 55)], timeout=10)
         assert got.error is None and got.offset == 6
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("client", [pytest.param("confluent", marks=librdkafka), "kafka-python"])
+def test_reads_while_a_producer_laps_a_small_ring(kbus, ktopic, client):
+    """The spiller releases ring bytes under a reader that falls behind: what it read there is read again
+    from disk, so every record arrives once, intact, in order."""
+    topic = ktopic(1, {"ring.bytes": 65536, "segment.bytes": 200_000})
+    want = {}
+    done = threading.Event()
+
+    def produce():
+        try:
+            want.update(_produce(kbus.bus, topic, 20_000, 1, seed=9, value_bytes=(100, 400)))
+        finally:
+            done.set()
+
+    t = threading.Thread(target=produce)
+    t.start()
+    try:
+        got = _reader(client)(kbus.bootstrap, topic, 1, 20_000)[0]
+    finally:
+        t.join()
+    assert done.is_set() and got == want[0]
+
+
+@librdkafka
+@pytest.mark.timeout(120)
+def test_confluent_kafka_waiting_at_the_end_gets_a_later_record(kbus, ktopic):
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = ktopic(1)
+    c = Consumer({"bootstrap.servers": kbus.bootstrap, "group.id": "unused-no-commits", "enable.auto.commit": False,
+                  "fetch.wait.max.ms": 30000})
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        assert c.poll(2.0) is None
+
+        def later():
+            time.sleep(1)
+            with kbus.bus.producer() as prod:
+                prod.send(topic, value=b"later", partition=0)
+                prod.flush()
+
+        t = threading.Thread(target=later)
+        t.start()
+        m = c.poll(20.0)  # < the 30 s the broker may hold the Fetch: the record's arrival ends the wait
+        t.join()
+        assert m is not None and m.error() is None and (m.offset(), m.value()) == (0, b"later")
     finally:
         c.close()

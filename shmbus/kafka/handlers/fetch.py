@@ -62,7 +62,8 @@ from shmbus.client.consumer.partition import PartitionState
 from shmbus.core import native
 from shmbus.core import paths
 from shmbus.core.native import LazyModule
-from shmbus.errors import CorruptRecordError
+from shmbus.core.config import validate_topic_name
+from shmbus.errors import CorruptRecordError, ShmbusError
 from shmbus.kafka.handlers import errors as E
 from shmbus.kafka.registry import handles
 from shmbus.layout import frame as F
@@ -138,11 +139,14 @@ class FetchState:
             r = None
         if r is None:
             r = self.readers[key] = PartitionReader(self.broker, meta, partition)
-            while len(self.readers) > MAX_READERS:
-                self.readers.popitem(last=False)[1].close()
         else:
             self.readers.move_to_end(key)
         return r
+
+    def trim(self) -> None:
+        """Close the least recently used readers beyond MAX_READERS (after a request: none is in use)."""
+        while len(self.readers) > MAX_READERS:
+            self.readers.popitem(last=False)[1].close()
 
     def scan(self, ring, cursor: int, position: int) -> int:
         if self.scan_ring is None:
@@ -188,6 +192,15 @@ def _state(session) -> FetchState:
         st = session.state[__name__] = FetchState(session)
         session.on_close.append(st.close)
     return st
+
+
+def _topic(b, name):
+    """The topic's metadata; None if it does not exist or the name is not a topic name (never created here)."""
+    try:
+        validate_topic_name(name)
+    except (ShmbusError, TypeError):
+        return None
+    return b.topic(name)
 
 
 class PartitionAnswer:
@@ -319,7 +332,7 @@ def fetch(session, req):
     max_bytes = min(req.max_bytes, MAX_RESPONSE_BYTES) if req.max_bytes > 0 else 0
     answers = []
     for t in req.topics:
-        meta = b.topic(t.topic) if t.topic else None
+        meta = _topic(b, t.topic)
         for fp in t.partitions:
             a = PartitionAnswer(t.topic, fp.partition, fp.fetch_offset, max(fp.partition_max_bytes, 0))
             if meta is None or not 0 <= fp.partition < meta.partitions:
@@ -339,6 +352,7 @@ def fetch(session, req):
     if not err and total[0] < req.min_bytes and answers:
         _long_poll(st, answers, total, max_bytes, req.min_bytes, deadline)
     responses = _responses(st, answers, req, T, P)
+    st.trim()
     if len(st.out) > KEEP_OUT_BYTES:
         st.out = np.empty(1 << 20, np.uint8)  # a large answer's buffer is not kept for the connection's life
     return FetchResponse(throttle_time_ms=0, error_code=E.NONE, session_id=0, responses=responses)
@@ -435,7 +449,7 @@ def list_offsets(session, req):
     P = T.ListOffsetsPartitionResponse
     topics = []
     for t in req.topics:
-        meta = b.topic(t.name) if t.name else None
+        meta = _topic(b, t.name)
         parts = []
         for lp in t.partitions:
             r = None
@@ -462,4 +476,5 @@ def list_offsets(session, req):
             parts.append(P(partition_index=lp.partition_index, error_code=E.NONE, timestamp=when, offset=off,
                            leader_epoch=0))
         topics.append(T(name=t.name, partitions=parts))
+    st.trim()
     return ListOffsetsResponse(throttle_time_ms=0, topics=topics)
