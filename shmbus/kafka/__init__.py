@@ -14,5 +14,5 @@ headers and timestamps as the Python API, and the same committed offsets.
 
 The request and response schemas are kafka-python's (generated from Kafka's
 own JSON message definitions); record batches are converted to and from
-ring frames by numba kernels (``shmbus/kernels/kafka_batch.py``).
+ring frames by numba kernels (``shmbus/kernels/kafka_in.py``, ``kafka_out.py``).
 """
