@@ -8,6 +8,14 @@ closes its connection, with the reason in the supervisor's log; nothing else
 is touched (handlers only run on requests that decoded). Connections beyond
 ``max_connections`` are closed as they are accepted, and logged.
 
+Two session fields let a handler steer the connection (SASL uses both):
+``close_after_response`` (a reason): the connection is closed once the
+response is sent, and the reason logged (a failed authentication);
+``raw_frame`` (``(fn, max_bytes)``): the next frame is not a Kafka request
+but raw bytes (at most ``max_bytes``) for ``fn(session, payload) -> bytes |
+None``, whose result is sent back with a 4-byte length (SaslHandshake v0's
+raw SASL token).
+
 Kafka answers one request of a connection at a time, in order, and clients
 rely on it (a consumer's long-polling Fetch delays the requests behind it on
 that connection, and librdkafka keeps its coordinator on another). So each
@@ -17,6 +25,7 @@ may block, as a Fetch waiting for records does) and writes the response.
 
 from __future__ import annotations
 
+import io
 import socket
 import struct
 import threading
@@ -41,6 +50,10 @@ class ConnectionClosed(Exception):
     pass
 
 
+class _CloseAfterResponse(Exception):
+    """A handler asked to close the connection once its response is out (``Session.close_after_response``)."""
+
+
 class Session:
     """One client connection: who it is, and what its closing must undo.
 
@@ -58,6 +71,8 @@ class Session:
         self.principal = None
         self.on_close: list = []
         self.state: dict = {}  # per-connection state that handler modules keep (keyed by module)
+        self.close_after_response: str | None = None  # a reason: close once the response is sent
+        self.raw_frame = None  # (fn, max_bytes): the next frame is raw bytes for fn (SaslHandshake v0)
 
     def __repr__(self) -> str:
         return f"peer={self.peer[0]}:{self.peer[1]} client_id={self.client_id!r}"
@@ -175,11 +190,19 @@ class KafkaListener:
             while not self._closed:
                 head = _recv_exact(s.sock, 4)
                 (size,) = struct.unpack(">i", head)
-                if size < _HEAD.size or size > self.max_request_bytes:
-                    raise MalformedRequest(f"request size {size} outside {_HEAD.size}..{self.max_request_bytes}")
-                self._request(s, _recv_exact(s.sock, size))
+                if s.raw_frame is not None:
+                    self._raw(s, size)
+                else:
+                    if size < _HEAD.size or size > self.max_request_bytes:
+                        raise MalformedRequest(f"request size {size} outside {_HEAD.size}.."
+                                               f"{self.max_request_bytes}")
+                    self._request(s, _recv_exact(s.sock, size))
+                if s.close_after_response is not None:
+                    raise _CloseAfterResponse(s.close_after_response)
         except ConnectionClosed:
             pass
+        except _CloseAfterResponse as e:
+            reason = str(e)
         except MalformedRequest as e:
             reason = f"malformed request: {e}"
         except socket.timeout:
@@ -221,20 +244,52 @@ class KafkaListener:
                                    f"(versions {h.min_version}..{h.max_version} are)")
         if h.needs_auth and not s.authenticated:
             raise MalformedRequest(f"api_key={api_key} before SASL authentication")
-        try:
-            req = h.request.decode(frame, version=version, header=True)
-        except Exception as e:  # noqa: BLE001 (any failure to decode hostile bytes)
-            raise MalformedRequest(f"api_key={api_key} version={version} does not decode: "
-                                   f"{type(e).__name__}: {e}") from None
+        req = decode_request(h.request, frame, version)
         self.broker.counters.requests += 1
         resp = h.fn(s, req)
         if resp is not None:
             self._send(s, resp, correlation_id, version)
 
+    def _raw(self, s: Session, size: int) -> None:
+        fn, limit = s.raw_frame
+        s.raw_frame = None
+        if not 0 <= size <= limit:
+            raise MalformedRequest(f"raw SASL token size {size} outside 0..{limit}")
+        reply = fn(s, bytes(_recv_exact(s.sock, size)))
+        if reply is not None:
+            s.sock.sendall(struct.pack(">i", len(reply)) + reply)
+
     def _send(self, s: Session, resp, correlation_id: int, version: int) -> None:
         resp.API_VERSION = version
         resp.with_header(correlation_id=correlation_id)
         s.sock.sendall(resp.encode(header=True, framed=True))
+
+
+def decode_request(cls, frame, version: int):
+    """The request in ``frame`` (header and body); a body that runs past the frame's end is malformed.
+
+    kafka-python's ``decode`` does not say where the body ended, and a
+    string whose length runs past the end decodes short instead of failing.
+    Its compiled decoder returns the end position: beyond the frame's length
+    is a truncated request. Bytes after the body are ignored, as Kafka
+    ignores them (librdkafka's Metadata v12 has three).
+    """
+    data = memoryview(frame)
+    try:
+        hdr_data = io.BytesIO(bytes(data))
+        hdr = cls.parse_header(hdr_data, version=version)
+        flexible = cls.flexible_version_q(version)
+        fast_decode = cls._struct.compiled_decode_from(version, compact=flexible, tagged=flexible,
+                                                        data_class=cls[None])
+        req, end = fast_decode(data, hdr_data.tell())
+    except Exception as e:  # noqa: BLE001 (any failure to decode hostile bytes)
+        raise MalformedRequest(f"api_key={cls.API_KEY} version={version} does not decode: "
+                               f"{type(e).__name__}: {e}") from None
+    if end > len(data):
+        raise MalformedRequest(f"api_key={cls.API_KEY} version={version} is truncated: its body needs "
+                               f"{end} bytes, the request has {len(data)}")
+    req._header = hdr
+    return req
 
 
 def _unsupported_api_versions():
