@@ -173,6 +173,10 @@ def status(data_dir, as_json):
                    f"producers block once their rings are full)")
     for problem in st.get("problems", []):
         click.echo(f"PROBLEM: {problem}")
+    if st.get("kafka_listener"):
+        from shmbus.cli.stats import kafka_line
+
+        click.echo(kafka_line(st["kafka_listener"], st["kafka_listener"].get("rates") or {}))
     if st["partitions"]:
         click.echo(f"{'TOPIC':<24} {'PART':>4} {'END OFFSET':>12} {'RING USED':>12} {'RING':>10} {'SPILLED':>12}")
         for p in st["partitions"]:

@@ -31,6 +31,7 @@ import struct
 import threading
 import time
 import traceback
+from collections import deque
 
 from kafka.protocol.metadata import ApiVersionsResponse
 
@@ -41,9 +42,13 @@ from shmbus.kafka.registry import HANDLERS, MalformedRequest, api_version_entrie
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
 MAX_CONNECTIONS = 256
 IDLE_TIMEOUT_S = 600.0  # Kafka's connections.max.idle.ms
+RATE_WINDOW_S = 10  # status() rates: over the last this many seconds (sampled once a second)
 API_VERSIONS = 18
 UNSUPPORTED_VERSION = 35
 _HEAD = struct.Struct(">hhih")  # api_key, api_version, correlation_id, client_id length
+
+
+RATE_KEYS = ("requests", "produced_records", "produced_bytes", "fetched_records", "fetched_bytes")
 
 
 class ConnectionClosed(Exception):
@@ -118,6 +123,7 @@ class KafkaListener:
         self._thread = None
         self._closed = False
         self.started = time.time()
+        self._samples: deque = deque(maxlen=RATE_WINDOW_S + 1)  # (monotonic time, counters), once a second
 
     @property
     def address(self) -> str:
@@ -126,6 +132,7 @@ class KafkaListener:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._accept_loop, name="kafka-listener", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._sample_loop, name="kafka-rates", daemon=True).start()
 
     def close(self) -> None:
         """Stop accepting, close every connection (their closing hooks run), release the broker."""
@@ -153,9 +160,27 @@ class KafkaListener:
         self.broker.close()
 
     def status(self) -> dict:
-        c = self.broker.counters
-        return {"address": self.address, "connections": len(self.sessions), "sasl": self.sasl_users is not None,
-                **c.as_dict()}
+        """The listener's figures: counters since it started, and ``rates`` (per second, over the last
+        ``rates["window_s"]`` seconds, at most RATE_WINDOW_S; None until a second has passed)."""
+        c = self.broker.counters.as_dict()
+        return {**c, "address": self.address, "connections": len(self.sessions), "sasl": self.sasl_users is not None,
+                "max_connections": self.max_connections, "rates": self._rates(c)}
+
+    def _sample_loop(self) -> None:
+        while not self.broker.closing.is_set():
+            self._samples.append((time.monotonic(), self.broker.counters.as_dict()))
+            self.broker.closing.wait(1.0)
+
+    def _rates(self, now_counters: dict) -> dict:
+        try:
+            t0, c0 = self._samples[0]
+        except IndexError:
+            return {"window_s": None}
+        dt = time.monotonic() - t0
+        out = {"window_s": round(dt, 3)}
+        for key in RATE_KEYS:
+            out[f"{key}_per_s"] = round((now_counters[key] - c0[key]) / dt, 3) if dt >= 0.5 else None
+        return out
 
     # --- connections ---
     def _accept_loop(self) -> None:
