@@ -265,6 +265,103 @@ def test_alter_configs_sets_the_whole_config(kbus, ktopic):
     assert kbus.bus.describe_topic(name).config["retention.ms"] == 604800000  # validate_only
 
 
+def test_delete_topics_by_id_and_unknown_ids(kbus, ktopic):
+    import uuid as _uuid
+
+    from kafka.protocol.admin import DeleteTopicsRequest as D, DeleteTopicsResponse
+    from kafka.protocol.metadata import MetadataRequest as M, MetadataResponse
+
+    name = ktopic(1)
+    meta = _roundtrip(kbus.bootstrap, M(topics=[M.MetadataRequestTopic(name=name, topic_id=None)],
+                                        allow_auto_topic_creation=False, include_topic_authorized_operations=False,
+                                        version=12), MetadataResponse, 12)
+    (t,) = meta.topics
+    stranger = _uuid.uuid4()
+    req = D(topics=[D.DeleteTopicState(name=None, topic_id=t.topic_id),
+                    D.DeleteTopicState(name=None, topic_id=stranger)], timeout_ms=5000, version=6)
+    resp = _roundtrip(kbus.bootstrap, req, DeleteTopicsResponse, 6)
+    got = [(r.name, r.topic_id, r.error_code) for r in resp.responses]
+    assert got == [(name, t.topic_id, 0), (None, stranger, 100)]  # UNKNOWN_TOPIC_ID
+    assert "no topic has the id" in resp.responses[1].error_message
+    assert name not in kbus.bus.list_topics()
+
+
+def test_describe_configs_versions_keys_and_documentation(kbus, ktopic):
+    from kafka.protocol.admin import DescribeConfigsRequest as Q, DescribeConfigsResponse
+
+    name = ktopic(1, {"retention.ms": 1000})
+    for version in range(0, 5):
+        req = Q(resources=[Q.DescribeConfigsResource(resource_type=2, resource_name=name,
+                                                     configuration_keys=["retention.ms", "segment.ms"]),
+                           Q.DescribeConfigsResource(resource_type=4, resource_name="7", configuration_keys=None),
+                           Q.DescribeConfigsResource(resource_type=2, resource_name="no-such-topic",
+                                                     configuration_keys=None)],
+                include_synonyms=False, include_documentation=True, version=version)
+        resp = _roundtrip(kbus.bootstrap, req, DescribeConfigsResponse, version)
+        topic, broker, missing = resp.results
+        assert topic.error_code == 0
+        got = {c.name: c for c in topic.configs}
+        assert set(got) == {"retention.ms", "segment.ms"}
+        assert got["retention.ms"].value == "1000" and got["segment.ms"].value == "604800000"
+        if version == 0:
+            assert not got["retention.ms"].is_default and got["segment.ms"].is_default
+        else:
+            assert (got["retention.ms"].config_source, got["segment.ms"].config_source) == (1, 5)
+        if version >= 3:
+            assert got["retention.ms"].config_type == 5 and "delete segments" in got["retention.ms"].documentation
+        assert broker.error_code == 42 and "one broker, id 0" in broker.error_message
+        assert missing.error_code == 3
+
+
+def test_create_topics_edge_cases(kbus):
+    from kafka.protocol.admin import CreateTopicsRequest as C, CreateTopicsResponse
+
+    T = C.CreatableTopic
+    A = T.CreatableReplicaAssignment
+    dup, assigned, bad_assign, both = _name(), _name(), _name(), _name()
+    req = C(topics=[T(name=dup, num_partitions=1, replication_factor=1, assignments=[], configs=[]),
+                    T(name=dup, num_partitions=1, replication_factor=1, assignments=[], configs=[]),
+                    T(name=assigned, num_partitions=-1, replication_factor=-1, configs=[],
+                      assignments=[A(partition_index=1, broker_ids=[0]), A(partition_index=0, broker_ids=[0])]),
+                    T(name=bad_assign, num_partitions=-1, replication_factor=-1, configs=[],
+                      assignments=[A(partition_index=0, broker_ids=[0, 1])]),
+                    T(name=both, num_partitions=2, replication_factor=1, configs=[],
+                      assignments=[A(partition_index=0, broker_ids=[0])])],
+            timeout_ms=5000, validate_only=False, version=5)
+    resp = _roundtrip(kbus.bootstrap, req, CreateTopicsResponse, 5)
+    codes = [(t.name, t.error_code) for t in resp.topics]
+    assert codes == [(dup, 42), (dup, 42), (assigned, 0), (bad_assign, 39), (both, 42)]
+    names = set(kbus.bus.list_topics())
+    assert assigned in names and not {dup, bad_assign, both} & names
+    assert len(kbus.bus.describe_topic(assigned).partitions) == 2
+
+
+def test_incremental_alter_configs_list_operations(kbus, ktopic):
+    from kafka.protocol.admin import IncrementalAlterConfigsRequest as I, IncrementalAlterConfigsResponse
+
+    name = ktopic(1, {"cleanup.policy": "compact,delete"})
+    R = I.AlterConfigsResource
+
+    def alter(*ops):
+        req = I(resources=[R(resource_type=2, resource_name=name, configs=[
+            R.AlterableConfig(name=k, config_operation=op, value=v) for k, op, v in ops])],
+            validate_only=False, version=1)
+        (r,) = _roundtrip(kbus.bootstrap, req, IncrementalAlterConfigsResponse, 1).responses
+        return r.error_code, r.error_message
+
+    assert alter(("cleanup.policy", 3, "delete")) == (0, None)  # SUBTRACT
+    assert kbus.bus.describe_topic(name).config["cleanup.policy"] == "compact"
+    code, message = alter(("cleanup.policy", 3, "compact"))
+    assert code == 40 and "cannot be empty" in message
+    code, message = alter(("retention.ms", 2, "5"))  # APPEND to a number
+    assert code == 40 and "APPEND and SUBTRACT apply to list configs" in message
+    code, message = alter(("retention.ms", 9, "5"))
+    assert code == 42 and "unknown config operation 9" in message
+    code, message = alter(("retention.ms", 0, "5"), ("retention.ms", 0, "6"))
+    assert code == 42 and "given twice" in message
+    assert kbus.bus.describe_topic(name).config["cleanup.policy"] == "compact"
+
+
 def _roundtrip(bootstrap, req, response_cls, version, correlation_id=11):
     host, port = bootstrap.rsplit(":", 1)
     req.with_header(correlation_id=correlation_id, client_id="test")

@@ -221,6 +221,7 @@ def delete_topics(session, req):
                         raise _Refused(E.UNKNOWN_TOPIC_ID, f"no topic has the id {topic_id}")
                 try:
                     validate_topic_name(name)
+                    topic_id = topic_uuid(b.bus.topic_meta(name))
                     b.bus.delete_topic(name)
                 except ShmbusError as e:
                     raise _Refused(_error_of(e), _message(e)) from None
@@ -231,7 +232,7 @@ def delete_topics(session, req):
                              error_message=str(e)))
             continue
         b.log(f"kafka listener: {session} deleted topic={name!r}")
-        results.append(R(name=name, topic_id=topic_id or _zero_uuid(), error_code=E.NONE, error_message=None))
+        results.append(R(name=name, topic_id=topic_id, error_code=E.NONE, error_message=None))
     return DeleteTopicsResponse(throttle_time_ms=0, responses=results)
 
 
@@ -309,10 +310,8 @@ def describe_configs(session, req):
             if meta is None and code == E.NONE:
                 code, message = E.UNKNOWN_TOPIC_OR_PARTITION, f"topic does not exist: topic={res.resource_name!r}"
             if meta is not None:
-                cfg = validate_topic_config(None, base=meta.config) if set(meta.config) != set(TOPIC_DEFAULTS) \
-                    else meta.config
                 for k in TOPIC_DEFAULTS:
-                    v = cfg[k]
+                    v = meta.config.get(k, TOPIC_DEFAULTS[k])
                     default = v == TOPIC_DEFAULTS[k]
                     rows.append((k, _config_text(v), k in _READ_ONLY, default,
                                  SOURCE_DEFAULT if default else SOURCE_DYNAMIC_TOPIC,
