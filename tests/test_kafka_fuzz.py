@@ -383,3 +383,32 @@ def _recv(s, n) -> bytes:
             raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
         buf += chunk
     return buf
+
+
+@pytest.mark.timeout(60)
+def test_an_unauthenticated_connection_is_closed_after_the_auth_deadline(kbus, monkeypatch):
+    """With SASL, a connection that keeps asking ApiVersions but never authenticates is closed (in this process)."""
+    from kafka.protocol.metadata import ApiVersionsRequest
+
+    from shmbus.kafka import server
+
+    monkeypatch.setattr(server, "AUTH_TIMEOUT_S", 1.0)
+    logs = []
+    lst = server.KafkaListener(kbus.data_dir, "127.0.0.1", 0, log=logs.append, sasl_users={"alice": "pw"})
+    lst.start()
+    try:
+        with socket.create_connection(("127.0.0.1", lst.port), timeout=10) as s:
+            closed = False
+            deadline = time.monotonic() + 20
+            while not closed and time.monotonic() < deadline:
+                try:
+                    s.sendall(_frame(ApiVersionsRequest(version=0), 5))
+                    (n,) = struct.unpack(">i", _recv(s, 4))
+                    _recv(s, n)
+                except (ConnectionError, OSError):
+                    closed = True
+                time.sleep(0.1)
+            assert closed
+        wait_for(lambda: any("not authenticated within 1 s" in m for m in logs), 10, f"the reason in {logs}")
+    finally:
+        lst.close()

@@ -6,7 +6,9 @@ API and version must be registered (``registry.py``); the body must decode
 with the API's schema to its last byte. A request that fails any of that
 closes its connection, with the reason in the supervisor's log; nothing else
 is touched (handlers only run on requests that decoded). Connections beyond
-``max_connections`` are closed as they are accepted, and logged.
+``max_connections`` are closed as they are accepted, and logged. With SASL,
+a connection must authenticate within ``AUTH_TIMEOUT_S`` of connecting or
+it is closed (it holds a connection slot meanwhile).
 
 Two session fields let a handler steer the connection (SASL uses both):
 ``close_after_response`` (a reason): the connection is closed once the
@@ -42,6 +44,7 @@ from shmbus.kafka.registry import HANDLERS, MalformedRequest, api_version_entrie
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
 MAX_CONNECTIONS = 256
 IDLE_TIMEOUT_S = 600.0  # Kafka's connections.max.idle.ms
+AUTH_TIMEOUT_S = 30.0  # with SASL: a connection not authenticated by then is closed (it holds a connection slot)
 RATE_WINDOW_S = 10  # status() rates: over the last this many seconds (sampled once a second)
 API_VERSIONS = 18
 UNSUPPORTED_VERSION = 35
@@ -212,7 +215,10 @@ class KafkaListener:
     def _serve(self, s: Session) -> None:
         reason = None
         try:
+            auth_deadline = time.monotonic() + AUTH_TIMEOUT_S
             while not self._closed:
+                if not s.authenticated:  # with SASL: a deadline for the whole exchange, not per read
+                    s.sock.settimeout(max(auth_deadline - time.monotonic(), 0.001))
                 head = _recv_exact(s.sock, 4)
                 (size,) = struct.unpack(">i", head)
                 if s.raw_frame is not None:
@@ -224,6 +230,8 @@ class KafkaListener:
                     self._request(s, _recv_exact(s.sock, size))
                 if s.close_after_response is not None:
                     raise _CloseAfterResponse(s.close_after_response)
+                if s.authenticated and s.sock.gettimeout() != IDLE_TIMEOUT_S:
+                    s.sock.settimeout(IDLE_TIMEOUT_S)
         except ConnectionClosed:
             pass
         except _CloseAfterResponse as e:
@@ -231,7 +239,8 @@ class KafkaListener:
         except MalformedRequest as e:
             reason = f"malformed request: {e}"
         except socket.timeout:
-            reason = f"idle for {IDLE_TIMEOUT_S:.0f} s"
+            reason = (f"idle for {IDLE_TIMEOUT_S:.0f} s" if s.authenticated else
+                      f"not authenticated within {AUTH_TIMEOUT_S:.0f} s of connecting")
         except OSError as e:
             if not self._closed:
                 reason = f"{type(e).__name__}: {e}"
