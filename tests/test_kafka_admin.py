@@ -568,3 +568,13 @@ def test_sasl_on_a_listener_without_it_is_illegal_state(kbus):
 
     resp = _roundtrip(kbus.bootstrap, SaslHandshakeRequest(mechanism="PLAIN", version=1), SaslHandshakeResponse, 1)
     assert resp.error_code == 34
+
+
+def test_kcat_with_sasl_plain(sasl_bus):
+    bootstrap, d = sasl_bus
+    base = ["kcat", "-b", bootstrap, "-L", "-m", "5", "-X", "security.protocol=SASL_PLAINTEXT",
+            "-X", "sasl.mechanisms=PLAIN", "-X", "sasl.username=alice"]
+    ok = subprocess.run(base + ["-X", "sasl.password=s3cret"], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and "1 brokers:" in ok.stdout, ok.stderr
+    bad = subprocess.run(base + ["-X", "sasl.password=nope"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "Authentication failed" in bad.stderr, (bad.stdout, bad.stderr)
