@@ -412,3 +412,84 @@ def test_an_unauthenticated_connection_is_closed_after_the_auth_deadline(kbus, m
         wait_for(lambda: any("not authenticated within 1 s" in m for m in logs), 10, f"the reason in {logs}")
     finally:
         lst.close()
+
+
+META_CID = 0x4D455441  # the correlation id of the Metadata request sent after each mutated SASL exchange
+
+
+def _responses(data: bytes) -> list[int]:
+    """Correlation ids of the response frames in ``data`` (raw SASL tokens, 4-byte frames, are skipped)."""
+    out, pos = [], 0
+    while len(data) - pos >= 8:
+        (n,) = struct.unpack_from(">i", data, pos)
+        if n >= 4:
+            out.append(struct.unpack_from(">i", data, pos + 4)[0])
+        pos += 4 + max(n, 0)
+    return out
+
+
+def _exchange(address, payload: bytes) -> bytes:
+    with socket.create_connection(address, timeout=5) as s:
+        try:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            return b""
+        got = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                return got
+            if not chunk:
+                return got
+            got += chunk
+
+
+@pytest.mark.timeout(120)
+def test_mutated_sasl_exchanges_never_authenticate(kbus):
+    """A wrong password's SASL exchanges (v1 + SaslAuthenticate, v0 + raw token), mutated, then a Metadata:
+    the Metadata is never answered, and nothing fails inside the listener (in this process)."""
+    from kafka.protocol.metadata import MetadataRequest
+    from kafka.protocol.sasl import SaslAuthenticateRequest, SaslHandshakeRequest
+
+    from shmbus.kafka.server import KafkaListener
+
+    logs = []
+    lst = KafkaListener(kbus.data_dir, "127.0.0.1", 0, log=logs.append,
+                        sasl_users={"alice": "correct horse battery staple"})
+    lst.start()
+    rng = random.Random(SEED + 1)
+    meta = _frame(MetadataRequest(topics=None, version=1), META_CID)
+    wrong = b"\0alice\0wrong-password-xyz"
+    bases = [
+        _frame(SaslHandshakeRequest(mechanism="PLAIN", version=1), 1)
+        + _frame(SaslAuthenticateRequest(auth_bytes=wrong, version=2), 2),
+        _frame(SaslHandshakeRequest(mechanism="PLAIN", version=0), 1) + _reframe(wrong),
+        _frame(SaslHandshakeRequest(mechanism="PLAIN", version=1), 1)
+        + _frame(SaslAuthenticateRequest(auth_bytes=b"alice\0alice\0" + b"x" * 40, version=0), 2),
+    ]
+    answered = []
+    deadline = time.monotonic() + SECONDS
+    n = 0
+    try:
+        while time.monotonic() < deadline and n < 600:
+            base = bytearray(rng.choice(bases))
+            kind = rng.choice(["flip", "flip", "cut", "none"])
+            if kind == "flip":
+                for _ in range(rng.randint(1, 3)):
+                    i = rng.randrange(4, len(base))
+                    base[i] ^= 1 << rng.randrange(8)
+            elif kind == "cut":
+                base = base[:rng.randrange(4, len(base))]
+            got = _exchange(("127.0.0.1", lst.port), bytes(base) + meta)
+            if META_CID in _responses(got):
+                answered.append((kind, bytes(base).hex()))
+            n += 1
+        assert n >= 20
+        assert not answered, (SEED + 1, answered[:3])
+        assert not [m for m in logs if "internal error" in m], logs[:3]
+        assert any("authentication failed" in m for m in logs)
+        wait_for(lambda: lst.status()["connections"] == 0, 20, "every connection to close")
+    finally:
+        lst.close()
