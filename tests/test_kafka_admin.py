@@ -464,7 +464,8 @@ def test_kafka_python_with_plain_works_and_a_wrong_password_does_not(sasl_bus):
         a.close()
     before = supervisor_log(d).count("wrong password for user 'bob'")
     with pytest.raises(KafkaError) as e:  # kafka-python cannot bootstrap: every connection is refused
-        KafkaAdminClient(sasl_plain_password="nope", **{**conf, "request_timeout_ms": 3000}).list_topics()
+        KafkaAdminClient(sasl_plain_password="nope", **{**conf, "request_timeout_ms": 3000,
+                                                        "bootstrap_timeout_ms": 3000}).list_topics()
     wait_for(lambda: supervisor_log(d).count("wrong password for user 'bob'") > before, 10,
              f"no authentication failure logged; the client raised {e.value!r}")
 
