@@ -304,11 +304,18 @@ def decode_request(cls, frame, version: int):
 
     kafka-python's ``decode`` does not say where the body ended, and a
     string whose length runs past the end decodes short instead of failing.
-    Its compiled decoder returns the end position: beyond the frame's length
-    is a truncated request. Bytes after the body are ignored, as Kafka
-    ignores them (librdkafka's Metadata v12 has three).
+    Its compiled decoder (``cls._struct``, kafka-python 3's) returns the end
+    position: beyond the frame's length is a truncated request. Bytes after
+    the body are ignored: librdkafka 2.16's Metadata v12 request carries three
+    that kafka-python's schema does not read.
     """
     data = memoryview(frame)
+    if not hasattr(getattr(cls, "_struct", None), "compiled_decode_from"):  # another kafka-python: its own decode (truncated strings decode short)
+        try:
+            return cls.decode(data, version=version, header=True)
+        except Exception as e:  # noqa: BLE001 (any failure to decode hostile bytes)
+            raise MalformedRequest(f"api_key={cls.API_KEY} version={version} does not decode: "
+                                   f"{type(e).__name__}: {e}") from None
     try:
         hdr_data = io.BytesIO(bytes(data))
         hdr = cls.parse_header(hdr_data, version=version)
