@@ -144,7 +144,7 @@ def stop(data_dir, keep_rings):
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(data_dir, as_json):
-    """Is the supervisor running, and how are the rings?
+    """Is the supervisor running, and how are the rings and the Kafka listener?
 
     \b
     Example:
@@ -173,6 +173,10 @@ def status(data_dir, as_json):
                    f"producers block once their rings are full)")
     for problem in st.get("problems", []):
         click.echo(f"PROBLEM: {problem}")
+    if st.get("kafka_listener"):
+        from shmbus.cli.stats import kafka_line
+
+        click.echo(kafka_line(st["kafka_listener"], st["kafka_listener"].get("rates") or {}))
     if st["partitions"]:
         click.echo(f"{'TOPIC':<24} {'PART':>4} {'END OFFSET':>12} {'RING USED':>12} {'RING':>10} {'SPILLED':>12}")
         for p in st["partitions"]:
@@ -594,7 +598,7 @@ def doctor(data_dir, yes, as_json, verify):
 @click.option("--once", is_flag=True, help="One snapshot (rates over --interval), then exit.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object per snapshot).")
 def stats(data_dir, interval, once, as_json):
-    """A live view: produce and consume rates, ring fill, spill lag, disk use, group lag, supervisor.
+    """A live view: produce and consume rates, ring fill, spill lag, disk use, group lag, supervisor, Kafka listener.
 
     \b
     Example:

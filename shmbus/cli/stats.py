@@ -2,10 +2,12 @@
 
 A snapshot reads, per partition, the ring's header words (log end offset,
 claimed and released bytes: ring fill), the partition's files (disk use), and
-the supervisor's status (spill lag, its CPU and memory); per group, the
-committed offsets (lag). Rates are differences between two snapshots
-divided by the time between them: produce rate from the log end offset,
-consume rate from a group's committed offsets.
+the supervisor's status (spill lag, its CPU and memory, its Kafka listener's
+counters); per group, the committed offsets (lag). Rates are differences
+between two snapshots divided by the time between them: produce rate from
+the log end offset, consume rate from a group's committed offsets, the Kafka
+listener's requests, produced and fetched records and bytes per second from
+its counters.
 """
 
 from __future__ import annotations
@@ -75,12 +77,21 @@ def snapshot(bus) -> dict:
         lag = sum(v.lag for v in d.offsets.values() if v.lag is not None)
         groups.append({"group": g, "state": d.state, "members": len(d.members), "committed_total": committed,
                        "lag": lag})
+    kafka = None
+    if sup and sup.get("kafka_listener"):
+        k = sup["kafka_listener"]
+        kafka = {key: k.get(key) for key in ("address", "sasl", "connections", "max_connections",
+                                              "connections_total", "refused", *KAFKA_RATE_KEYS)}
     supervisor = None
     if sup:
         supervisor = {"pid": sup.get("pid"), "cpu_percent": sup.get("cpu_percent"), "rss_bytes": sup.get("rss_bytes"),
                       "uptime_s": sup.get("uptime_s"), "spill_error": sup.get("spill_error"),
                       "problems": sup.get("problems", [])}
-    return {"t": now, "partitions": parts, "groups": groups, "supervisor": supervisor}
+    return {"t": now, "partitions": parts, "groups": groups, "supervisor": supervisor, "kafka_listener": kafka}
+
+
+#: The Kafka listener's counters that stats shows as rates (``<key>_per_s``).
+KAFKA_RATE_KEYS = ("requests", "produced_records", "produced_bytes", "fetched_records", "fetched_bytes")
 
 
 def with_rates(prev: dict | None, cur: dict) -> dict:
@@ -94,7 +105,33 @@ def with_rates(prev: dict | None, cur: dict) -> dict:
     for g in cur["groups"]:
         b = gbefore.get(g["group"])
         g["consume_rate"] = (g["committed_total"] - b["committed_total"]) / dt if b and dt > 0 else None
+    k, kb = cur.get("kafka_listener"), (prev or {}).get("kafka_listener")
+    if k is not None:
+        same = kb is not None and kb["address"] == k["address"] and dt > 0
+        for key in KAFKA_RATE_KEYS:
+            k[f"{key}_per_s"] = max(k[key] - kb[key], 0) / dt if same else None
     return cur
+
+
+def kafka_line(k: dict, rates: dict) -> str:
+    """One line on the Kafka listener: where, SASL, connections, and the rates in ``rates`` (``<key>_per_s``)."""
+    def rate(key, unit=""):
+        return _n(rates.get(f"{key}_per_s"), unit)
+
+    conns = f"connections={k['connections']}"
+    if k.get("max_connections"):
+        conns += f"/{k['max_connections']}"
+    if k.get("refused"):
+        conns += f" (refused {k['refused']})"
+    return (f"kafka listener {k['address']}  SASL/PLAIN={'on' if k['sasl'] else 'off'}  {conns}  "
+            f"requests/s={rate('requests')}  "
+            f"produce={rate('produced_records')} rec/s {_rate_bytes(rates.get('produced_bytes_per_s'))}  "
+            f"fetch={rate('fetched_records')} rec/s {_rate_bytes(rates.get('fetched_bytes_per_s'))}"
+            + (f"  (rates over the last {rates['window_s']:.0f} s)" if rates.get("window_s") else ""))
+
+
+def _rate_bytes(x) -> str:
+    return "-" if x is None else f"{_b(int(x))}/s"
 
 
 def _n(x, unit="") -> str:
@@ -126,6 +163,8 @@ def render(snap: dict, data_dir: str) -> str:
         lines.extend(f"PROBLEM: {p}" for p in s.get("problems", []))
     else:
         lines.append("supervisor: NOT RUNNING (nothing is spilled; `shmbus serve`)")
+    if snap.get("kafka_listener"):
+        lines.append(kafka_line(snap["kafka_listener"], snap["kafka_listener"]))
     lines.append("")
     head = ("topic", "part", "end offset", "produce/s", "ring fill", "spill lag", "disk")
     rows = [head]
@@ -151,4 +190,4 @@ def _table(rows) -> list[str]:
     return ["  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows]
 
 
-__all__ = ["render", "snapshot", "with_rates"]
+__all__ = ["kafka_line", "render", "snapshot", "with_rates"]

@@ -6,7 +6,17 @@ API and version must be registered (``registry.py``); the body must decode
 with the API's schema to its last byte. A request that fails any of that
 closes its connection, with the reason in the supervisor's log; nothing else
 is touched (handlers only run on requests that decoded). Connections beyond
-``max_connections`` are closed as they are accepted, and logged.
+``max_connections`` are closed as they are accepted, and logged. With SASL,
+a connection must authenticate within ``AUTH_TIMEOUT_S`` of connecting or
+it is closed (it holds a connection slot meanwhile).
+
+Two session fields let a handler steer the connection (SASL uses both):
+``close_after_response`` (a reason): the connection is closed once the
+response is sent, and the reason logged (a failed authentication);
+``raw_frame`` (``(fn, max_bytes)``): the next frame is not a Kafka request
+but raw bytes (at most ``max_bytes``) for ``fn(session, payload) -> bytes |
+None``, whose result is sent back with a 4-byte length (SaslHandshake v0's
+raw SASL token).
 
 Kafka answers one request of a connection at a time, in order, and clients
 rely on it (a consumer's long-polling Fetch delays the requests behind it on
@@ -17,11 +27,13 @@ may block, as a Fetch waiting for records does) and writes the response.
 
 from __future__ import annotations
 
+import io
 import socket
 import struct
 import threading
 import time
 import traceback
+from collections import deque
 
 from kafka.protocol.metadata import ApiVersionsResponse
 
@@ -32,13 +44,22 @@ from shmbus.kafka.registry import HANDLERS, MalformedRequest, api_version_entrie
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
 MAX_CONNECTIONS = 256
 IDLE_TIMEOUT_S = 600.0  # Kafka's connections.max.idle.ms
+AUTH_TIMEOUT_S = 30.0  # with SASL: a connection not authenticated by then is closed (it holds a connection slot)
+RATE_WINDOW_S = 10  # status() rates: over the last this many seconds (sampled once a second)
 API_VERSIONS = 18
 UNSUPPORTED_VERSION = 35
 _HEAD = struct.Struct(">hhih")  # api_key, api_version, correlation_id, client_id length
 
 
+RATE_KEYS = ("requests", "produced_records", "produced_bytes", "fetched_records", "fetched_bytes")
+
+
 class ConnectionClosed(Exception):
     pass
+
+
+class _CloseAfterResponse(Exception):
+    """A handler asked to close the connection once its response is out (``Session.close_after_response``)."""
 
 
 class Session:
@@ -58,6 +79,8 @@ class Session:
         self.principal = None
         self.on_close: list = []
         self.state: dict = {}  # per-connection state that handler modules keep (keyed by module)
+        self.close_after_response: str | None = None  # a reason: close once the response is sent
+        self.raw_frame = None  # (fn, max_bytes): the next frame is raw bytes for fn (SaslHandshake v0)
 
     def __repr__(self) -> str:
         return f"peer={self.peer[0]}:{self.peer[1]} client_id={self.client_id!r}"
@@ -103,6 +126,7 @@ class KafkaListener:
         self._thread = None
         self._closed = False
         self.started = time.time()
+        self._samples: deque = deque(maxlen=RATE_WINDOW_S + 1)  # (monotonic time, counters), once a second
 
     @property
     def address(self) -> str:
@@ -111,6 +135,7 @@ class KafkaListener:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._accept_loop, name="kafka-listener", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._sample_loop, name="kafka-rates", daemon=True).start()
 
     def close(self) -> None:
         """Stop accepting, close every connection (their closing hooks run), release the broker."""
@@ -138,9 +163,27 @@ class KafkaListener:
         self.broker.close()
 
     def status(self) -> dict:
-        c = self.broker.counters
-        return {"address": self.address, "connections": len(self.sessions), "sasl": self.sasl_users is not None,
-                **c.as_dict()}
+        """The listener's figures: counters since it started, and ``rates`` (per second, over the last
+        ``rates["window_s"]`` seconds, at most RATE_WINDOW_S; None until a second has passed)."""
+        c = self.broker.counters.as_dict()
+        return {**c, "address": self.address, "connections": len(self.sessions), "sasl": self.sasl_users is not None,
+                "max_connections": self.max_connections, "rates": self._rates(c)}
+
+    def _sample_loop(self) -> None:
+        while not self.broker.closing.is_set():
+            self._samples.append((time.monotonic(), self.broker.counters.as_dict()))
+            self.broker.closing.wait(1.0)
+
+    def _rates(self, now_counters: dict) -> dict:
+        try:
+            t0, c0 = self._samples[0]
+        except IndexError:
+            return {"window_s": None}
+        dt = time.monotonic() - t0
+        out = {"window_s": round(dt, 3)}
+        for key in RATE_KEYS:
+            out[f"{key}_per_s"] = round((now_counters[key] - c0[key]) / dt, 3) if dt >= 0.5 else None
+        return out
 
     # --- connections ---
     def _accept_loop(self) -> None:
@@ -172,18 +215,32 @@ class KafkaListener:
     def _serve(self, s: Session) -> None:
         reason = None
         try:
+            auth_deadline = time.monotonic() + AUTH_TIMEOUT_S
             while not self._closed:
+                if not s.authenticated:  # with SASL: a deadline for the whole exchange, not per read
+                    s.sock.settimeout(max(auth_deadline - time.monotonic(), 0.001))
                 head = _recv_exact(s.sock, 4)
                 (size,) = struct.unpack(">i", head)
-                if size < _HEAD.size or size > self.max_request_bytes:
-                    raise MalformedRequest(f"request size {size} outside {_HEAD.size}..{self.max_request_bytes}")
-                self._request(s, _recv_exact(s.sock, size))
+                if s.raw_frame is not None:
+                    self._raw(s, size)
+                else:
+                    if size < _HEAD.size or size > self.max_request_bytes:
+                        raise MalformedRequest(f"request size {size} outside {_HEAD.size}.."
+                                               f"{self.max_request_bytes}")
+                    self._request(s, _recv_exact(s.sock, size))
+                if s.close_after_response is not None:
+                    raise _CloseAfterResponse(s.close_after_response)
+                if s.authenticated and s.sock.gettimeout() != IDLE_TIMEOUT_S:
+                    s.sock.settimeout(IDLE_TIMEOUT_S)
         except ConnectionClosed:
             pass
+        except _CloseAfterResponse as e:
+            reason = str(e)
         except MalformedRequest as e:
             reason = f"malformed request: {e}"
         except socket.timeout:
-            reason = f"idle for {IDLE_TIMEOUT_S:.0f} s"
+            reason = (f"idle for {IDLE_TIMEOUT_S:.0f} s" if s.authenticated else
+                      f"not authenticated within {AUTH_TIMEOUT_S:.0f} s of connecting")
         except OSError as e:
             if not self._closed:
                 reason = f"{type(e).__name__}: {e}"
@@ -221,20 +278,59 @@ class KafkaListener:
                                    f"(versions {h.min_version}..{h.max_version} are)")
         if h.needs_auth and not s.authenticated:
             raise MalformedRequest(f"api_key={api_key} before SASL authentication")
-        try:
-            req = h.request.decode(frame, version=version, header=True)
-        except Exception as e:  # noqa: BLE001 (any failure to decode hostile bytes)
-            raise MalformedRequest(f"api_key={api_key} version={version} does not decode: "
-                                   f"{type(e).__name__}: {e}") from None
+        req = decode_request(h.request, frame, version)
         self.broker.counters.requests += 1
         resp = h.fn(s, req)
         if resp is not None:
             self._send(s, resp, correlation_id, version)
 
+    def _raw(self, s: Session, size: int) -> None:
+        fn, limit = s.raw_frame
+        s.raw_frame = None
+        if not 0 <= size <= limit:
+            raise MalformedRequest(f"raw SASL token size {size} outside 0..{limit}")
+        reply = fn(s, bytes(_recv_exact(s.sock, size)))
+        if reply is not None:
+            s.sock.sendall(struct.pack(">i", len(reply)) + reply)
+
     def _send(self, s: Session, resp, correlation_id: int, version: int) -> None:
         resp.API_VERSION = version
         resp.with_header(correlation_id=correlation_id)
         s.sock.sendall(resp.encode(header=True, framed=True))
+
+
+def decode_request(cls, frame, version: int):
+    """The request in ``frame`` (header and body); a body that runs past the frame's end is malformed.
+
+    kafka-python's ``decode`` does not say where the body ended, and a
+    string whose length runs past the end decodes short instead of failing.
+    Its compiled decoder (``cls._struct``, kafka-python 3's) returns the end
+    position: beyond the frame's length is a truncated request. Bytes after
+    the body are ignored: librdkafka 2.16's Metadata v12 request carries three
+    that kafka-python's schema does not read.
+    """
+    data = memoryview(frame)
+    if not hasattr(getattr(cls, "_struct", None), "compiled_decode_from"):  # another kafka-python: its own decode (truncated strings decode short)
+        try:
+            return cls.decode(data, version=version, header=True)
+        except Exception as e:  # noqa: BLE001 (any failure to decode hostile bytes)
+            raise MalformedRequest(f"api_key={cls.API_KEY} version={version} does not decode: "
+                                   f"{type(e).__name__}: {e}") from None
+    try:
+        hdr_data = io.BytesIO(bytes(data))
+        hdr = cls.parse_header(hdr_data, version=version)
+        flexible = cls.flexible_version_q(version)
+        fast_decode = cls._struct.compiled_decode_from(version, compact=flexible, tagged=flexible,
+                                                        data_class=cls[None])
+        req, end = fast_decode(data, hdr_data.tell())
+    except Exception as e:  # noqa: BLE001 (any failure to decode hostile bytes)
+        raise MalformedRequest(f"api_key={cls.API_KEY} version={version} does not decode: "
+                               f"{type(e).__name__}: {e}") from None
+    if end > len(data):
+        raise MalformedRequest(f"api_key={cls.API_KEY} version={version} is truncated: its body needs "
+                               f"{end} bytes, the request has {len(data)}")
+    req._header = hdr
+    return req
 
 
 def _unsupported_api_versions():
