@@ -114,6 +114,7 @@ class ClusterConsumer:
         self._subscription: list[str] | None = None
         self._assigned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
+        self._seeked: dict[TopicPartition, int] = {}  # positions set since the partition's last record came
         self._listener = None
         self._iter_buf: list = []
         self._closed = False
@@ -195,12 +196,16 @@ class ClusterConsumer:
             except ShmbusError:
                 pass  # fenced already: the new owner starts from the last commit
         self._paused -= tps
+        for tp in tps:
+            self._seeked.pop(tp, None)
         if self._listener is not None and hasattr(self._listener, "on_partitions_revoked"):
             self._listener.on_partitions_revoked(tps)
 
     def _on_lost(self, consumer, partitions) -> None:
         tps = {TopicPartition(p.topic, p.partition) for p in partitions}
         self._paused -= tps
+        for tp in tps:
+            self._seeked.pop(tp, None)
         if self._listener is not None:
             f = getattr(self._listener, "on_partitions_lost", None) or \
                 getattr(self._listener, "on_partitions_revoked", None)
@@ -220,7 +225,8 @@ class ClusterConsumer:
                 raise UnknownTopicError(f"unknown partition: topic={topic!r} partitions={bad} (it has {n})")
         start = self._ck.OFFSET_BEGINNING if self.auto_offset_reset == "earliest" else \
             self._ck.OFFSET_END if self.auto_offset_reset == "latest" else self._ck.OFFSET_INVALID
-        keep = {tp: self._c.position([self._tp(tp)])[0].offset for tp in tps & self._assigned}
+        keep = {tp: self._known_position(tp) for tp in tps & self._assigned}
+        self._seeked = {tp: off for tp, off in self._seeked.items() if tp in tps}
         self._c.assign([self._tp(tp, keep.get(tp, start)) for tp in sorted(tps)])
         self._assigned = tps
         self._paused &= tps
@@ -245,6 +251,7 @@ class ClusterConsumer:
         else:
             self._c.unsubscribe()
         self._paused = set()
+        self._seeked = {}
 
     def subscription(self):
         return set(self._subscription) if self._subscription is not None else None
@@ -273,8 +280,13 @@ class ClusterConsumer:
             return hi
         raise OffsetOutOfRangeError(f"no position and no committed offset with auto_offset_reset='none': {tp}")
 
+    def _known_position(self, tp: TopicPartition) -> int:
+        """The position set by a seek, else librdkafka's (past the last record returned); < 0: none yet."""
+        off = self._seeked.get(tp)
+        return off if off is not None else self._c.position([self._tp(tp)])[0].offset
+
     def _position(self, tp: TopicPartition) -> int:
-        off = self._c.position([self._tp(tp)])[0].offset
+        off = self._known_position(tp)
         if off < 0:
             off = self._resolve(tp)
             self._seek(tp, off)  # the answer binds: reading starts there
@@ -286,11 +298,12 @@ class ClusterConsumer:
         return self._position(self._owned(tp, "position"))
 
     def _seek(self, tp: TopicPartition, offset: int) -> None:
+        self._seeked[tp] = offset
         try:
             self._c.seek(self._tp(tp, offset))
         except self._ck.KafkaException as e:
             if self.group_id is None:  # (not fetching yet: assign again, at that offset)
-                others = [self._tp(t, self._c.position([self._tp(t)])[0].offset) for t in self._assigned if t != tp]
+                others = [self._tp(t, self._known_position(t)) for t in self._assigned if t != tp]
                 self._c.assign(others + [self._tp(tp, offset)])
                 return
             raise kafka_error(e, f"seek: {tp} offset={offset}") from None
@@ -396,7 +409,7 @@ class ClusterConsumer:
     def _commit_positions(self, tps, asynchronous: bool) -> None:
         offsets = {}
         for tp in tps:
-            off = self._c.position([self._tp(tp)])[0].offset
+            off = self._known_position(tp)
             if off >= 0:
                 offsets[tp] = off
         if offsets:
@@ -447,6 +460,8 @@ class ClusterConsumer:
                     raise kafka_error(err, f"poll: topic={m.topic()!r} partition={m.partition()}")
                 continue  # informational (a broker reconnecting): librdkafka retries by itself
             out.setdefault(TopicPartition(m.topic(), m.partition()), []).append(m)
+        for tp in out:
+            self._seeked.pop(tp, None)  # librdkafka's position is past these records
         if batch:
             return {tp: self._batch(tp, ms) for tp, ms in out.items()}
         kd, vd = self._key_des, self._value_des
