@@ -11,6 +11,7 @@ in docs/backends.md, and is a warning or an error naming the option, never silen
 - ``consumer.py``: ``ClusterConsumer``
 - ``options.py``: shmbus options to librdkafka properties, and the checks of both
 - ``errors.py``: librdkafka's errors as shmbus's
+- ``librdkafka.py``: importing confluent_kafka, or saying which extra brings it
 - ``probe.py``: which Kafka APIs the cluster serves (an ApiVersions request)
 
 Nothing here is imported by ``import shmbus``; confluent_kafka is imported when a

@@ -14,6 +14,7 @@ import warnings
 
 from shmbus.cluster import probe
 from shmbus.cluster.errors import kafka_error
+from shmbus.cluster.librdkafka import load_confluent
 from shmbus.cluster.options import BUS_NAMES, SHM_TOPIC_KEYS, UNSET, kafka_options, warn_shm_only
 from shmbus.errors import (
     ClusterUnavailableError,
@@ -35,15 +36,6 @@ SHM_ONLY = {
 _STATES = {"STABLE": "Stable", "EMPTY": "Empty", "DEAD": "Dead", "PREPARING_REBALANCING": "PreparingRebalance",
            "PREPARING_REBALANCE": "PreparingRebalance", "COMPLETING_REBALANCING": "CompletingRebalance",
            "COMPLETING_REBALANCE": "CompletingRebalance", "UNKNOWN": "Unknown"}
-
-
-def load_confluent():
-    """confluent_kafka, or ImportError saying which extra brings it."""
-    try:
-        import confluent_kafka
-    except ImportError:
-        raise ImportError("a kafka:// url needs confluent-kafka (librdkafka): pip install 'shmbus[kafka]'") from None
-    return confluent_kafka
 
 
 def config_value(v):
@@ -336,4 +328,4 @@ class ClusterBus:
         self.close()
 
 
-__all__ = ["ClusterBus", "load_confluent"]
+__all__ = ["ClusterBus"]

@@ -26,6 +26,7 @@ import uuid
 import numpy as np
 
 from shmbus.cluster.errors import kafka_error
+from shmbus.cluster.librdkafka import load_confluent
 from shmbus.cluster.options import CONSUMER_NAMES, UNSET, check_int, kafka_options, strategies, warn_shm_only
 from shmbus.errors import (
     CommitFailedError,
@@ -75,8 +76,6 @@ class ClusterConsumer:
                  auto_commit_interval_ms=5000, max_poll_records=500, partition_assignment_strategy="range",
                  session_timeout_ms=10000, max_poll_interval_ms=300000, consumer_timeout_ms=None,
                  key_deserializer=None, value_deserializer=None, spin_us=UNSET, load_kernels=UNSET, kafka=None):
-        from shmbus.cluster.bus import load_confluent
-
         self._ck = ck = load_confluent()
         if auto_offset_reset not in _RESETS:
             raise InvalidConfigError(f"auto_offset_reset must be one of earliest, latest, none: "

@@ -21,6 +21,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from shmbus.cluster.errors import kafka_error
+from shmbus.cluster.librdkafka import load_confluent
 from shmbus.cluster.options import PRODUCER_NAMES, UNSET, check_int, kafka_options, warn_shm_only
 from shmbus.errors import (
     BufferFullError,
@@ -86,8 +87,6 @@ class ClusterProducer:
 
     def __init__(self, bus, *, acks=UNSET, max_block_ms: int = 60000, key_serializer=None, value_serializer=None,
                  kafka=None):
-        from shmbus.cluster.bus import load_confluent
-
         self._ckm = load_confluent()
         kafka = kafka_options(kafka, PRODUCER_NAMES, "producer()")
         if acks is UNSET or acks == "memory":

@@ -12,7 +12,6 @@ import uuid
 import numpy as np
 import pytest
 
-import shmbus
 from shmbus import (
     CommitFailedError,
     InvalidConfigError,

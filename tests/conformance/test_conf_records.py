@@ -112,3 +112,15 @@ def test_latest_reads_only_records_sent_after_the_position(backend, drain):
             p.send(t, b"new", partition=0)
             recs = drain(c, 1)
     assert [(r.offset, r.value) for r in recs] == [(1, b"new")]
+
+
+def test_send_async_and_flush(backend, drain):
+    t = backend.topic(1)
+    with backend.bus.producer() as p:
+        futs = [p.send_async(t, f"a{i}".encode(), key=b"k", partition=0) for i in range(20)]
+        p.flush()
+        mds = [f.result(timeout=60) for f in futs]
+    assert [m.offset for m in mds] == list(range(20)) and all(m.partition == 0 for m in mds)
+    with backend.bus.consumer(auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition(t, 0)])
+        assert [r.value for r in drain(c, 20)] == [f"a{i}".encode() for i in range(20)]
