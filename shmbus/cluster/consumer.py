@@ -285,6 +285,13 @@ class ClusterConsumer:
         return off if off is not None else self._c.position([self._tp(tp)])[0].offset
 
     def _position(self, tp: TopicPartition) -> int:
+        off = self._seeked.get(tp)
+        if off is not None and self.auto_offset_reset != "none":
+            lo, hi = self._bus.watermarks(tp)
+            if not lo <= off <= hi:  # out of range: where the reset takes the fetch (with "none", poll raises)
+                off = lo if self.auto_offset_reset == "earliest" else hi
+                self._seek(tp, off)
+            return off
         off = self._known_position(tp)
         if off < 0:
             off = self._resolve(tp)
