@@ -19,6 +19,7 @@ record; ``poll(timeout_ms=0)`` returns only records already fetched. One thread 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 import uuid
@@ -39,6 +40,7 @@ from shmbus.errors import (
 )
 from shmbus.records import ConsumerRecord, OffsetAndTimestamp, RecordBatch, TopicPartition
 
+log = logging.getLogger(__name__)
 _RESETS = {"earliest": "earliest", "latest": "latest", "none": "error"}
 _FATAL = ("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION", "OFFSET_OUT_OF_RANGE",
           "_AUTO_OFFSET_RESET", "TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED", "_FATAL")
@@ -464,7 +466,8 @@ class ClusterConsumer:
                 name = err.name()
                 if name in _FATAL or err.fatal():
                     raise kafka_error(err, f"poll: topic={m.topic()!r} partition={m.partition()}")
-                continue  # informational (a broker reconnecting): librdkafka retries by itself
+                log.warning("consumer: %s: %s (librdkafka retries by itself)", name, err.str())
+                continue
             out.setdefault(TopicPartition(m.topic(), m.partition()), []).append(m)
         for tp in out:
             self._seeked.pop(tp, None)  # librdkafka's position is past these records

@@ -42,7 +42,7 @@ def _table(ck) -> list:
             (_codes(ck, "_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN", "BROKER_NOT_AVAILABLE", "REQUEST_TIMED_OUT",
                     "LEADER_NOT_AVAILABLE", "NOT_LEADER_FOR_PARTITION", "COORDINATOR_NOT_AVAILABLE",
                     "NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "_WAIT_COORD", "_RESOLVE",
-                    "NOT_CONTROLLER", "_NODE_UPDATE"), ClusterUnavailableError),
+                    "NOT_CONTROLLER", "_NODE_UPDATE", "_MSG_TIMED_OUT"), ClusterUnavailableError),
         ]
     return _TABLE
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 from shmbus.errors import InvalidConfigError
 
@@ -46,6 +47,11 @@ def connect(url: str | os.PathLike | None = None, **options):
         return ClusterBus(kafka_servers(url), **options)
     from shmbus.client.bus import Bus
 
+    for name in ("kafka", "timeout_ms"):
+        if name in options:
+            warnings.warn(f"{name}= is for a Kafka cluster (a kafka:// url) and is ignored on shared memory: "
+                          f"url={url!r} (docs/backends.md)", UserWarning, stacklevel=2)
+            del options[name]
     if url is None:
         return Bus(**options)
     if url.startswith("shm://"):

@@ -92,3 +92,12 @@ def test_a_kafka_url_without_the_extra_says_which_to_install():
              "try:\n    shmbus.connect('kafka://localhost:9092')\nexcept ImportError as e:\n    print(e)")
     assert r.returncode == 0, r.stderr
     assert "pip install 'shmbus[kafka]'" in r.stdout
+
+
+def test_kafka_options_on_shared_memory_are_warned_of_and_ignored(sbus, data_dir):
+    with pytest.warns(UserWarning, match="kafka="):
+        sbus.producer(kafka={"linger.ms": 5}).close()
+    with pytest.warns(UserWarning, match="kafka="):
+        sbus.consumer(kafka={"fetch.min.bytes": 1}).close()
+    with pytest.warns(UserWarning, match="timeout_ms="):
+        shmbus.connect(data_dir, autostart=False, timeout_ms=1000).close()
