@@ -120,3 +120,20 @@ def test_list_and_describe_groups(backend, drain):
         d = backend.bus.describe_group(g)
         assert d.group_id == g and len(d.members) == 1 and tp in d.members[0].assignment
         assert d.offsets[tp].committed == 2 and d.offsets[tp].end_offset == 3 and d.offsets[tp].lag == 1
+
+
+def test_a_pattern_subscription_follows_matching_topics(backend):
+    a = backend.topic(1)
+    b = backend.topic(1)
+    with backend.bus.producer() as p:
+        p.send(a, b"in-a", partition=0)
+        p.send(b, b"in-b", partition=0)
+    with backend.bus.consumer(group_id=_group(), auto_offset_reset="earliest") as c:
+        c.subscribe(pattern=f"^({a}|{b})$")
+        got = []
+        deadline = time.monotonic() + 120
+        while len(got) < 2 and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=300).values():
+                got.extend(recs)
+        assert sorted(r.value for r in got) == [b"in-a", b"in-b"]
+        assert {tp.topic for tp in c.assignment()} == {a, b}
