@@ -30,6 +30,8 @@ from shmbus.errors import (
     SupervisorNotRunningError,
     TopicExistsError,
     UnknownTopicError,
+    UnsupportedOperationError,
+    ClusterUnavailableError,
 )
 from shmbus.records import (
     BatchMetadata,
@@ -46,7 +48,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # Bus, Producer and Consumer pull in numba: import them on first use so that
+    # connect, Bus, Producer and Consumer pull in numba (or confluent_kafka): import them on first use so that
     # `import shmbus` stays cheap for tools that only need the types.
     if name == "Bus":
         from shmbus.client.bus import Bus
@@ -60,14 +62,19 @@ def __getattr__(name):
         from shmbus.client.consumer import Consumer
 
         return Consumer
+    if name == "connect":
+        from shmbus.cluster.urls import connect
+
+        return connect
     raise AttributeError(f"module 'shmbus' has no attribute {name!r}")
 
 
 __all__ = [
-    "Bus", "Producer", "Consumer", "TopicPartition", "RecordMetadata", "ConsumerRecord", "RecordBatch",
+    "connect", "Bus", "Producer", "Consumer", "TopicPartition", "RecordMetadata", "ConsumerRecord", "RecordBatch",
     "BatchMetadata", "OffsetAndTimestamp", "PartitionDescription", "TopicDescription",
     "ShmbusError", "InvalidTopicError", "TopicExistsError", "UnknownTopicError", "InvalidConfigError",
     "RecordTooLargeError", "BufferFullError", "OffsetOutOfRangeError", "CommitFailedError",
     "SupervisorNotRunningError", "CorruptRecordError", "ForeignObjectError", "StalledWriteError",
-    "ConcurrentAccessError", "InvalidArgumentError", "InvalidRecordError", "ResourceLimitError", "__version__",
+    "ConcurrentAccessError", "InvalidArgumentError", "InvalidRecordError", "ResourceLimitError",
+    "UnsupportedOperationError", "ClusterUnavailableError", "__version__",
 ]

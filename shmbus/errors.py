@@ -93,6 +93,17 @@ class ForeignObjectError(ShmbusError):
     nothing was read from or written to it; the message names the object, its
     owner and mode, and how to remove it.
     """
+class UnsupportedOperationError(ShmbusError):
+    """The backend cannot do this: a shared-memory-only method on a Kafka cluster, or an admin
+    request the cluster does not serve (docs/backends.md); the message names what and says what to use."""
+
+
+class ClusterUnavailableError(ShmbusError):
+    """The Kafka cluster did not answer in time (brokers down or unreachable, or no leader)."""
+
+    retriable = True
+
+
 class ResourceLimitError(ShmbusError):
     """An operating-system limit was reached (open files, memory mappings); the message names the
     limit, its values, and how to raise it. Nothing was made."""
@@ -116,4 +127,6 @@ __all__ = [
     "ForeignObjectError",
     "ConcurrentAccessError",
     "ResourceLimitError",
+    "UnsupportedOperationError",
+    "ClusterUnavailableError",
 ]

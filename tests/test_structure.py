@@ -7,6 +7,7 @@ Layers, lowest first (a module belongs to the longest prefix listed):
 2. ``shmbus.core``: shared-memory objects, paths, configuration, the compiled verbs
 3. ``shmbus.log``: the files on disk and their policies
 4. ``shmbus.client``: what a user's process runs (Bus, Producer, Consumer, group membership)
+   and ``shmbus.cluster``: the same API on a Kafka cluster (librdkafka)
 5. ``shmbus.kafka``: the Kafka protocol listener (the supervisor runs it)
 6. ``shmbus.supervisor``: the daemon
 7. ``shmbus.cli``: the command line
@@ -28,7 +29,7 @@ LAYERS = {
     "shmbus.kernels": 1,
     "shmbus.core": 2,
     "shmbus.log": 3,
-    "shmbus.client": 4,
+    "shmbus.client": 4, "shmbus.cluster": 4,
     "shmbus.kafka": 5,
     "shmbus.supervisor": 6,
     "shmbus.cli": 7,

@@ -107,15 +107,27 @@ class Bus(BusHandle):
         return describe_group(self, group_id)
 
     # --- clients ---
+    @staticmethod
+    def _without_kafka(config: dict) -> dict:
+        """``kafka={...}`` (librdkafka properties, for a bus on a Kafka cluster: ``shmbus.connect``)
+        means nothing here: warned of and left out, so that one application runs on both backends."""
+        if "kafka" in config:
+            import warnings
+
+            warnings.warn("kafka= (librdkafka properties) is for a Kafka cluster and is ignored on shared "
+                          "memory (docs/backends.md)", UserWarning, stacklevel=3)
+            config = {k: v for k, v in config.items() if k != "kafka"}
+        return config
+
     def producer(self, **config):
         from shmbus.client.producer import Producer
 
-        return Producer(self.data_dir, _bus=self, **config)
+        return Producer(self.data_dir, _bus=self, **self._without_kafka(config))
 
     def consumer(self, *topics, **config):
         from shmbus.client.consumer import Consumer
 
-        return Consumer(*topics, data_dir=self.data_dir, _bus=self, **config)
+        return Consumer(*topics, data_dir=self.data_dir, _bus=self, **self._without_kafka(config))
 
     # --- for tests and tools ---
     def shared_memory_names(self) -> list[str]:

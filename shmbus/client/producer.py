@@ -260,6 +260,16 @@ class Producer:
             self._wait_durable(h.rings[p], r >> 2, topic, p)
         return _new_tuple(RecordMetadata, (topic, p, r >> 2, ts))  # a NamedTuple without its Python __new__
 
+    def send_async(self, topic, value=None, key=None, headers=None, partition=None, timestamp_ms=None):
+        """``send`` as a ``concurrent.futures.Future`` that is already done (the record is written
+        when this returns): the shape of a Kafka-cluster producer's fast path (``shmbus.connect``),
+        so that one application runs on both backends. Errors raise here, as from ``send``."""
+        from concurrent.futures import Future
+
+        fut = Future()
+        fut.set_result(self.send(topic, value, key, headers, partition, timestamp_ms))
+        return fut
+
     def _too_large(self, ring, topic, key, value, hdrs):
         size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0) + len(hdrs)
         raise RecordTooLargeError(
