@@ -28,18 +28,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from shmbus.kernels._atomics import load_acquire64, store_release64
+from shmbus.kernels._atomics import load64, load_acquire64, store_release64
 from shmbus.kernels._jit import jit
 from shmbus.kernels.frames import (
-    _after_publish,
-    _align8,
-    _claim,
-    _get_i64,
-    _hdr,
-    _publish,
-    _reserve,
-    _ring_bytes,
-    _write_frame,
+    after_publish,
+    align8,
+    claim,
+    header_word,
+    publish,
+    reserve,
+    ring_bytes,
+    write_frame,
 )
 from shmbus.layout.constants import (
     F_HDR,
@@ -220,7 +219,7 @@ def parse_records(data, start, end, count, max_msg, table, hbuf):
         r[K_HLEN] = h - hs
         r[K_TSDELTA] = tsd
         r[K_SIZE] = size
-        r[K_FLEN] = _align8(F_HDR + size)
+        r[K_FLEN] = align8(F_HDR + size)
         if size > max_msg:
             table[0, K_KSTART] = n
             return P_OVER_MAX
@@ -242,9 +241,9 @@ def append_records(buf, data, hbuf, table, n, first_ts, now_ms, pid):
     more than half), ST_OVER_MAX (a record over the ring's max.message.bytes), ST_STALLED
     (the claim was fenced; nothing published).
     """
-    ring = _ring_bytes(buf)
+    ring = ring_bytes(buf)
     mask = ring - 1
-    max_msg = _get_i64(buf, R_MAX_MESSAGE)
+    max_msg = load64(buf, R_MAX_MESSAGE)
     need = 0
     for j in range(n):
         if table[j, K_SIZE] > max_msg:
@@ -258,22 +257,22 @@ def append_records(buf, data, hbuf, table, n, first_ts, now_ms, pid):
     if load_acquire64(buf, R_FLAGS) & FLAG_DELETED:
         return ST_DELETED
     while True:
-        st, fpos, off, ppos, pad, rel = _claim(buf, ring, need, n)
+        st, fpos, off, ppos, pad, rel = claim(buf, ring, need, n)
         if st != 0:
             return st
-        if not _reserve(buf, mask, ppos, pad, fpos, need, pid):
+        if not reserve(buf, mask, ppos, pad, fpos, need, pid):
             continue
         i0 = RING_HDR + (fpos & mask)
         i = i0 + table[0, K_FLEN]
         for j in range(1, n):
             fl = table[j, K_FLEN]
             _write_row(buf, i, off + j, data, hbuf, table, j, first_ts, now_ms)
-            store_release64(buf, i, _hdr(fl, T_DATA, 0))
+            store_release64(buf, i, header_word(fl, T_DATA, 0))
             i += fl
         _write_row(buf, i0, off, data, hbuf, table, 0, first_ts, now_ms)
-        if not _publish(buf, i0, _hdr(need, T_RESERVED, pid), table[0, K_FLEN]):
+        if not publish(buf, i0, header_word(need, T_RESERVED, pid), table[0, K_FLEN]):
             return ST_STALLED
-        return (off << 2) | _after_publish(buf, ring, fpos, need, pad, rel)
+        return (off << 2) | after_publish(buf, ring, fpos, need, pad, rel)
 
 
 @jit(inline="always")
@@ -282,7 +281,7 @@ def _write_row(buf, i, off, data, hbuf, table, j, first_ts, now_ms):
     ts = first_ts + r[K_TSDELTA]
     if ts < 0:
         ts = now_ms
-    _write_frame(buf, i, off, ts, data[max(r[K_KSTART], 0):], r[K_KLEN], data[max(r[K_VSTART], 0):], r[K_VLEN],
+    write_frame(buf, i, off, ts, data[max(r[K_KSTART], 0):], r[K_KLEN], data[max(r[K_VSTART], 0):], r[K_VLEN],
                  hbuf[r[K_HSTART]:], r[K_HLEN], r[K_FLEN])
 
 
@@ -290,10 +289,10 @@ def warm() -> None:
     """Compile (or load from the cache) both kernels with the types the listener passes."""
     from shmbus.layout import ring as R
 
-    ring_bytes = 4096
-    buf = np.zeros(R.HEADER_BYTES + ring_bytes, np.uint8)
+    size = 4096
+    buf = np.zeros(R.HEADER_BYTES + size, np.uint8)
     hdr = buf[: R.HEADER_BYTES].view(np.int64)
-    hdr[R.OFF_RING_BYTES // 8] = ring_bytes
+    hdr[R.OFF_RING_BYTES // 8] = size
     hdr[R.OFF_MAX_MESSAGE // 8] = 1 << 20
     data = np.frombuffer(bytes([16, 0, 0, 0, 2, ord("k"), 2, ord("v"), 0]), np.uint8)
     table = np.zeros((1, K_COLS), np.int64)
