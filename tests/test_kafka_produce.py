@@ -132,7 +132,10 @@ def test_kafka_python_every_codec(kbus, ktopic, codec):
 
 @pytest.mark.timeout(60)
 def test_kcat_produces_keys_and_headers(kbus, ktopic):
+    from helpers.kafka import listener_status
+
     topic = ktopic(1)
+    before = listener_status(kbus.data_dir)
     lines = "".join(f"key{i}:value {i}\n" for i in range(20))
     r = subprocess.run(["kcat", "-b", kbus.bootstrap, "-P", "-t", topic, "-K", ":", "-H", "source=kcat",
                         "-H", "empty="], input=lines, capture_output=True, text=True, timeout=45)
@@ -140,6 +143,9 @@ def test_kcat_produces_keys_and_headers(kbus, ktopic):
     got = read_all(kbus, topic, 1, 20)
     assert [(x.key, x.value) for x in got] == [(b"key%d" % i, b"value %d" % i) for i in range(20)]
     assert all(x.headers == [("source", b"kcat"), ("empty", b"")] for x in got)
+    after = listener_status(kbus.data_dir)
+    assert after["produced_records"] - before["produced_records"] >= 20
+    assert after["produced_bytes"] - before["produced_bytes"] >= sum(len(f"key{i}value {i}") for i in range(20))
 
 
 # --- refusals, auto-creation, acks=0 ---
@@ -465,3 +471,21 @@ def test_batch_error_codes_are_kafkas():
     for name in ("CORRUPT_MESSAGE", "MESSAGE_TOO_LARGE", "INVALID_REQUEST", "UNSUPPORTED_FOR_MESSAGE_FORMAT",
                  "UNSUPPORTED_COMPRESSION_TYPE"):
         assert getattr(batches.E, name) == getattr(errors, name)
+
+
+@pytest.mark.timeout(180)
+def test_a_small_ring_fills_and_the_listener_waits_for_the_spiller(kbus, ktopic):
+    """20 MB through a 64 KiB ring: Produce waits (sleeping) for room while the supervisor spills."""
+    topic = ktopic(1, {"ring.bytes": 65536})
+    p = confluent(kbus, **{"batch.size": 12000, "acks": "all", "enable.idempotence": True})
+    offsets = []
+    for i in range(20_000):
+        p.produce(topic, key=b"%d" % i, value=bytes([i % 251]) * 1000,
+                  on_delivery=lambda e, m: offsets.append(-1 if e else m.offset()))
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(150) == 0
+    assert sorted(offsets) == list(range(20_000))
+    got = read_all(kbus, topic, 1, 20_000)
+    assert [(r.offset, r.key) for r in got] == [(i, b"%d" % i) for i in range(20_000)]
+    assert all(r.value == bytes([i % 251]) * 1000 for i, r in enumerate(got))
