@@ -489,3 +489,26 @@ def test_a_small_ring_fills_and_the_listener_waits_for_the_spiller(kbus, ktopic)
     got = read_all(kbus, topic, 1, 20_000)
     assert [(r.offset, r.key) for r in got] == [(i, b"%d" % i) for i in range(20_000)]
     assert all(r.value == bytes([i % 251]) * 1000 for i, r in enumerate(got))
+
+
+@pytest.mark.timeout(60)
+def test_a_deleted_topic_is_never_written_and_comes_back_by_auto_creation(kbus, ktopic):
+    import time
+
+    from kafka.protocol.producer import ProduceResponse
+
+    topic = ktopic(1)
+    c = RawClient(kbus.bootstrap)
+    try:
+        assert partition_result(c.call(produce_req(topic, build_batch([b"old"])), ProduceResponse)) == (0, 0)
+        kbus.bus.delete_topic(topic)
+        # at once: the listener may still hold the deleted incarnation: it finds its ring deleted
+        code, base = partition_result(c.call(produce_req(topic, build_batch([b"new1"])), ProduceResponse))
+        assert (code, base) in ((3, -1), (0, 0))  # UNKNOWN_TOPIC_OR_PARTITION, or into a new incarnation
+        time.sleep(0.6)  # past the listener's metadata cache: the topic is created again
+        code2, base2 = partition_result(c.call(produce_req(topic, build_batch([b"new2"])), ProduceResponse))
+        assert code2 == 0 and base2 == (1 if code == 0 else 0)
+    finally:
+        c.close()
+    got = read_all(kbus, topic, 1, 1 + (code == 0))
+    assert [r.value for r in got] == ([b"new1"] if code == 0 else []) + [b"new2"]
