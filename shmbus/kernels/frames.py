@@ -800,6 +800,3 @@ def warm() -> None:
     from shmbus.kernels import groups as G
 
     G.warm()  # the group offsets table's kernels (commits)
-    from shmbus.kernels import kafka_in
-
-    kafka_in.warm()  # the Kafka listener's Produce kernels
