@@ -372,6 +372,18 @@ def append_batch(buf, data, starts, lens, keys, kstarts, klens, ts, pid, first, 
         return (np.int64(n) << 2) | _after_publish(buf, ring, fpos, need, pad, rel)
 
 
+# The append protocol's steps under public names, for the kernels of other writers
+# (kafka_in.py appends Kafka batches): claim, reserve, write, publish as append_batch does.
+claim = _claim
+reserve = _reserve
+write_frame = _write_frame
+publish = _publish
+after_publish = _after_publish
+header_word = _hdr
+align8 = _align8
+ring_bytes = _ring_bytes
+
+
 @jit
 def scan(buf, base, mask, pos, end, max_n, min_offset, verify, meta):
     """Walk published frames from ``pos``; describe DATA frames into ``meta``.
