@@ -123,7 +123,7 @@ class KafkaGroups:
     def active(self, gid) -> bool:
         with self.lock:
             g = self.groups.get(gid)
-            return g is not None and bool(g.members or g.pending)
+            return g is not None and bool(g.members)  # (ids handed out and not yet used are no members)
 
     def describe(self, gid) -> dict | None:
         """The group as ``shmbus groups describe`` shows it: state, generation, protocol, members."""

@@ -41,7 +41,7 @@ from shmbus.records import TopicPartition
 KIND = "kafka"
 MAX_METADATA_BYTES = 4096  # Kafka's offset.metadata.max.bytes
 OFFSET_METADATA_TOO_LARGE = 12
-NO_OPERATIONS = -2147483648  # authorized_operations not asked for
+GROUP_OPERATIONS = {3, 6, 8}  # READ, DELETE, DESCRIBE: everything a group allows (no ACLs here)
 GROUP_KEY, TXN_KEY = 0, 1
 
 
@@ -309,6 +309,7 @@ def list_groups(session, req):
 @handles(DescribeGroupsRequest, DescribeGroupsResponse, 0, 5)
 def describe_groups(session, req):
     reg = registry(session)
+    NO_OPERATIONS = GROUP_OPERATIONS if req.API_VERSION >= 3 and req.include_authorized_operations else None
     D = DescribeGroupsResponse.DescribedGroup
     M = D.DescribedGroupMember
     out = []

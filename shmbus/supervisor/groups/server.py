@@ -306,8 +306,12 @@ class Coordinator:
         have = self._kind(g)
         if have is None or have == kind:
             return None
-        what = ("Python API (shmbus Consumer) members" if g.members else
-                "Kafka client members" if have == "kafka" else f"committed offsets of {have} consumers")
+        if g.members:
+            what = "Python API (shmbus Consumer) members"
+        elif have == "kafka" and self.foreign is not None and self.foreign.active(g.id):
+            what = "Kafka client members"
+        else:
+            what = f"committed offsets of {have} consumers"
         return (f"group {g.id!r} has {what}: a group's members are all Kafka clients or all shmbus Python API "
                 f"consumers (use another group id, or delete this group's offsets first once it has no members)")
 
