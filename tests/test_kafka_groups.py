@@ -338,13 +338,13 @@ class Raw:
         return buf
 
     def join(self, group, member_id, version=5, session_timeout_ms=6000, rebalance_timeout_ms=10000,
-             protocols=(("range", b"meta"),), protocol_type="consumer"):
+             protocols=(("range", b"meta"),), protocol_type="consumer", instance_id=None):
         from kafka.protocol.consumer.group import JoinGroupRequest, JoinGroupResponse
 
         P = JoinGroupRequest.JoinGroupRequestProtocol
         req = JoinGroupRequest(group_id=group, session_timeout_ms=session_timeout_ms,
                                rebalance_timeout_ms=rebalance_timeout_ms, member_id=member_id,
-                               group_instance_id=None, protocol_type=protocol_type,
+                               group_instance_id=instance_id, protocol_type=protocol_type,
                                protocols=[P(name=n, metadata=m) for n, m in protocols])
         return self.send(req, JoinGroupResponse, version)
 
@@ -363,10 +363,10 @@ class Raw:
                                assignments=[A(member_id=m, assignment=a) for m, a in assignments])
         return self.send(req, SyncGroupResponse, 3)
 
-    def heartbeat(self, group, gen, member_id):
+    def heartbeat(self, group, gen, member_id, instance_id=None):
         from kafka.protocol.consumer.group import HeartbeatRequest, HeartbeatResponse
 
-        req = HeartbeatRequest(group_id=group, generation_id=gen, member_id=member_id, group_instance_id=None)
+        req = HeartbeatRequest(group_id=group, generation_id=gen, member_id=member_id, group_instance_id=instance_id)
         return self.send(req, HeartbeatResponse, 3)
 
     def commit(self, group, gen, member_id, topic, partition, offset):
@@ -462,3 +462,33 @@ def test_a_group_with_members_cannot_be_deleted(kbus):
         assert [(x.group_id, x.error_code) for x in r.results] == [(group, NON_EMPTY_GROUP)]
     finally:
         a.close()
+
+
+def test_a_static_member_outlives_its_connection_and_its_restart_fences_the_old_id(kbus):
+    FENCED_INSTANCE_ID = 82
+    group = _gid()
+    a = Raw(kbus.bootstrap)
+    try:
+        r1 = a.join(group, "", instance_id="web-1")  # static: no MEMBER_ID_REQUIRED round
+        assert r1.error_code == 0 and r1.member_id.startswith("web-1-")
+        assert a.sync(group, r1.generation_id, r1.member_id, [(r1.member_id, b"x")]).error_code == 0
+    finally:
+        a.close()
+    time.sleep(0.3)  # a dynamic member would be gone by now
+    (m,) = kbus.bus.describe_group(group).members
+    assert m.member_id == r1.member_id
+    b = Raw(kbus.bootstrap)
+    try:
+        r2 = b.join(group, "", instance_id="web-1")
+        assert r2.error_code == 0 and r2.member_id != r1.member_id and r2.generation_id == r1.generation_id + 1
+        assert b.heartbeat(group, r2.generation_id, r1.member_id, "web-1").error_code == FENCED_INSTANCE_ID
+        assert [x.member_id for x in kbus.bus.describe_group(group).members] == [r2.member_id]
+        from kafka.protocol.consumer.group import LeaveGroupRequest, LeaveGroupResponse
+
+        M = LeaveGroupRequest.MemberIdentity
+        r = b.send(LeaveGroupRequest(group_id=group, members=[M(member_id="", group_instance_id="web-1")]),
+                   LeaveGroupResponse, 4)
+        assert r.error_code == 0 and [(x.member_id, x.error_code) for x in r.members] == [(r2.member_id, 0)]
+        assert kbus.bus.describe_group(group).members == []
+    finally:
+        b.close()

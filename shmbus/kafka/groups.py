@@ -108,6 +108,7 @@ class KafkaGroups:
     def __init__(self, log=print):
         self.log = log
         self.groups: dict[str, KGroup] = {}
+        self.joining: dict[str, int] = {}  # group id -> JoinGroups between their claim and their member's entry
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self._closed = False
@@ -123,7 +124,22 @@ class KafkaGroups:
     def active(self, gid) -> bool:
         with self.lock:
             g = self.groups.get(gid)
-            return g is not None and bool(g.members)  # (ids handed out and not yet used are no members)
+            # ids handed out and not used yet are no members; a JoinGroup on its way in is one
+            return bool(g is not None and g.members or self.joining.get(gid))
+
+    def begin_join(self, gid) -> None:
+        """A JoinGroup is about to claim the group id with the coordinator: until ``end_join`` the group
+        counts as active, so a Python API member cannot slip in between the claim and the join."""
+        with self.lock:
+            self.joining[gid] = self.joining.get(gid, 0) + 1
+
+    def end_join(self, gid) -> None:
+        with self.lock:
+            n = self.joining.get(gid, 0) - 1
+            if n > 0:
+                self.joining[gid] = n
+            else:
+                self.joining.pop(gid, None)
 
     def describe(self, gid) -> dict | None:
         """The group as ``shmbus groups describe`` shows it: state, generation, protocol, members."""
@@ -143,8 +159,17 @@ class KafkaGroups:
     # --- JoinGroup ---
     def join(self, session, gid, member_id, instance_id, protocol_type, protocols, session_timeout_ms,
              rebalance_timeout_ms, require_known_id: bool):
-        """A JoinGroup; blocks until the rebalance completes. Returns (error, generation, protocol,
-        leader, member_id, members [(id, instance id, metadata)] for the leader)."""
+        """A JoinGroup (after ``begin_join``, which this ends); blocks until the rebalance completes.
+        Returns (error, generation, protocol, leader, member_id, members [(id, instance id, metadata)]
+        for the leader)."""
+        try:
+            return self._join(session, gid, member_id, instance_id, protocol_type, protocols, session_timeout_ms,
+                              rebalance_timeout_ms, require_known_id)
+        finally:
+            self.end_join(gid)
+
+    def _join(self, session, gid, member_id, instance_id, protocol_type, protocols, session_timeout_ms,
+              rebalance_timeout_ms, require_known_id: bool):
         if not MIN_SESSION_TIMEOUT_MS <= session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
             return E.INVALID_SESSION_TIMEOUT, -1, None, "", member_id, []
         if not protocols or not protocol_type:
@@ -176,6 +201,7 @@ class KafkaGroups:
                         m.id = member_id = f"{instance_id}-{uuid.uuid4()}"
                         m.session = session
                         g.members[m.id] = m
+                        g.static[instance_id] = m.id
                         if g.leader == old:
                             g.leader = m.id
                 elif member_id and old is not None and old != member_id:
@@ -184,7 +210,7 @@ class KafkaGroups:
                 if member_id == "":
                     if len(g.members) + len(g.pending) >= MAX_MEMBERS:
                         return E.GROUP_MAX_SIZE_REACHED, -1, None, "", member_id, []
-                    member_id = f"{session.client_id or 'member'}-{uuid.uuid4()}"
+                    member_id = f"{instance_id or session.client_id or 'member'}-{uuid.uuid4()}"
                     if require_known_id and instance_id is None:
                         g.pending[member_id] = now + session_timeout_ms / 1000.0
                         return E.MEMBER_ID_REQUIRED, -1, None, "", member_id, []

@@ -131,12 +131,17 @@ def join_group(session, req):
         return answer(E.COORDINATOR_NOT_AVAILABLE)
     if not _check_group_id(req.group_id):
         return answer(E.INVALID_GROUP_ID)
-    why, err = _call(session, session.broker.coordinator.claim_group, req.group_id, KIND)
-    if err:
-        return answer(err)
-    if why is not None:
-        session.broker.log(f"kafka listener: JoinGroup refused (INCONSISTENT_GROUP_PROTOCOL) for {session}: {why}")
-        return answer(E.INCONSISTENT_GROUP_PROTOCOL)
+    reg.begin_join(req.group_id)
+    try:
+        why, err = _call(session, session.broker.coordinator.claim_group, req.group_id, KIND)
+    except BaseException:
+        reg.end_join(req.group_id)
+        raise
+    if err or why is not None:
+        reg.end_join(req.group_id)
+        if why is not None:
+            session.broker.log(f"kafka listener: JoinGroup refused (INCONSISTENT_GROUP_PROTOCOL) for {session}: {why}")
+        return answer(err or E.INCONSISTENT_GROUP_PROTOCOL)
     protocols = [(p.name, bytes(p.metadata) if p.metadata is not None else b"") for p in req.protocols]
     instance_id = req.group_instance_id if version >= 5 else None
     rebalance_ms = req.rebalance_timeout_ms if version >= 1 else req.session_timeout_ms
