@@ -26,6 +26,7 @@ from shmbus.kafka import handlers as _handlers  # registers the handlers
 from shmbus.kafka.registry import HANDLERS
 
 FETCH = 1
+LIST_OFFSETS = 2
 assert _handlers  # imported for what importing it does
 
 
@@ -387,6 +388,8 @@ def test_join_with_an_unknown_member_id_is_refused(kbus):
         assert k.join(_gid(), "nobody-1234").error_code == UNKNOWN_MEMBER_ID
         assert k.join(_gid(), "", session_timeout_ms=5).error_code == INVALID_SESSION_TIMEOUT
         assert k.join("", "").error_code == INVALID_GROUP_ID
+        assert k.join("é" * 100, "").error_code == INVALID_GROUP_ID  # its checkpoint's name would not fit
+        assert k.commit("é" * 100, -1, "", "t", 0, 1).topics[0].partitions[0].error_code == INVALID_GROUP_ID
         group = _gid()
         k.join_fully(group)
         other = Raw(kbus.bootstrap)
@@ -492,3 +495,39 @@ def test_a_static_member_outlives_its_connection_and_its_restart_fences_the_old_
         assert kbus.bus.describe_group(group).members == []
     finally:
         b.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(FETCH not in HANDLERS or LIST_OFFSETS not in HANDLERS,
+                    reason="kafka-python's poll() needs the Fetch and ListOffsets APIs (api_keys 1, 2) in the listener")
+def test_kafka_python_and_confluent_consumers_share_a_group(kbus, ktopic):
+    from kafka import KafkaConsumer
+
+    topic = ktopic(4)
+    group = _gid()
+    kp = KafkaConsumer(bootstrap_servers=kbus.bootstrap, group_id=group, enable_auto_commit=False,
+                       heartbeat_interval_ms=200, session_timeout_ms=6000, request_timeout_ms=30000)
+    c = None
+    try:
+        kp.subscribe([topic])
+        deadline = time.monotonic() + 30
+        while len(kp.assignment()) != 4 and time.monotonic() < deadline:
+            kp.poll(timeout_ms=50)
+        assert {tp.partition for tp in kp.assignment()} == {0, 1, 2, 3}
+        c = _consumer(kbus.bootstrap, group)
+        c.subscribe([topic])
+
+        def shared():
+            kp.poll(timeout_ms=20)
+            c.poll(0.02)
+            a, b = {tp.partition for tp in kp.assignment()}, {tp.partition for tp in c.assignment()}
+            return len(a) == len(b) == 2 and a | b == {0, 1, 2, 3}
+
+        wait_for(shared, 30, "kafka-python and confluent-kafka consumers to own 2 partitions each")
+        d = kbus.bus.describe_group(group)
+        assert d.state == "Stable" and len(d.members) == 2
+        assert sorted(len(m.assignment) for m in d.members) == [2, 2]
+    finally:
+        kp.close()
+        if c is not None:
+            c.close()

@@ -23,6 +23,7 @@ exist UNKNOWN_TOPIC_OR_PARTITION.
 
 from __future__ import annotations
 
+import os
 import threading
 
 from kafka.protocol.admin.groups import (DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
@@ -33,6 +34,7 @@ from kafka.protocol.consumer.group import (HeartbeatRequest, HeartbeatResponse, 
                                            SyncGroupRequest, SyncGroupResponse)
 from kafka.protocol.metadata import FindCoordinatorRequest, FindCoordinatorResponse
 
+from shmbus.core import paths
 from shmbus.kafka.groups import KafkaGroups
 from shmbus.kafka.handlers import errors as E
 from shmbus.kafka.registry import MalformedRequest, handles
@@ -77,7 +79,8 @@ def _call(session, fn, *args):
 
 
 def _check_group_id(gid) -> bool:
-    return isinstance(gid, str) and gid != ""
+    """A group id the bus can keep: not empty, and its checkpoint's file name (the id %-quoted) fits."""
+    return isinstance(gid, str) and gid != "" and len(os.path.basename(paths.checkpoint_path("", gid))) <= 255
 
 
 # --- FindCoordinator ---
