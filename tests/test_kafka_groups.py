@@ -531,3 +531,33 @@ def test_kafka_python_and_confluent_consumers_share_a_group(kbus, ktopic):
         kp.close()
         if c is not None:
             c.close()
+
+
+def test_find_coordinator_names_this_broker_for_groups_only(kbus):
+    from kafka.protocol.metadata import FindCoordinatorRequest, FindCoordinatorResponse
+
+    host, port = kbus.bootstrap.rsplit(":", 1)
+    k = Raw(kbus.bootstrap)
+    try:
+        r = k.send(FindCoordinatorRequest(key="g1"), FindCoordinatorResponse, 0)
+        assert (r.error_code, r.node_id, r.host, r.port) == (0, 0, host, int(port))
+        r = k.send(FindCoordinatorRequest(key_type=0, coordinator_keys=["g1", "g2", ""]), FindCoordinatorResponse, 4)
+        assert [(c.key, c.error_code, c.port) for c in r.coordinators] == \
+            [("g1", 0, int(port)), ("g2", 0, int(port)), ("", INVALID_GROUP_ID, -1)]
+        r = k.send(FindCoordinatorRequest(key_type=1, coordinator_keys=["txn"]), FindCoordinatorResponse, 4)
+        assert r.coordinators[0].error_code == 15  # COORDINATOR_NOT_AVAILABLE: no transactions here
+    finally:
+        k.close()
+
+
+def test_a_sync_that_assigns_a_member_twice_closes_the_connection(kbus):
+    group = _gid()
+    k = Raw(kbus.bootstrap)
+    try:
+        r = k.join_fully(group)
+        with pytest.raises(AssertionError, match="closed the connection"):
+            k.sync(group, r.generation_id, r.member_id, [(r.member_id, b"a"), (r.member_id, b"b")])
+    finally:
+        k.close()
+    assert "SyncGroup assigns member_id" in _log(kbus.data_dir)
+    wait_for(lambda: kbus.bus.describe_group(group).members == [], 5, "the member to be removed")

@@ -224,7 +224,8 @@ class KafkaGroups:
                     g.members[member_id] = m
                     if instance_id is not None:
                         g.static[instance_id] = member_id
-                    self._track(session, gid, member_id)
+            if (gid, m.id) not in session.state.get(__name__, ()):
+                self._track(session, gid, m.id)  # (a member may come back on another connection)
             m.session = session
             m.protocol_type = protocol_type
             m.protocols = list(protocols)
@@ -338,7 +339,7 @@ class KafkaGroups:
         """The member's connection closing removes it (dynamic members only)."""
         mine = session.state.get(__name__)
         if mine is None:
-            mine = session.state[__name__] = set()
+            mine = session.state[__name__] = set()  # {(group id, member id)}
 
             def closed():
                 for g_id, mid in sorted(mine):
