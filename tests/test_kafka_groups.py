@@ -563,3 +563,41 @@ def test_a_sync_that_assigns_a_member_twice_closes_the_connection(kbus):
         k.close()
     assert "SyncGroup assigns member_id" in _log(kbus.data_dir)
     wait_for(lambda: kbus.bus.describe_group(group).members == [], 5, "the member to be removed")
+
+
+def test_the_coordinator_takes_calls_from_other_threads_and_refuses_them_once_stopped(data_dir):
+    """The Kafka listener's way into the coordinator: ``call`` runs in the coordinator's thread (many
+    callers at once), and a stopped coordinator answers ConnectionError (COORDINATOR_NOT_AVAILABLE)."""
+    from shmbus import Bus
+    from shmbus.records import TopicPartition
+    from shmbus.supervisor.groups import Coordinator
+
+    with Bus(data_dir, autostart=False) as bus:
+        bus.create_topic("t", 2)
+        coord = Coordinator(bus.data_dir, log=lambda msg: None)
+        coord.start()
+        try:
+            threads_seen = set()
+
+            def work(i):
+                assert coord.claim_group(f"k{i % 3}", "kafka") is None
+                assert coord.commit_offsets(f"k{i % 3}", "kafka", [("t", i % 2, i)]) is None
+                threads_seen.add(coord.call(lambda: threading.current_thread().name))
+
+            ts = [threading.Thread(target=work, args=(i,)) for i in range(30)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            assert threads_seen == {"group-coordinator"}
+            assert {r["group_id"]: r["kind"] for r in coord.overview()} == {"k0": "kafka", "k1": "kafka",
+                                                                             "k2": "kafka"}
+            assert set(coord.read_offsets("k0")) == {TopicPartition("t", 0), TopicPartition("t", 1)}
+            with pytest.raises(ZeroDivisionError):  # the function's exception reaches the caller
+                coord.call(lambda: 1 / 0)
+            assert coord.delete_group("k0", "kafka") == "deleted"
+            assert coord.delete_group("k0", "kafka") == "not_found"
+        finally:
+            coord.close()
+        with pytest.raises(ConnectionError, match="stopped"):
+            coord.claim_group("k1", "kafka")

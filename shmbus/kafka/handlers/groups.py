@@ -71,9 +71,7 @@ def _call(session, fn, *args):
     """A coordinator call; (result, None) or (None, COORDINATOR_NOT_AVAILABLE) when it is stopped."""
     try:
         return fn(*args), None
-    except Exception as e:  # noqa: BLE001 (CoordinatorUnavailable; the kafka layer cannot import its class)
-        if type(e).__name__ != "CoordinatorUnavailable":
-            raise
+    except ConnectionError as e:  # the coordinator's CoordinatorUnavailable (a higher layer's class)
         session.broker.log(f"kafka listener: group coordinator unavailable: {e}")
         return None, E.COORDINATOR_NOT_AVAILABLE
 

@@ -119,8 +119,9 @@ _WAKE = object()  # the selector key data of the wake-up socket
 KINDS = ("shmbus", "kafka")
 
 
-class CoordinatorUnavailable(Exception):
-    """The coordinator is not running (stopped, or its thread did not answer in time)."""
+class CoordinatorUnavailable(ConnectionError):
+    """The coordinator is not running (stopped, or its thread did not answer in time). A
+    ConnectionError, so callers in lower layers (the Kafka listener) catch it without importing it."""
 
 
 class _Conn:
