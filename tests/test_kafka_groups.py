@@ -601,3 +601,63 @@ def test_the_coordinator_takes_calls_from_other_threads_and_refuses_them_once_st
             coord.close()
         with pytest.raises(ConnectionError, match="stopped"):
             coord.claim_group("k1", "kafka")
+
+
+def test_members_that_miss_the_rebalance_or_their_session_are_removed(kbus):
+    group = _gid()
+    a, b = Raw(kbus.bootstrap), Raw(kbus.bootstrap)
+    try:
+        ra = a.join_fully(group)
+        r = b.join(group, "", rebalance_timeout_ms=1000, session_timeout_ms=1000)
+        rb_box = {}
+        t = threading.Thread(target=lambda: rb_box.setdefault("r", b.join(group, r.member_id, rebalance_timeout_ms=1000,
+                                                                           session_timeout_ms=1000)))
+        t.start()
+        wait_for(lambda: a.heartbeat(group, ra.generation_id, ra.member_id).error_code == REBALANCE_IN_PROGRESS, 10,
+                 "the rebalance b's join starts")
+        ra2 = a.join(group, ra.member_id, rebalance_timeout_ms=1000, session_timeout_ms=1000)
+        t.join(10)
+        rb = rb_box["r"]
+        assert ra2.generation_id == rb.generation_id
+        # a commit in CompletingRebalance (before the leader's SyncGroup) waits for the next generation
+        assert a.commit(group, ra2.generation_id, ra.member_id, "t", 0, 1).topics[0].partitions[0].error_code == \
+            REBALANCE_IN_PROGRESS
+        leader, follower = (a, b) if ra2.leader == ra.member_id else (b, a)
+        lid = ra.member_id if leader is a else r.member_id
+        assert leader.sync(group, ra2.generation_id, lid, []).error_code == 0
+        # b goes quiet (no heartbeat, its connection open): its session (1 s) ends it; a rebalances alone
+        quiet_id = r.member_id
+        box = {}
+
+        def a_rejoins_when_told():
+            wait_for(lambda: a.heartbeat(group, ra2.generation_id, ra.member_id).error_code != 0, 20,
+                     "a to hear of the rebalance")
+            box["r"] = a.join(group, ra.member_id, rebalance_timeout_ms=1000, session_timeout_ms=1000)
+
+        t = threading.Thread(target=a_rejoins_when_told)
+        t.start()
+        t.join(30)
+        assert box["r"].error_code == 0 and [m.member_id for m in box["r"].members] == [ra.member_id]
+        assert b.heartbeat(group, ra2.generation_id, quiet_id).error_code == UNKNOWN_MEMBER_ID
+        assert "session timeout: member_id=" + quiet_id in _log(kbus.data_dir)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_member_that_does_not_rejoin_within_the_rebalance_timeout_is_removed(kbus):
+    group = _gid()
+    c, d = Raw(kbus.bootstrap), Raw(kbus.bootstrap)
+    try:
+        r = c.join(group, "", rebalance_timeout_ms=1000)
+        rc = c.join(group, r.member_id, rebalance_timeout_ms=1000)
+        assert c.sync(group, rc.generation_id, rc.member_id, []).error_code == 0
+        r = d.join(group, "", rebalance_timeout_ms=1000)
+        rd = d.join(group, r.member_id, rebalance_timeout_ms=1000)  # waits for c, which never rejoins
+        assert rd.error_code == 0 and rd.leader == rd.member_id and [m.member_id for m in rd.members] == [rd.member_id]
+        assert c.heartbeat(group, rc.generation_id, rc.member_id).error_code == UNKNOWN_MEMBER_ID
+        assert f"removed member_id={rc.member_id}: it did not rejoin within the rebalance timeout" in \
+            _log(kbus.data_dir)
+    finally:
+        c.close()
+        d.close()
