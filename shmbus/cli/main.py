@@ -437,27 +437,31 @@ def groups_describe(group, data_dir, as_json):
         d = bus.describe_group(group)
     if as_json:
         click.echo(json.dumps({
-            "group_id": d.group_id, "state": d.state, "generation": d.generation,
+            "group_id": d.group_id, "kind": d.kind, "state": d.state, "generation": d.generation,
             "members": [{"member_id": m.member_id, "pid": m.pid,
+                         **({"client_id": m.client_id, "client_host": m.client_host} if m.client_id is not None else {}),
                          "assignment": sorted([list(tp) for tp in m.assignment])} for m in d.members],
             "offsets": [{"topic": tp.topic, "partition": tp.partition, **o._asdict()} for tp, o in d.offsets.items()],
         }, indent=1))
         return
-    click.echo(f"group: {d.group_id}  state: {d.state}  generation: {d.generation}  members: {len(d.members)}")
+    click.echo(f"group: {d.group_id}  state: {d.state}  generation: {d.generation}  members: {len(d.members)}"
+               + ("  (Kafka clients)" if d.kind == "kafka" else ""))
     owner = {tp: m for m in d.members for tp in m.assignment}
     if d.offsets:  # as kafka-consumer-groups --describe: one row per partition
-        rows = [("TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER", "PID")]
+        rows = [("TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER", "HOST" if d.kind == "kafka" else "PID")]
         for tp in sorted(d.offsets):
             o, m = d.offsets[tp], owner.get(tp)
             rows.append((tp.topic, str(tp.partition), "-" if o.committed is None else str(o.committed),
                          str(o.end_offset), "-" if o.lag is None else str(o.lag),
-                         m.member_id if m else "-", str(m.pid) if m else "-"))
+                         m.member_id if m else "-", (str(m.pid) if m.client_id is None else m.client_host or "-")
+                         if m else "-"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
     for m in d.members:
         if not m.assignment:
-            click.echo(f"idle member: {m.member_id} pid {m.pid} (more members than partitions)")
+            who = f"pid {m.pid}" if m.client_id is None else f"client {m.client_id} host {m.client_host}"
+            click.echo(f"idle member: {m.member_id} {who} (more members than partitions, or a rebalance)")
 
 
 # --- bench and demo ---

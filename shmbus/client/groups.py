@@ -27,17 +27,23 @@ class OffsetInfo(NamedTuple):
 
 
 class MemberDescription(NamedTuple):
+    """A member: ``pid`` for Python API members (0 for Kafka clients, whose ``client_id`` and
+    ``client_host`` are set instead; its ``assignment`` is decoded from the leader's assignment)."""
     member_id: str
     pid: int
     assignment: set
+    client_id: str | None = None
+    client_host: str | None = None
 
 
 class GroupDescription(NamedTuple):
+    """``kind``: ``shmbus`` (Python API members) or ``kafka`` (Kafka clients through the listener)."""
     group_id: str
     state: str
     generation: int
     members: list
     offsets: dict
+    kind: str = "shmbus"
 
 
 def _ask(bus, msg: dict) -> dict | None:
@@ -83,7 +89,8 @@ def describe_raw(bus, group_id: str) -> dict:
     ck = read_checkpoint(checkpoint_path(bus.data_dir, group_id)) or {}
     offsets = _with_table(bus, group_id, flat_offsets(ck.get("offsets")))
     return {"group_id": group_id, "state": "Empty" if offsets else "Dead",
-            "generation": int(ck.get("generation", 0)), "members": [], "offsets": offsets}
+            "generation": int(ck.get("generation", 0)), "members": [], "offsets": offsets,
+            "kind": ck.get("kind", "shmbus")}
 
 
 def _with_table(bus, group_id: str, offsets: list) -> list:
@@ -114,8 +121,9 @@ def _with_table(bus, group_id: str, offsets: list) -> list:
 
 def describe_group(bus, group_id: str) -> GroupDescription:
     d = describe_raw(bus, group_id)
-    members = [MemberDescription(m["member_id"], int(m["pid"]), {TopicPartition(t, int(p)) for t, p in m["assignment"]})
-               for m in d["members"]]
+    members = [MemberDescription(m["member_id"], int(m.get("pid", 0)),
+                                 {TopicPartition(t, int(p)) for t, p in m["assignment"]},
+                                 m.get("client_id"), m.get("client_host")) for m in d["members"]]
     committed = {TopicPartition(t, int(p)): int(o) for t, p, o in d["offsets"]}
     tps = set(committed)
     for m in members:
@@ -132,4 +140,5 @@ def describe_group(bus, group_id: str) -> GroupDescription:
             continue  # offsets of a deleted topic are kept, not shown
         c = committed.get(tp)
         offsets[tp] = OffsetInfo(c, end, None if c is None else max(0, end - c))
-    return GroupDescription(d["group_id"], d["state"], int(d["generation"]), members, offsets)
+    return GroupDescription(d["group_id"], d["state"], int(d["generation"]), members, offsets,
+                            d.get("kind") or "shmbus")

@@ -10,6 +10,9 @@ headers and timestamps as the Python API, and the same committed offsets.
   a connection's requests in order, one at a time), framing, limits, dispatch;
 - ``registry.py``: which API (and versions) each handler answers;
 - ``broker.py``: what handlers share (topics, rings, the cluster's ids);
+- ``groups.py``: Kafka consumer groups (members, rebalances, the leader's
+  assignment relayed); their committed offsets are the supervisor's group
+  coordinator's, shared with the Python API;
 - ``handlers/``: one module per family of APIs.
 
 The request and response schemas are kafka-python's (generated from Kafka's

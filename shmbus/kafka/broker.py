@@ -51,6 +51,7 @@ class Broker:
         self.port = port
         self.log = log
         self.coordinator = coordinator  # the supervisor's group coordinator (groups/server.py), or None
+        self.kafka_groups = None  # the Kafka clients' groups (kafka/groups.py), made on first use
         self.auto_create = auto_create
         self.num_partitions = num_partitions
         self.node_id = NODE_ID
@@ -62,6 +63,8 @@ class Broker:
 
     def close(self) -> None:
         self.closing.set()
+        if self.kafka_groups is not None:
+            self.kafka_groups.close()
         self.bus.close()
 
     # --- topics ---

@@ -8,12 +8,15 @@ when no supervisor runs.
 
 A checkpoint, as ``checkpoint_document`` makes it::
 
-    {"group_id": str, "generation": int, "strategy": str,
+    {"group_id": str, "generation": int, "strategy": str, "kind": "shmbus" | "kafka",
      "offsets": {topic: {partition (str): offset}},
      "members": [{"member_id": str, "pid": int, "session_timeout_ms": int}, ...],
      "written_ms": int}
 
-The members' pids let a restarted coordinator wait for the old members to
+``kind`` says whose members the group has: the Python API's (``shmbus``) or
+Kafka clients' through the listener (``kafka``); a group has members of one
+kind only, and its committed offsets keep that kind across restarts. The
+members' pids let a restarted coordinator wait for the old members to
 rejoin or die before it grants anything.
 """
 
@@ -50,11 +53,12 @@ def flat_offsets(nested: dict) -> list:
     return [[t, int(p), int(o)] for t, ps in (nested or {}).items() for p, o in ps.items()]
 
 
-def checkpoint_document(group_id: str, generation: int, strategy: str, offsets: dict, members) -> dict:
+def checkpoint_document(group_id: str, generation: int, strategy: str, offsets: dict, members,
+                        kind: str = "shmbus") -> dict:
     """A group's checkpoint: ``offsets`` {TopicPartition: offset}; ``members`` [(member id, pid,
-    session_timeout_ms)]."""
+    session_timeout_ms)]; ``kind`` ``shmbus`` or ``kafka``."""
     return {
-        "group_id": group_id, "generation": generation, "strategy": strategy,
+        "group_id": group_id, "generation": generation, "strategy": strategy, "kind": kind,
         "offsets": nested_offsets(offsets),
         "members": [{"member_id": mid, "pid": pid, "session_timeout_ms": timeout} for mid, pid, timeout in members],
         "written_ms": int(time.time() * 1000),
@@ -74,7 +78,7 @@ def read_checkpoints(groups_dir: str):
 class CheckpointWriter:
     """Writes checkpoints in a thread of its own (write to a temporary file, fsync, rename), so the
     coordinator's loop never waits for a disk. Of several checkpoints of one path waiting, the
-    newest is written. ``failed`` is True once a write failed."""
+    newest is written (or the removal, ``remove``). ``failed`` is True once a write failed."""
 
     def __init__(self, log):
         self.log = log
@@ -88,6 +92,10 @@ class CheckpointWriter:
 
     def put(self, path: str, document: dict) -> None:
         self._queue.put((path, json.dumps(document, indent=1).encode()))
+
+    def remove(self, path: str) -> None:
+        """Remove the checkpoint (after what is queued for it): a deleted group."""
+        self._queue.put((path, None))
 
     def close(self, timeout: float) -> bool:
         """Write what is queued and stop; True if every checkpoint was written."""
@@ -108,7 +116,13 @@ class CheckpointWriter:
                     break
             for path, data in batch.items():
                 try:
-                    ownership.write_file(path, data)
+                    if data is None:
+                        try:
+                            os.unlink(path)
+                        except FileNotFoundError:
+                            pass
+                    else:
+                        ownership.write_file(path, data)
                 except OSError as e:
                     self.failed = True
                     self.log(f"cannot write the group checkpoint: path={path}: {e}")

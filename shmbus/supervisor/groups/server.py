@@ -63,6 +63,27 @@ gone and the checkpoints answer. The checkpoint also lists the members' pids:
 a restarted coordinator grants nothing in a group until those processes
 rejoined or died (or a session timeout passed), so a member of the old
 coordinator cannot still be reading what the new one hands out.
+
+Kafka groups. The Kafka listener (``kafka/groups.py``) runs the classic
+Kafka group protocol for Kafka clients itself (members, generations, the
+leader's assignment relayed: none of it goes through ``state.py``); their
+committed offsets live here, with the Python API's, so ``describe``,
+``list``, the checkpoints and restarts treat both alike. The listener calls the
+thread-safe methods below (``claim_group``, ``commit_offsets``,
+``read_offsets``, ``overview``, ``delete_group``), each of which runs a
+function in this thread through ``call`` (a queue and a wake-up socket in the
+selector), so the one-thread rule holds. The listener registers itself with
+``attach_foreign(registry)``; this thread asks it, for ``describe`` and
+``list``, about the members it has (``registry.describe(gid)``,
+``registry.active(gid)``), which take the listener's lock: the listener never
+holds that lock while it waits in ``call``, so neither waits for the other.
+
+A group has members of one kind (``Group.kind``): ``shmbus`` (the Python
+API) or ``kafka``. The kind of a group is that of its members, or with none,
+that of whoever committed its offsets (kept in the checkpoint); a group with
+neither has no kind yet. A join of the other kind is refused, with the reason
+(the two protocols cannot share an assignment: Kafka's leader assigns
+client-side, the Python API's coordinator assigns here).
 """
 
 from __future__ import annotations
@@ -70,7 +91,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import queue
 import selectors
+import socket
 import sys
 import threading
 import time
@@ -91,6 +114,14 @@ TOPIC_CHECK_S = 0.2
 CHECKPOINT_S = 0.25  # a commit is on disk within this (plus an fsync)
 SEND_TIMEOUT_S = 0.5  # a member whose socket stays full this long is dropped
 FD_BACKOFF_S = 0.05  # out of fds, accept waits this long before the next try
+CALL_TIMEOUT_S = 10.0  # call() waits this long for the coordinator's thread
+_WAKE = object()  # the selector key data of the wake-up socket
+KINDS = ("shmbus", "kafka")
+
+
+class CoordinatorUnavailable(ConnectionError):
+    """The coordinator is not running (stopped, or its thread did not answer in time). A
+    ConnectionError, so callers in lower layers (the Kafka listener) catch it without importing it."""
 
 
 class _Conn:
@@ -129,6 +160,9 @@ class Coordinator:
         self._lsock = None
         self._thread = None
         self._checkpoints = CheckpointWriter(self.log)
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake_r = self._wake_w = None
+        self.foreign = None  # the Kafka listener's group registry (attach_foreign), or None
         assignors.load_plugins()
 
     @property
@@ -152,6 +186,10 @@ class Coordinator:
         s.setblocking(False)
         self._lsock = s
         self._sel.register(s, selectors.EVENT_READ, None)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._checkpoints.start()
         self._thread = threading.Thread(target=self._loop, name="group-coordinator", daemon=True)
         self._thread.start()
@@ -166,6 +204,9 @@ class Coordinator:
             except OSError:
                 pass
         self._sel.close()
+        if self._wake_w is not None:
+            self._wake_w.close()
+        self._run_calls(refuse=True)  # calls queued while stopping
         try:
             os.unlink(paths.groups_socket_path(self.data_dir))
         except FileNotFoundError:
@@ -189,6 +230,8 @@ class Coordinator:
             for key, _mask in events:
                 if key.data is None:
                     self._accept()
+                elif key.data is _WAKE:
+                    self._run_calls()
                 else:
                     self._read(key.data)
             now = time.monotonic()
@@ -198,6 +241,157 @@ class Coordinator:
                     self._tick(now)
                 except Exception as e:  # noqa: BLE001 (keep coordinating)
                     self.log(f"tick failed: {type(e).__name__}: {e}")
+
+    # --- calls from other threads (the Kafka listener) ---
+    def call(self, fn, *args, timeout: float = CALL_TIMEOUT_S):
+        """Run ``fn(*args)`` in the coordinator's thread and return its result (or raise its exception).
+
+        Thread-safe; raises CoordinatorUnavailable when the coordinator is stopped or does not answer
+        within ``timeout``. Never call it holding a lock that the coordinator's thread may take."""
+        if threading.current_thread() is self._thread:
+            return fn(*args)
+        if self._stop.is_set() or self._wake_w is None:
+            raise CoordinatorUnavailable("the group coordinator is stopped")
+        box = [threading.Event(), None, None]
+        self._calls.put((fn, args, box))
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, InterruptedError):
+            pass  # the socket is full of wake-ups already: the loop wakes anyway
+        except OSError:
+            raise CoordinatorUnavailable("the group coordinator is stopped") from None
+        if not box[0].wait(timeout):
+            raise CoordinatorUnavailable(f"the group coordinator did not answer within {timeout:.0f} s")
+        if box[2] is not None:
+            raise box[2]
+        return box[1]
+
+    def _run_calls(self, refuse: bool = False) -> None:
+        """Run the queued calls (``refuse``: answer them CoordinatorUnavailable: stopping)."""
+        if self._wake_r is not None and not refuse:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except OSError:  # BlockingIOError: drained
+                pass
+        while True:
+            try:
+                fn, args, box = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if refuse:
+                    raise CoordinatorUnavailable("the group coordinator is stopped")
+                box[1] = fn(*args)
+            except BaseException as e:  # noqa: BLE001 (handed to the caller)
+                box[2] = e
+            box[0].set()
+
+    # --- groups of other kinds (the Kafka listener's; thread-safe) ---
+    def attach_foreign(self, registry) -> None:
+        """The Kafka listener's group registry: ``describe(gid)`` -> dict or None (its members, state,
+        generation, protocol) and ``active(gid)`` -> bool (it has members); called in this thread."""
+        self.foreign = registry
+
+    def _kind(self, g) -> str | None:
+        """Whose group ``g`` is: its members', else its committed offsets' (None: nobody's yet)."""
+        if g.members:
+            return "shmbus"
+        if g.kind == "kafka" and self.foreign is not None and self.foreign.active(g.id):
+            return "kafka"
+        if g.offsets:
+            return g.kind or "shmbus"
+        return None
+
+    def _refusal(self, g, kind: str) -> str | None:
+        have = self._kind(g)
+        if have is None or have == kind:
+            return None
+        if g.members:
+            what = "Python API (shmbus Consumer) members"
+        elif have == "kafka" and self.foreign is not None and self.foreign.active(g.id):
+            what = "Kafka client members"
+        else:
+            what = f"committed offsets of {have} consumers"
+        return (f"group {g.id!r} has {what}: a group's members are all Kafka clients or all shmbus Python API "
+                f"consumers (use another group id, or delete this group's offsets first once it has no members)")
+
+    def claim_group(self, gid: str, kind: str) -> str | None:
+        """Make ``gid`` a group of ``kind`` (``kafka``); returns why not (it is the other kind's), or None."""
+        def run():
+            g = self.states.group(gid)
+            why = self._refusal(g, kind)
+            if why is None:
+                g.kind = kind
+            return why
+        return self.call(run)
+
+    def commit_offsets(self, gid: str, kind: str, offsets, generation: int = 0) -> str | None:
+        """Commit [(topic, partition, offset)] for a group of ``kind``; returns why not, or None.
+
+        The caller (the Kafka listener) checked the member and generation; this keeps the offsets
+        (checkpointed within CHECKPOINT_S) and refuses a group of the other kind."""
+        def run():
+            g = self.states.group(gid)
+            self.tables.refresh(g)
+            why = self._refusal(g, kind)
+            if why is not None:
+                return why
+            g.kind = kind
+            g.generation = max(g.generation, int(generation))
+            for topic, partition, off in offsets:
+                tp = TopicPartition(topic, int(partition))
+                g.offsets[tp] = int(off)
+                self.tables.commit(g, tp, int(off))
+            g.dirty = True
+            return None
+        return self.call(run)
+
+    def read_offsets(self, gid: str, partitions=None) -> dict:
+        """{TopicPartition: offset} committed by ``gid`` (any kind), of ``partitions`` or all."""
+        def run():
+            g = self.groups.get(gid)
+            if g is None:
+                return {}
+            self.tables.refresh(g)
+            if partitions is None:
+                return dict(g.offsets)
+            return {tp: g.offsets[tp] for tp in partitions if tp in g.offsets}
+        return self.call(run)
+
+    def overview(self) -> list:
+        """[{group_id, kind, state, generation, strategy}] of the groups with members or offsets (any kind)."""
+        def run():
+            out = []
+            for gid, g in sorted(self.groups.items()):
+                self.tables.refresh(g)
+                kind = self._kind(g)
+                if kind is None:
+                    continue
+                out.append({"group_id": gid, "kind": kind, "state": g.state(), "generation": g.generation,
+                            "strategy": g.strategy})
+            return out
+        return self.call(run)
+
+    def delete_group(self, gid: str, kind: str) -> str:
+        """Delete a group without members (of any kind), its committed offsets and its checkpoint.
+
+        ``kind``: who asks (for the log). Returns ``deleted``, ``not_found`` or ``non_empty``."""
+        def run():
+            g = self.groups.get(gid)
+            if g is not None:
+                self.tables.refresh(g)
+            have = None if g is None else self._kind(g)
+            if have is None:
+                return "not_found"
+            if g.members or (self.foreign is not None and self.foreign.active(gid)):
+                return "non_empty"
+            self.tables.forget(g)
+            del self.groups[gid]
+            self._checkpoints.remove(paths.checkpoint_path(self.data_dir, gid))
+            self.log(f"group deleted: group={gid!r} kind={have} (asked by a {kind} client)")
+            return "deleted"
+        return self.call(run)
 
     # --- connections ---
     def _accept(self) -> None:
@@ -301,7 +495,13 @@ class Coordinator:
             if m is not None:
                 self.states.remove(m, f"member rejoined: member_id={m.id}", now)
             gid = msg.get("group")
-            self.states.group(gid)  # a bad group id is refused before anything changes
+            g = self.states.group(gid)  # a bad group id is refused before anything changes
+            self.tables.refresh(g)
+            why = self._refusal(g, "shmbus")
+            if why is not None:
+                self.log(f"join refused: {why}")
+                raise ValueError(why)
+            g.kind = "shmbus"
             self._check_topics(now)  # a topic made just before the join is in the first assignment
             m = self.states.join(gid, c, msg, now)
             c.member = m
@@ -327,7 +527,7 @@ class Coordinator:
         elif op == "list":
             for g in self.groups.values():
                 self.tables.refresh(g)
-            self._reply(c, msg, groups=sorted(gid for gid, g in self.groups.items() if g.members or g.offsets))
+            self._reply(c, msg, groups=sorted(gid for gid, g in self.groups.items() if self._kind(g) is not None))
         elif op == "describe":
             self._reply(c, msg, **self.describe(msg.get("group")))
         elif op == "ping":
@@ -401,7 +601,8 @@ class Coordinator:
         g.dirty = False
         members = [(m.id, m.pid, m.session_timeout_ms) for m in g.members.values()]
         self._checkpoints.put(paths.checkpoint_path(self.data_dir, g.id),
-                              checkpoint_document(g.id, g.generation, g.strategy, g.offsets, members))
+                              checkpoint_document(g.id, g.generation, g.strategy, g.offsets, members,
+                                                  g.kind or "shmbus"))
 
     def _load(self) -> None:
         now = time.monotonic()
@@ -409,6 +610,7 @@ class Coordinator:
             g = self.states.group(ck["group_id"])
             g.generation = int(ck.get("generation", 0))
             g.strategy = ck.get("strategy", "range")
+            g.kind = ck.get("kind") if ck.get("kind") in KINDS else None
             g.offsets = {TopicPartition(t, int(p)): int(o) for t, ps in (ck.get("offsets") or {}).items()
                          for p, o in ps.items()}
             pids = {int(m["pid"]) for m in ck.get("members", ()) if int(m.get("pid", 0)) not in (0, os.getpid())}
@@ -422,7 +624,16 @@ class Coordinator:
         g = self.groups.get(gid)
         if g is not None:
             self.tables.refresh(g)
-        return self.states.describe(gid)
+        d = self.states.describe(gid)
+        if g is not None and g.kind == "kafka" and self.foreign is not None:
+            f = self.foreign.describe(gid)  # members, state, generation and protocol are the listener's
+            if f is not None:
+                d.update(f)
+            elif not g.offsets:
+                d["state"] = "Dead"
+        if g is not None:
+            d["kind"] = self._kind(g) or g.kind or "shmbus"
+        return d
 
 
 def _alive(pid: int) -> bool:
@@ -432,4 +643,4 @@ def _alive(pid: int) -> bool:
         return False
 
 
-__all__ = ["CHECKPOINT_S", "Coordinator"]
+__all__ = ["CHECKPOINT_S", "Coordinator", "CoordinatorUnavailable"]

@@ -86,6 +86,7 @@ class Group:
         self.grant_gen: dict[TopicPartition, int] = {}
         self.offsets: dict[TopicPartition, int] = {}
         self.strategy = "range"
+        self.kind = None  # "shmbus" (Python API members), "kafka" (Kafka clients through the listener), None: not yet
         self.sig = ()  # ((topic, topic id, partitions), ...) the last assignment was made for
         self.excluded: set = set()  # topics recreated under a new id: revoked before re-granted
         self.dirty = False  # offsets or members changed since the last checkpoint

@@ -155,6 +155,12 @@ class OffsetsTables:
             s.table.close()
             s.table = None
 
+    def forget(self, g) -> None:
+        """A deleted group: its table is unlinked and what is known of its slots dropped."""
+        self.release_all(g)
+        self.close(g, unlink=True)
+        self._by_group.pop(g.id, None)
+
     def adopt(self, group, topics) -> None:
         """Tables left by a coordinator that was killed: adopt their offsets, fence their members.
 
