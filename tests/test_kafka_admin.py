@@ -563,6 +563,20 @@ def test_raw_sasl_exchanges(sasl_bus):
                 assert r.error_message.startswith("Authentication failed")
             assert _closed(s)
 
+    # a null token (a bytes length of -1): refused like a wrong password
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        send(s, SaslHandshakeRequest(mechanism="PLAIN", version=1))
+        assert recv(s, SaslHandshakeResponse, 1).error_code == 0
+        req = SaslAuthenticateRequest(auth_bytes=b"", version=1)
+        req.with_header(correlation_id=2, client_id="raw")
+        frame = bytearray(req.encode(header=True, framed=True))
+        assert frame[-4:] == b"\0\0\0\0"
+        frame[-4:] = b"\xff\xff\xff\xff"
+        s.sendall(frame)
+        assert recv(s, SaslAuthenticateResponse, 1).error_code == 58
+        assert _closed(s)
+    assert "internal error" not in supervisor_log(d)
+
 
 def test_sasl_on_a_listener_without_it_is_illegal_state(kbus):
     from kafka.protocol.sasl import SaslHandshakeRequest, SaslHandshakeResponse

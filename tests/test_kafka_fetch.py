@@ -149,21 +149,6 @@ def test_kernel_refuses_rows_outside_the_buffer():
 
 # --- real clients through the listener ----------------------------------------------------------------------
 
-def _offers_produce() -> bool:
-    from shmbus.kafka import handlers
-    from shmbus.kafka.registry import HANDLERS
-
-    assert handlers  # (imported for its handlers' registration)
-    h = HANDLERS.get(0)
-    return h is not None and h.max_version >= 3
-
-
-# librdkafka fetches with message format v2 only from a broker whose ApiVersions offer Produce v3+ and Fetch v4+
-# (its MSGVER2 feature); without Produce it fails every Fetch locally as "not supported by broker"
-librdkafka = pytest.mark.skipif(not _offers_produce(), reason="librdkafka (confluent-kafka, kcat) fetches only from "
-                                "a broker that offers Produce v3+, which this build of the listener does not")
-
-
 def _produce(bus, topic, n, partitions, seed=1, value_bytes=(0, 200)):
     """Write ``n`` records with the Python API; returns {partition: [(offset, ts, key, value, headers)]}."""
     rng = random.Random(seed)
@@ -203,7 +188,6 @@ def _confluent_read(bootstrap, topic, partitions, total, offset=0, **conf):
     return got
 
 
-@librdkafka
 @pytest.mark.timeout(300)
 def test_confluent_kafka_reads_what_the_python_api_wrote(kbus, ktopic):
     topic = ktopic(4)
@@ -259,7 +243,7 @@ def _reader(name):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("client", [pytest.param("confluent", marks=librdkafka), "kafka-python"])
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_reads_records_that_are_only_on_disk_then_goes_on_in_the_ring(kbus, ktopic, client):
     from helpers.bus import wait_spilled
 
@@ -328,7 +312,6 @@ def test_offsets_for_times_finds_records_on_disk(kbus, ktopic):
         c.close()
 
 
-@librdkafka
 def test_kcat_shows_key_partition_offset_timestamp_headers_value(kbus, ktopic):
     topic = ktopic(2)
     with kbus.bus.producer() as prod:
@@ -440,7 +423,6 @@ def test_fetch_errors_on_the_wire(kbus, ktopic, version):
         assert _fetch(kbus.bootstrap, bad, 0, 0, version).error_code == 3
 
 
-@librdkafka
 def test_confluent_kafka_applies_auto_offset_reset_on_out_of_range(kbus, ktopic):
     topic = ktopic(1)
     want = _produce(kbus.bus, topic, 10, 1)[0]
@@ -576,7 +558,6 @@ def test_a_record_whose_header_bytes_do_not_parse_is_answered_corrupt_message(tm
         cleanup_bus(d)
 
 
-@librdkafka
 def test_confluent_kafka_watermarks_and_offsets_for_times(kbus, ktopic):
     from confluent_kafka import Consumer, TopicPartition
 
@@ -596,7 +577,7 @@ def test_confluent_kafka_watermarks_and_offsets_for_times(kbus, ktopic):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("client", [pytest.param("confluent", marks=librdkafka), "kafka-python"])
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_reads_while_a_producer_laps_a_small_ring(kbus, ktopic, client):
     """The spiller releases ring bytes under a reader that falls behind: what it read there is read again
     from disk, so every record arrives once, intact, in order."""
@@ -619,7 +600,6 @@ def test_reads_while_a_producer_laps_a_small_ring(kbus, ktopic, client):
     assert done.is_set() and got == want[0]
 
 
-@librdkafka
 @pytest.mark.timeout(120)
 def test_confluent_kafka_waiting_at_the_end_gets_a_later_record(kbus, ktopic):
     from confluent_kafka import Consumer, TopicPartition

@@ -177,31 +177,36 @@ class Allowed:
         self.decoded = 0
         self._lock = threading.Lock()
 
-    def account(self, stream: bytes, limit: int) -> None:
-        """Walk ``stream`` as the listener does; note what each request that decodes may change."""
+    def account(self, stream: bytes, limit: int) -> set:
+        """Walk ``stream`` as the listener does; note what each request that decodes may change.
+
+        Returns the api_keys of the requests that decoded intact."""
         from shmbus.kafka.registry import HANDLERS, MalformedRequest
         from shmbus.kafka.server import _HEAD, decode_request
 
+        keys: set = set()
         pos = 0
         while len(stream) - pos >= 4:
             (size,) = struct.unpack_from(">i", stream, pos)
             pos += 4
             if size < _HEAD.size or size > limit or len(stream) - pos < size:
-                return
+                return keys
             frame = bytearray(stream[pos:pos + size])
             pos += size
             api_key, version = struct.unpack_from(">hh", frame, 0)
             h = HANDLERS.get(api_key)
             if h is None or not h.min_version <= version <= h.max_version:
-                return
+                return keys
             (cid_len,) = struct.unpack_from(">h", frame, 8)
             if cid_len > 0 and _HEAD.size + cid_len > len(frame):
-                return
+                return keys
             try:
                 req = decode_request(h.request, frame, version)
             except MalformedRequest:
-                return
+                return keys
             self._note(api_key, req)
+            keys.add(api_key)
+        return keys
 
     def _note(self, api_key: int, req) -> None:
         with self._lock:
@@ -212,10 +217,14 @@ class Allowed:
             elif api_key == 19:  # CreateTopics
                 if not req.validate_only:
                     self.topics.update(t.name for t in req.topics)
-            elif api_key == 0:
+            elif api_key == 0:  # Produce (auto-creates the topics it names)
                 self.produce = True
+                self.topics.update(t.name for t in req.topic_data if t.name)
             elif api_key in (20, 33, 44):  # DeleteTopics, AlterConfigs, IncrementalAlterConfigs
                 self.other_writes.append((api_key, req))
+
+
+WAITING_APIS = {11, 14}  # JoinGroup, SyncGroup: answered when the group's rebalance completes
 
 
 def _send_one(address, payload: bytes) -> str:
@@ -288,8 +297,10 @@ def test_hostile_bytes_close_connections_and_change_nothing(fbus):
             if item is None:
                 return
             _, (kind, payload) = item
-            allowed.account(payload, MAX_REQUEST_BYTES)
+            decoded = allowed.account(payload, MAX_REQUEST_BYTES)
             how = _send_one(address, payload)
+            if how == "timeout" and decoded & WAITING_APIS:
+                how = "waited"  # an intact JoinGroup or SyncGroup waits for its rebalance (up to its timeout)
             with lock:
                 outcomes[(kind, how)] = outcomes.get((kind, how), 0) + 1
                 done[0] += 1

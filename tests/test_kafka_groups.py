@@ -22,14 +22,6 @@ import pytest
 from helpers.kafka_consumer import group_consumer, owned, read_events
 from helpers.waiting import wait_for
 
-from shmbus.kafka import handlers as _handlers  # registers the handlers
-from shmbus.kafka.registry import HANDLERS
-
-PRODUCE = 0
-FETCH = 1
-LIST_OFFSETS = 2
-assert _handlers  # imported for what importing it does
-
 
 def _gid() -> str:
     return f"g-{uuid.uuid4().hex[:10]}"
@@ -67,8 +59,6 @@ def test_a_killed_members_partitions_go_to_the_survivor_at_once(kbus, ktopic, pr
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(FETCH not in HANDLERS or PRODUCE not in HANDLERS,
-                    reason="librdkafka fetches only from a broker that offers Fetch and Produce (api_keys 1, 0)")
 def test_the_survivor_of_a_killed_member_reads_every_record(kbus, ktopic, procs, tmp_path):
     """Acceptance: two consumers share a 4-partition topic; one is SIGKILLed; the survivor owns every
     partition within 2 s and reads every record."""
@@ -500,8 +490,6 @@ def test_a_static_member_outlives_its_connection_and_its_restart_fences_the_old_
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(FETCH not in HANDLERS or LIST_OFFSETS not in HANDLERS,
-                    reason="kafka-python's poll() needs the Fetch and ListOffsets APIs (api_keys 1, 2) in the listener")
 def test_kafka_python_and_confluent_consumers_share_a_group(kbus, ktopic):
     from kafka import KafkaConsumer
 

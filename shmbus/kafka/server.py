@@ -133,6 +133,10 @@ class KafkaListener:
         return f"{self.host}:{self.port}"
 
     def start(self) -> None:
+        from shmbus.kernels import kafka_in, kafka_out
+
+        kafka_in.warm()  # compiled (or loaded) now, not by the first Produce or Fetch
+        kafka_out.warm()
         self._thread = threading.Thread(target=self._accept_loop, name="kafka-listener", daemon=True)
         self._thread.start()
         threading.Thread(target=self._sample_loop, name="kafka-rates", daemon=True).start()

@@ -51,6 +51,8 @@ def _state(session) -> dict:
 
 def check_plain(users: dict, token: bytes) -> tuple[str | None, str]:
     """(user, "") if ``token`` is a PLAIN response with a right password, else (None, why) (why: for the log)."""
+    if token is None:
+        return None, "no SASL/PLAIN token (auth_bytes is null)"
     parts = bytes(token).split(b"\0")
     if len(parts) != 3:
         return None, "the PLAIN token is not authzid NUL user NUL password"
