@@ -28,6 +28,7 @@ may block, as a Fetch waiting for records does) and writes the response.
 from __future__ import annotations
 
 import io
+import re
 import socket
 import struct
 import threading
@@ -334,7 +335,59 @@ def decode_request(cls, frame, version: int):
         raise MalformedRequest(f"api_key={cls.API_KEY} version={version} is truncated: its body needs "
                                f"{end} bytes, the request has {len(data)}")
     req._header = hdr
+    where = null_where_not_allowed(req, cls.json["fields"], version)
+    if where is not None:
+        raise MalformedRequest(f"api_key={cls.API_KEY} version={version} has a null {where}, which its schema does "
+                               f"not allow")
     return req
+
+
+_VERSIONS_CACHE: dict = {}
+
+
+def _in_versions(spec, version: int) -> bool:
+    """Whether ``version`` is in a JSON schema version range ("3+", "0-4", "5", "none", None)."""
+    r = _VERSIONS_CACHE.get(spec)
+    if r is None:
+        if spec is None or spec.strip() in ("", "none"):
+            r = (0, -1)
+        elif spec.endswith("+"):
+            r = (int(spec[:-1]), 1 << 15)
+        elif "-" in spec:
+            lo, hi = spec.split("-")
+            r = (int(lo), int(hi))
+        else:
+            r = (int(spec), int(spec))
+        _VERSIONS_CACHE[spec] = r
+    return r[0] <= version <= r[1]
+
+
+def null_where_not_allowed(obj, fields, version: int) -> str | None:
+    """The path of a null string, bytes, records, array or struct that the schema does not make nullable.
+
+    kafka-python decodes a length of -1 as None whatever the schema says; the
+    handlers can then trust that only nullable fields are ever None.
+    """
+    for f in fields:
+        if "tag" in f or not _in_versions(f.get("versions"), version):
+            continue
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", f["name"]).lower()
+        v = getattr(obj, name, None)
+        if v is None:
+            t = f["type"]
+            if (t.startswith("[]") or t in ("string", "bytes", "records") or "fields" in f) \
+                    and not _in_versions(f.get("nullableVersions"), version):
+                return name
+            continue
+        sub = f.get("fields")
+        if sub:
+            for item in (v if f["type"].startswith("[]") else (v,)):
+                if item is None:
+                    return name
+                where = null_where_not_allowed(item, sub, version)
+                if where is not None:
+                    return f"{name}.{where}"
+    return None
 
 
 def _unsupported_api_versions():
