@@ -133,3 +133,19 @@ def test_status_names_the_listener(kbus):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["kafka_listener"]["address"] == kbus.bootstrap
+
+
+def test_the_docs_list_the_versions_offered():
+    import re
+
+    from kafka.protocol.api_key import ApiKey
+
+    from shmbus.kafka.registry import HANDLERS
+    from shmbus.kafka import server  # noqa: F401  (registers the handlers)
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "kafka.md")) as f:
+        doc = f.read()
+    listed = {int(k): (int(lo), int(hi)) for _name, k, lo, hi in re.findall(r"(\w+) \((\d+)\) \| (\d+)–(\d+)", doc)}
+    offered = {h.api_key: (h.min_version, h.max_version) for h in HANDLERS.values()}
+    assert listed == offered, {ApiKey(k).name: (listed.get(k), offered.get(k)) for k in set(listed) | set(offered)
+                               if listed.get(k) != offered.get(k)}

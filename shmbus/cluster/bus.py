@@ -185,7 +185,7 @@ class ClusterBus:
         self._require("CreateTopics", "create_topic",
                       "create topics with the cluster's own tools, or let the brokers create them on first use")
         what = f"create_topic: topic={name!r}"
-        fs = self._admin.create_topics([NewTopic(name, partitions, config=cfg)], request_timeout=self._timeout,
+        fs = self._admin.create_topics([NewTopic(str(name), partitions, config=cfg)], request_timeout=self._timeout,
                                        operation_timeout=self._timeout)
         self._result(fs[name], what)
         self._wait_metadata(name, partitions, what)
@@ -237,7 +237,7 @@ class ClusterBus:
                 warnings.warn(f"the cluster does not serve DescribeConfigs: describe_topic gives config={{}}: "
                               f"cluster={self.url}", UserWarning, stacklevel=3)
             return {}
-        fs = self._admin.describe_configs([ConfigResource("topic", name)], request_timeout=self._timeout)
+        fs = self._admin.describe_configs([ConfigResource("topic", str(name))], request_timeout=self._timeout)
         entries = self._result(next(iter(fs.values())), f"describe_topic: topic={name!r}")
         return {k: config_value(e.value) for k, e in sorted(entries.items())}
 
@@ -253,7 +253,7 @@ class ClusterBus:
             return
         self._require("IncrementalAlterConfigs", "alter_topic_config", "alter topics with the cluster's own tools")
         self._topic_metadata(name, "alter_topic_config")  # UnknownTopicError before the request
-        res = ConfigResource("topic", name, incremental_configs=[
+        res = ConfigResource("topic", str(name), incremental_configs=[
             ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in cfg.items()])
         fs = self._admin.incremental_alter_configs([res], request_timeout=self._timeout)
         self._result(next(iter(fs.values())), f"alter_topic_config: topic={name!r}")

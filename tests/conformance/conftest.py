@@ -1,7 +1,10 @@
 """The conformance suite: the API's behaviour, run against both backends.
 
 ``backend`` is parametrized over ``"shm"`` (a ``Bus`` on a temporary data dir, with its
-supervisor: tests/conftest.py's ``sbus``) and ``"kafka"`` (``shmbus.connect("kafka://...")``).
+supervisor: tests/conftest.py's ``sbus``), ``"kafka"`` (``shmbus.connect("kafka://...")``) and
+``"listener"``: the Kafka backend on a bus's own Kafka protocol listener (tests/conftest.py's
+``kbus``), a Kafka-protocol broker that serves every admin request, so that both the
+Kafka backend and the listener meet a client that no test here wrote for them.
 The Kafka address is ``$SHMBUS_TEST_KAFKA`` (``host:port`` of a real cluster) if set, else
 librdkafka's in-process mock cluster, owned by a producer kept alive for the session.
 
@@ -96,12 +99,20 @@ class Backend:
                 pass
 
 
-@pytest.fixture(params=["shm", "kafka"])
+@pytest.fixture(scope="module")
+def listener_bus(kbus):
+    with shmbus.connect("kafka://" + kbus.bootstrap, kafka={"log_level": 3}) as b:
+        yield b
+
+
+@pytest.fixture(params=["shm", "kafka", "listener"])
 def backend(request):
     import warnings
 
     if request.param == "shm":
         be = Backend("shm", request.getfixturevalue("sbus"))
+    elif request.param == "listener":
+        be = Backend("listener", request.getfixturevalue("listener_bus"), request.getfixturevalue("kbus").bootstrap)
     else:
         be = Backend("kafka", request.getfixturevalue("cluster_bus"), request.getfixturevalue("kafka_address"))
     with warnings.catch_warnings():
