@@ -18,7 +18,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = ["import_time", "idle_cpu", "latency", "throughput", "disk", "groups"]
+SCRIPTS = ["import_time", "idle_cpu", "latency", "throughput", "disk", "groups", "kafka"]
 TIMEOUT_S = {"quick": 150, "full": 420}  # per script; each is designed to stay under ~3 min in full mode
 
 

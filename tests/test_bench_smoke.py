@@ -28,6 +28,7 @@ EXPECTED = {
     "idle_cpu": ["| blocked receiver (idle) | CPU % of one core |", "shmbus poll(timeout_ms=100)"],
     "disk": ["### Disk (a)", "| read, poll_batch(100000) |", "### Disk (b)", "| 4 producers |"],
     "groups": ["| event (6 partitions, range) |", "a member is SIGKILLed", "commit() of 6 partitions"],
+    "kafka": ["| target | produce (records/s) | fetch (records/s) |", "| shmbus |", "| mock |", "shmbus / mock"],
 }
 
 
