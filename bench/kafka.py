@@ -208,7 +208,8 @@ def main(argv=None) -> int:
                             "produce→fetch p99"], rows))
     if errors:
         print("\nerrors: " + "; ".join(errors))
-    C.write_json(C.out_path(NAME, args), {"env": env, "records": n, "rounds": rounds, "results": res,
+    C.write_json(C.out_path(NAME, args), {"benchmark": NAME, "quick": args.quick, "env": env, "records": n,
+                                         "rounds": rounds, "results": res,
                                          "ratios": ratio, "errors": errors})
     return 1 if errors else 0
 
