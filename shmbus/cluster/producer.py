@@ -20,6 +20,8 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from shmbus.core.headers import as_bytes as bytes_like
+
 from shmbus.cluster.errors import kafka_error
 from shmbus.cluster.librdkafka import load_confluent
 from shmbus.cluster.options import PRODUCER_NAMES, UNSET, check_int, kafka_options, warn_shm_only
@@ -37,17 +39,8 @@ _KAFKA_ACKS = {"all": "all", -1: "all", "-1": "all", 1: "1", "1": "1", 0: "0", "
 
 
 def as_bytes(x, what: str) -> bytes | None:
-    if x is None or type(x) is bytes:
-        return x
-    if isinstance(x, (bytearray, memoryview, bytes)):
-        return bytes(x)
-    if isinstance(x, np.ndarray):
-        if x.dtype == np.uint8 and x.flags.c_contiguous:
-            return x.tobytes()
-        raise TypeError(f"{what} as a numpy array must be contiguous uint8: dtype={x.dtype} "
-                        f"contiguous={x.flags.c_contiguous} (use np.ascontiguousarray(a).view(np.uint8))")
-    raise TypeError(f"{what} must be bytes-like or None: type={type(x).__name__} "
-                    f"(pass {what}_serializer= to the producer to send other types)")
+    """``x`` as bytes (None stays None): the shared-memory producer's rules and messages."""
+    return None if x is None else bytes_like(x, what)
 
 
 def check_headers(headers) -> list | None:
