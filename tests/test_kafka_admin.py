@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from helpers.kafka import listener_status, supervisor_log
+from helpers.kafka import listener_status, read_frame, recv_exact, supervisor_log
 from helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -367,23 +367,7 @@ def _roundtrip(bootstrap, req, response_cls, version, correlation_id=11):
     req.with_header(correlation_id=correlation_id, client_id="test")
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(req.encode(header=True, framed=True))
-        return response_cls.decode(_read_frame(s), version=version, header=True)
-
-
-def _read_frame(s) -> bytes:
-    head = _recv(s, 4)
-    (n,) = struct.unpack(">i", head)
-    return _recv(s, n)
-
-
-def _recv(s, n) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
+        return response_cls.decode(read_frame(s), version=version, header=True)
 
 
 # --- SASL/PLAIN --------------------------------------------------------------------------------------------------
@@ -505,7 +489,7 @@ def test_raw_sasl_exchanges(sasl_bus):
         s.sendall(req.encode(header=True, framed=True))
 
     def recv(s, cls, version):
-        return cls.decode(_read_frame(s), version=version, header=True)
+        return cls.decode(read_frame(s), version=version, header=True)
 
     def metadata_works(s):
         send(s, MetadataRequest(topics=None, version=1), 9)
@@ -530,7 +514,7 @@ def test_raw_sasl_exchanges(sasl_bus):
         assert recv(s, SaslHandshakeResponse, 0).error_code == 0
         token = b"alice\0alice\0s3cret"
         s.sendall(struct.pack(">i", len(token)) + token)
-        assert _recv(s, 4) == b"\0\0\0\0"
+        assert recv_exact(s, 4) == b"\0\0\0\0"
         assert metadata_works(s)
 
     # v0 with a wrong password: closed without an answer

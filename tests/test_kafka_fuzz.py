@@ -32,7 +32,7 @@ import time
 
 import pytest
 
-from helpers.kafka import listener_status, supervisor_log
+from helpers.kafka import listener_status, recv_exact, supervisor_log
 from helpers.waiting import wait_for
 
 SEED = int(os.environ.get("SHMBUS_FUZZ_SEED", "20261207"))
@@ -373,8 +373,8 @@ def test_connections_beyond_the_limit_are_closed_at_once(kbus):
     try:
         def api_versions(s):
             s.sendall(_frame(ApiVersionsRequest(version=0), 5))
-            (n,) = struct.unpack(">i", _recv(s, 4))
-            return ApiVersionsResponse.decode(_recv(s, n), version=0, header=True).error_code
+            (n,) = struct.unpack(">i", recv_exact(s, 4))
+            return ApiVersionsResponse.decode(recv_exact(s, n), version=0, header=True).error_code
 
         for _ in range(3):
             s = socket.create_connection(("127.0.0.1", lst.port), timeout=10)
@@ -399,16 +399,6 @@ def test_connections_beyond_the_limit_are_closed_at_once(kbus):
         lst.close()
 
 
-def _recv(s, n) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
 @pytest.mark.timeout(60)
 def test_an_unauthenticated_connection_is_closed_after_the_auth_deadline(kbus, monkeypatch):
     """With SASL, a connection that keeps asking ApiVersions but never authenticates is closed (in this process)."""
@@ -427,8 +417,8 @@ def test_an_unauthenticated_connection_is_closed_after_the_auth_deadline(kbus, m
             while not closed and time.monotonic() < deadline:
                 try:
                     s.sendall(_frame(ApiVersionsRequest(version=0), 5))
-                    (n,) = struct.unpack(">i", _recv(s, 4))
-                    _recv(s, n)
+                    (n,) = struct.unpack(">i", recv_exact(s, 4))
+                    recv_exact(s, n)
                 except (ConnectionError, OSError):
                     closed = True
                 time.sleep(0.1)

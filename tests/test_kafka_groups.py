@@ -19,6 +19,7 @@ import uuid
 
 import pytest
 
+from helpers.kafka import recv_exact
 from helpers.kafka_consumer import group_consumer, owned, read_events
 from helpers.waiting import wait_for
 
@@ -323,12 +324,7 @@ class Raw:
         return resp_cls.decode(body, version=version, header=True)
 
     def _recv(self, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            assert chunk, "the listener closed the connection"
-            buf += chunk
-        return buf
+        return recv_exact(self.sock, n)
 
     def join(self, group, member_id, version=5, session_timeout_ms=6000, rebalance_timeout_ms=10000,
              protocols=(("range", b"meta"),), protocol_type="consumer", instance_id=None):

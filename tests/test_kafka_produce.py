@@ -16,6 +16,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from helpers.kafka import recv_exact
+
 from shmbus.core.partitioner import partition_for_key
 from shmbus.records import TopicPartition
 
@@ -204,12 +206,7 @@ class RawClient:
         return resp_cls.decode(body, version=req.API_VERSION, header=True)
 
     def _recv(self, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            assert chunk, "the listener closed the connection"
-            buf += chunk
-        return buf
+        return recv_exact(self.sock, n)
 
     def close(self):
         self.sock.close()

@@ -45,3 +45,24 @@ def supervisor_log(data_dir: str) -> str:
             return f.read()
     except FileNotFoundError:
         return ""
+
+
+# --- raw Kafka requests over a socket (kafka-python's protocol classes build and read them) ---
+
+def recv_exact(sock, n: int) -> bytes:
+    """``n`` bytes from ``sock``; ConnectionError if the listener closes the connection first."""
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return buf
+
+
+def read_frame(sock) -> bytes:
+    """One size-prefixed response frame (without its size)."""
+    import struct
+
+    (n,) = struct.unpack(">i", recv_exact(sock, 4))
+    return recv_exact(sock, n)
