@@ -1,0 +1,296 @@
+"""``shmbus bridge``: records copied between a bus and a Kafka cluster by a process the supervisor runs.
+
+Clusters: librdkafka's in-process mock cluster (``SHMBUS_TEST_KAFKA=host:port``
+puts a real broker in its place; no CreateTopics there: topics are auto-created
+with 4 partitions, at most 5 MiB kept per partition, so volumes stay modest),
+and a second bus serving the Kafka protocol (CreateTopics; it can be stopped and
+started again on the same port). Every check compares the records on both sides
+partition by partition: key, value, headers (plus the provenance header),
+timestamp and order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+import uuid
+
+import pytest
+
+from helpers.bus import cleanup_bus
+from helpers.cli import one_line_error, sh
+from helpers.kafka import start_listener
+from helpers.waiting import wait_for
+
+ck = pytest.importorskip("confluent_kafka")
+
+PARTS = 4
+HDR = "shmbus.bridge"
+
+
+# --- clusters ---
+
+@pytest.fixture(scope="module")
+def mock_cluster():
+    """host:port of a Kafka cluster: $SHMBUS_TEST_KAFKA, else librdkafka's mock cluster (kept by this process)."""
+    addr = os.environ.get("SHMBUS_TEST_KAFKA")
+    if addr:
+        yield addr
+        return
+    anchor = ck.Producer({"test.mock.num.brokers": 1, "log_level": 0})
+    b = next(iter(anchor.list_topics(timeout=10).brokers.values()))
+    yield f"{b.host}:{b.port}"
+    del anchor
+
+
+@pytest.fixture
+def kafka_bus(tmp_path):
+    """A second bus serving the Kafka protocol: (data dir, host:port)."""
+    d = str(tmp_path / "cluster-bus")
+    try:
+        yield d, start_listener(d)
+    finally:
+        cleanup_bus(d)
+
+
+@pytest.fixture(params=["mock", "shmbus"])
+def cluster(request, mock_cluster, tmp_path):
+    """(kind, host:port): the mock (or $SHMBUS_TEST_KAFKA) cluster, or a bus with a Kafka listener."""
+    if request.param == "mock":
+        yield "mock", mock_cluster
+        return
+    d = str(tmp_path / "cluster-bus")
+    try:
+        yield "shmbus", start_listener(d)
+    finally:
+        cleanup_bus(d)
+
+
+# --- helpers ---
+
+def name(prefix="t"):
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def records(n, seed=0):
+    """n keyed records with headers and explicit timestamps: (key, value, headers, timestamp)."""
+    base = 1_700_000_000_000 + seed * 10_000_000
+    out = []
+    for i in range(n):
+        hs = [("seq", b"%d" % i)] if i % 3 else [("seq", b"%d" % i), ("kind", b"x" * (i % 7))]
+        out.append((b"k%d" % (i % 97), b"v%d-%d" % (seed, i), hs, base + i))
+    return out
+
+
+def send_bus(bus, topic, recs):
+    """Sends to the bus; returns {partition: [(key, value, headers, ts, offset)]} in offset order."""
+    per = {}
+    with bus.producer() as p:
+        for k, v, h, ts in recs:
+            md = p.send(topic, v, key=k, headers=h, timestamp_ms=ts)
+            per.setdefault(md.partition, []).append((k, v, h, ts, md.offset))
+    return per
+
+
+def send_cluster(addr, topic, recs, partitions=PARTS):
+    """Sends to the cluster (partition = the key's murmur2, as the bus does); returns the same map."""
+    from shmbus.core.partitioner import partition_for_key
+
+    p = ck.Producer({"bootstrap.servers": addr, "enable.idempotence": True, "linger.ms": 5, "log_level": 0})
+    per = {}
+    acked = {}
+
+    def dr(err, msg):
+        assert err is None, err
+        acked[(msg.partition(), msg.headers()[0][1])] = msg.offset()
+
+    for k, v, h, ts in recs:
+        part = partition_for_key(k, partitions)
+        while True:
+            try:
+                p.produce(topic, v, k, part, headers=h, timestamp=ts, on_delivery=dr)
+                break
+            except BufferError:
+                p.poll(0.01)
+        per.setdefault(part, []).append((k, v, h, ts))
+    assert p.flush(60) == 0
+    return {part: [(k, v, h, ts, acked[(part, h[0][1])]) for k, v, h, ts in rs] for part, rs in per.items()}
+
+
+def read_cluster(addr, topic, n, timeout_s=90, partitions=PARTS):
+    """{partition: [confluent Message]} until n records arrived (or the timeout)."""
+    c = ck.Consumer({"bootstrap.servers": addr, "group.id": name("check"), "enable.auto.commit": False,
+                     "log_level": 0, "fetch.wait.max.ms": 50})
+    try:
+        c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in range(partitions)])
+        out = {}
+        got = 0
+        deadline = time.monotonic() + timeout_s
+        while got < n and time.monotonic() < deadline:
+            for m in c.consume(10000, 0.2):
+                if m.error() is None:
+                    out.setdefault(m.partition(), []).append(m)
+                    got += 1
+        return out
+    finally:
+        c.close()
+
+
+def read_bus(bus, topic, n, timeout_s=90, partitions=PARTS):
+    """{partition: [ConsumerRecord]} until n records arrived (or the timeout)."""
+    from shmbus import TopicPartition
+
+    out = {}
+    got = 0
+    with bus.consumer(auto_offset_reset="earliest", enable_auto_commit=False) as c:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        while got < n and time.monotonic() < deadline:
+            for tp, rs in c.poll(timeout_ms=100, max_records=10000).items():
+                out.setdefault(tp.partition, []).extend(rs)
+                got += len(rs)
+    return out
+
+
+def provenance(headers):
+    vals = [v for k, v in headers if k == HDR]
+    assert len(vals) == 1, headers
+    origin, topic, p, off = vals[0].split(b" ")
+    return origin.decode(), topic.decode(), int(p), int(off)
+
+
+def check_copied(sent, got, src_topic, dups_ok=False):
+    """Every sent record is on the other side, same partition, key, value, headers, timestamp, in order;
+    returns the number of duplicates (records copied more than once; none unless ``dups_ok``)."""
+    dups = 0
+    for part, rs in sent.items():
+        seen = {}
+        copies = []
+        for m in got.get(part, []):
+            if hasattr(m, "headers") and callable(m.headers):
+                k, v, hs, ts = m.key(), m.value(), m.headers() or [], m.timestamp()[1]
+            else:
+                k, v, hs, ts = m.key, m.value, m.headers, m.timestamp
+            origin, topic, p, off = provenance(hs)
+            assert (topic, p) == (src_topic, part), (topic, p, part)
+            if off in seen:
+                dups += 1
+                assert seen[off] == (k, v, ts), off
+                continue
+            seen[off] = (k, v, ts)
+            assert hs[-1][0] == HDR
+            copies.append((k, v, [tuple(h) for h in hs[:-1]], ts, off))
+        want = [(k, v, [tuple(h) for h in hs], ts, off) for k, v, hs, ts, off in rs]
+        assert len(copies) == len(want), f"partition {part}: {len(copies)} copied of {len(want)}"
+        assert copies == want, f"partition {part}: records differ"
+        # in order: the first copies of each offset come in offset order
+        assert [c[4] for c in copies] == sorted(c[4] for c in copies)
+    if not dups_ok:
+        assert dups == 0
+    return dups
+
+
+def status(data_dir):
+    r = sh(data_dir, "bridge", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def add_bridge(data_dir, bname, addr, topics, *extra):
+    r = sh(data_dir, "bridge", "add", bname, "--to", f"kafka://{addr}", "--topics", topics, *extra)
+    assert r.returncode == 0, r.stderr
+
+
+def total_copied(data_dir, bname, direction=None):
+    for b in status(data_dir):
+        if b["name"] == bname:
+            return sum(t["copied"] for t in b["topics"] if direction in (None, t["direction"]))
+    return 0
+
+
+def bridge_log(data_dir, bname):
+    try:
+        with open(os.path.join(data_dir, "bridges", f"{bname}.log")) as f:
+            return f.read()[-4000:]
+    except FileNotFoundError:
+        return ""
+
+
+# --- the command line ---
+
+def test_cli_add_list_remove_and_user_errors(data_dir):
+    r = sh(data_dir, "bridge", "add", "b1", "--to", "kafka://127.0.0.1:9", "--topics", "orders,prices.*",
+           "--rename", "host1.{topic}")
+    assert r.returncode == 0, r.stderr
+    path = os.path.join(data_dir, "bridges", "b1.json")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    r = sh(data_dir, "bridge", "list", "--json")
+    assert json.loads(r.stdout) == [{"name": "b1", "servers": "127.0.0.1:9", "topics": ["orders", "prices.*"],
+                                     "direction": "out", "rename": "host1.{topic}"}]
+    assert "b1" in sh(data_dir, "bridge", "list").stdout
+    for args, word in [
+        (("add", "b1", "--to", "kafka://127.0.0.1:9", "--topics", "x"), "exists already"),
+        (("add", "b2", "--to", "http://x:1", "--topics", "x"), "kafka://"),
+        (("add", "b2", "--to", "kafka://nohost", "--topics", "x"), "kafka://host:port"),
+        (("add", "b.2", "--to", "kafka://h:1", "--topics", "x"), "bridge name"),
+        (("add", "b2", "--to", "kafka://h:1", "--topics", " , "), "--topics"),
+        (("add", "b2", "--to", "kafka://h:1", "--topics", "a b"), "pattern"),
+        (("add", "b2", "--to", "kafka://h:1", "--topics", "x", "--rename", "x"), "--rename"),
+        (("add", "b2", "--to", "kafka://h:1", "--topics", "x", "--direction", "both", "--rename", "a.{topic}"),
+         "--rename"),
+        (("remove", "nope"), "no bridge named"),
+    ]:
+        line = one_line_error(sh(data_dir, "bridge", *args))
+        assert word in line, line
+    assert sh(data_dir, "bridge", "remove", "b1").returncode == 0
+    assert json.loads(sh(data_dir, "bridge", "list", "--json").stdout) == []
+    assert "no bridges" in sh(data_dir, "bridge", "status").stdout
+
+
+# --- copying ---
+
+@pytest.mark.timeout(240)
+def test_out_copies_every_record_to_the_cluster(cluster, data_dir):
+    """bus -> cluster, 4 partitions: all records (from rings and segment files), unchanged, in order;
+    records sent while the bridge runs too; the status shows no lag at the end."""
+    from shmbus import Bus
+
+    kind, addr = cluster
+    n = 200_000 if kind == "shmbus" else 40_000  # (the mock keeps at most 5 MiB per partition)
+    topic = name("orders")
+    with Bus(data_dir) as bus:
+        bus.create_topic(topic, PARTS)
+        recs = records(n)
+        half = n // 2
+        sent = send_bus(bus, topic, recs[:half])
+        add_bridge(data_dir, "out1", addr, f"{topic},nothing.*")
+        t0 = time.monotonic()
+        for part, rs in send_bus(bus, topic, recs[half:]).items():
+            sent.setdefault(part, []).extend(rs)
+        got = read_cluster(addr, topic, n)
+        dt = time.monotonic() - t0
+        print(f"{kind}: {n} records copied in {dt:.1f}s ({n / dt:,.0f}/s)")
+        assert sum(map(len, got.values())) == n, bridge_log(data_dir, "out1")
+        check_copied(sent, got, topic)
+        wait_for(lambda: any(t["lag_records"] == 0 and t["copied"] == n
+                             for b in status(data_dir) for t in b["topics"]), 20, "the status to show no lag")
+        st = status(data_dir)[0]
+        assert st["running"] and st["topics"][0]["duplicates"] == 0 and st["topics"][0]["target"] == topic
+        text = sh(data_dir, "bridge", "status").stdout
+        assert "out1" in text and topic in text
+        assert sh(data_dir, "bridge", "remove", "out1").returncode == 0
+        pid = st["pid"]
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 20, "the removed bridge to stop")
+
+
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] == "Z"
+    except FileNotFoundError:
+        return True
