@@ -102,22 +102,28 @@ def send_cluster(addr, topic, recs, partitions=PARTS):
     p = ck.Producer({"bootstrap.servers": addr, "enable.idempotence": True, "linger.ms": 5, "log_level": 0})
     per = {}
     acked = {}
+    errors = []
 
-    def dr(err, msg):
-        assert err is None, err
-        acked[(msg.partition(), msg.headers()[0][1])] = msg.offset()
+    def dr(i):
+        def done(err, msg):
+            if err is not None:
+                errors.append(err)
+            else:
+                acked[i] = msg.offset()
+        return done
 
-    for k, v, h, ts in recs:
+    for i, (k, v, h, ts) in enumerate(recs):
         part = partition_for_key(k, partitions)
         while True:
             try:
-                p.produce(topic, v, k, part, headers=h, timestamp=ts, on_delivery=dr)
+                p.produce(topic, v, k, part, headers=h, timestamp=ts, on_delivery=dr(i))
                 break
             except BufferError:
                 p.poll(0.01)
-        per.setdefault(part, []).append((k, v, h, ts))
+        per.setdefault(part, []).append((k, v, h, ts, i))
     assert p.flush(60) == 0
-    return {part: [(k, v, h, ts, acked[(part, h[0][1])]) for k, v, h, ts in rs] for part, rs in per.items()}
+    assert not errors, errors[:3]
+    return {part: [(k, v, h, ts, acked[i]) for k, v, h, ts, i in rs] for part, rs in per.items()}
 
 
 def read_cluster(addr, topic, n, timeout_s=90, partitions=PARTS):
@@ -294,3 +300,173 @@ def _zombie(pid):
             return f.read().split(") ")[1][0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def make_cluster_topic(addr, topic, partitions=PARTS):
+    """The topic on the cluster with ``partitions`` partitions (the mock makes it on first use, with 4)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    a = AdminClient({"bootstrap.servers": addr, "log_level": 0})
+    try:
+        a.create_topics([NewTopic(topic, partitions, replication_factor=-1)], operation_timeout=3)[topic].result(5)
+    except Exception:  # noqa: BLE001 (no CreateTopics: auto-created)
+        pass
+    wait_for(lambda: len(a.list_topics(topic, timeout=5).topics[topic].partitions) == partitions, 20,
+             f"topic {topic} with {partitions} partitions on the cluster")
+
+
+@pytest.mark.timeout(240)
+def test_in_copies_every_record_to_the_bus(cluster, data_dir):
+    """cluster -> bus, 4 partitions, renamed: every record on the bus, unchanged, in order; the Kafka offsets
+    are committed, so a second bridge process (after remove and add) starts where the first stopped."""
+    from shmbus import Bus
+
+    kind, addr = cluster
+    n = 100_000 if kind == "shmbus" else 40_000
+    topic = name("prices")
+    make_cluster_topic(addr, topic)
+    recs = records(n, seed=1)
+    sent = send_cluster(addr, topic, recs[: n // 2])
+    with Bus(data_dir) as bus:
+        add_bridge(data_dir, "in1", addr, "prices-*", "--direction", "in", "--rename", "host1.{topic}")
+        for part, rs in send_cluster(addr, topic, recs[n // 2:]).items():
+            sent.setdefault(part, []).extend(rs)
+        target = f"host1.{topic}"
+        wait_for(lambda: target in bus.list_topics(), 30, "the bridge to make the topic on the bus")
+        assert len(bus.describe_topic(target).partitions) == PARTS
+        got = read_bus(bus, target, n)
+        assert sum(map(len, got.values())) == n, bridge_log(data_dir, "in1")
+        check_copied(sent, got, topic)
+        assert all(provenance(r.headers)[0] == f"kafka:{addr}" for rs in got.values() for r in rs)
+        wait_for(lambda: any(t["lag_records"] == 0 and t["copied"] == n and t["direction"] == "in"
+                             for b in status(data_dir) for t in b["topics"]), 20, "the status to show no lag")
+        # the offsets were committed: the same bridge made anew copies only what is new
+        assert sh(data_dir, "bridge", "remove", "in1").returncode == 0
+        wait_for(lambda: status(data_dir) == [], 10, "the bridge removed")
+        time.sleep(1.5)  # (the supervisor's next check stops the process; its stop commits)
+        more = send_cluster(addr, topic, records(1000, seed=2))
+        add_bridge(data_dir, "in1", addr, "prices-*", "--direction", "in", "--rename", "host1.{topic}")
+        got = read_bus(bus, target, n + 1000)
+        assert sum(map(len, got.values())) == n + 1000
+        for part, rs in more.items():
+            sent[part].extend(rs)
+        check_copied(sent, got, topic)
+
+
+@pytest.mark.timeout(240)
+def test_two_way_bridge_copies_no_record_twice(cluster, data_dir):
+    """--direction both on one topic name: records from either side reach the other once, none comes back."""
+    from shmbus import Bus
+
+    kind, addr = cluster
+    n = 10_000
+    topic = name("both")
+    make_cluster_topic(addr, topic)
+    with Bus(data_dir) as bus:
+        bus.create_topic(topic, PARTS)
+        add_bridge(data_dir, "two", addr, topic, "--direction", "both")
+        from_bus = send_bus(bus, topic, records(n, seed=3))
+        from_cluster = send_cluster(addr, topic, records(n, seed=4))
+        wait_for(lambda: sum(map(len, read_cluster(addr, topic, 2 * n, 5).values())) >= 2 * n, 90,
+                 "the bus's records on the cluster")
+        wait_for(lambda: sum(map(len, read_bus(bus, topic, 2 * n, 5).values())) >= 2 * n, 90,
+                 "the cluster's records on the bus")
+        time.sleep(3)  # a record that went back would have done so by now
+        on_cluster = read_cluster(addr, topic, 2 * n + 1, 5)
+        on_bus = read_bus(bus, topic, 2 * n + 1, 5)
+        assert sum(map(len, on_cluster.values())) == 2 * n
+        assert sum(map(len, on_bus.values())) == 2 * n
+        # the cluster: its own records (no provenance) and the bus's (provenance bus:...)
+        copied = {p: [m for m in ms if m.headers() and any(k == HDR for k, _ in m.headers())]
+                  for p, ms in on_cluster.items()}
+        check_copied(from_bus, copied, topic)
+        copied = {p: [r for r in rs if any(k == HDR for k, _ in r.headers)] for p, rs in on_bus.items()}
+        check_copied(from_cluster, copied, topic)
+        st = status(data_dir)[0]
+        dirs = {t["direction"]: t for t in st["topics"]}
+        assert dirs["out"]["copied"] == n and dirs["in"]["copied"] == n
+        assert dirs["out"]["skipped"] == n and dirs["in"]["skipped"] == n  # the records that came from there
+
+
+@pytest.mark.timeout(300)
+def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
+    """SIGKILL at random moments (5 times) while records stream in; the supervisor restarts the bridge:
+    nothing lost, and the duplicates counted are the records on the cluster twice, each run's under one
+    in-flight window."""
+    from shmbus import Bus
+    from shmbus.bridge.runner import WINDOW
+
+    _, addr = kafka_bus
+    n = 150_000
+    topic = name("kill")
+    rng = random.Random(7)
+    recs = records(n, seed=5)
+    with Bus(data_dir) as bus:
+        bus.create_topic(topic, PARTS)
+        add_bridge(data_dir, "k", addr, topic)
+        sent = {}
+        kills = 0
+        chunk = n // 10
+        for i in range(10):
+            for part, rs in send_bus(bus, topic, recs[i * chunk:(i + 1) * chunk]).items():
+                sent.setdefault(part, []).extend(rs)
+            if i % 2 == 1:
+                wait_for(lambda: _running_pid(data_dir, "k"), 60, "the bridge running again")
+                time.sleep(rng.uniform(0.2, 1.5))
+                pid = _running_pid(data_dir, "k")
+                os.kill(pid, signal.SIGKILL)  # (the bridge process of this test's own supervisor)
+                kills += 1
+                wait_for(lambda: _running_pid(data_dir, "k") not in (None, pid), 60, "the supervisor's restart")
+        assert kills == 5
+        got = read_cluster(addr, topic, n, 120)
+        wait_for(lambda: sum(map(len, read_cluster(addr, topic, 10 ** 9, 2).values())) >= n, 120, "all records")
+        time.sleep(2)
+        got = read_cluster(addr, topic, 10 ** 9, 3)
+        dups = check_copied(sent, got, topic, dups_ok=True)
+        assert dups <= kills * WINDOW
+        wait_for(lambda: any(t["lag_records"] == 0 for b in status(data_dir) for t in b["topics"]), 30, "no lag")
+        counted = status(data_dir)[0]["topics"][0]["duplicates"]
+        print(f"duplicates: {dups} on the cluster, {counted} counted, after {kills} kills")
+        assert counted == dups
+        sup = [b for b in status(data_dir) if b["name"] == "k"][0]
+        assert sup["restarts"] == kills
+
+
+def _running_pid(data_dir, bname):
+    """The bridge's pid when the supervisor's child and the status file agree it runs, else None."""
+    for b in status(data_dir):
+        if b["name"] == bname and b["running"]:
+            return b["pid"]
+    return None
+
+
+@pytest.mark.timeout(300)
+def test_cluster_down_for_5s_the_bus_goes_on_and_the_bridge_catches_up(kafka_bus, data_dir):
+    """The cluster (a bus's Kafka listener) stops for 5 s mid-stream: the bus's producer sends on without
+    waiting (it finishes its records while the cluster is down); the bridge then copies everything."""
+    from shmbus import Bus
+    from shmbus.client import control
+
+    cdir, addr = kafka_bus
+    port = addr.rsplit(":", 1)[1]
+    n = 60_000
+    topic = name("down")
+    recs = records(n, seed=6)
+    with Bus(data_dir) as bus:
+        bus.create_topic(topic, PARTS)
+        add_bridge(data_dir, "d", addr, topic)
+        sent = send_bus(bus, topic, recs[: n // 3])
+        wait_for(lambda: total_copied(data_dir, "d") >= n // 3, 60, "the first third copied")
+        cleanup_bus(cdir)  # the cluster stops
+        t_down = time.monotonic()
+        for part, rs in send_bus(bus, topic, recs[n // 3:]).items():
+            sent.setdefault(part, []).extend(rs)
+        sent_while_down = time.monotonic() - t_down
+        time.sleep(max(0.0, 5.0 - sent_while_down))
+        assert status(data_dir)[0]["running"]
+        control.start(cdir, args=("--kafka-listener", f"127.0.0.1:{port}"))
+        got = read_cluster(addr, topic, n, 120)
+        print(f"the producer sent {n - n // 3} records in {sent_while_down:.2f}s while the cluster was down")
+        assert sum(map(len, got.values())) >= n, bridge_log(data_dir, "d")
+        check_copied(sent, got, topic, dups_ok=True)
+        assert "cluster" in (status(data_dir)[0]["last_error"] or "")

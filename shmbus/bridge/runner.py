@@ -85,7 +85,10 @@ class OutCopier(Side):
         self.origin = P.bus_origin(bus.id)
         self.other = P.cluster_origin(cfg.servers)
         self.ppath = C.positions_path(data_dir, cfg.name)
-        saved = (C.read_json(self.ppath) or {}).get("out", {})
+        kept = C.read_json(self.ppath) or {}
+        saved = kept.get("out", {})
+        self.dups = dict(kept.get("duplicates", {}))  # (counted over the bridge's life, kept with the positions)
+        self.dups_saved = dict(self.dups)
         self.acked = {(t, int(p)): o for t, ps in saved.items() for p, o in ps.items()}  # (topic, p) -> next offset
         self.saved = dict(self.acked)
         self.read = {}  # (topic, p) -> next offset read
@@ -313,12 +316,13 @@ class OutCopier(Side):
         return n
 
     def save(self) -> None:
-        if self.acked != self.saved:
+        if self.acked != self.saved or self.dups != self.dups_saved:
             out = {}
             for (t, p), o in self.acked.items():
                 out.setdefault(t, {})[str(p)] = o
-            C.write_json_durable(self.ppath, {"out": out})
+            C.write_json_durable(self.ppath, {"out": out, "duplicates": self.dups})
             self.saved = dict(self.acked)
+            self.dups_saved = dict(self.dups)
 
     def close(self) -> None:
         if self.producer is not None:
