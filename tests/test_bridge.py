@@ -15,6 +15,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 import uuid
 
@@ -397,7 +398,7 @@ def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
     from shmbus.bridge.runner import WINDOW
 
     _, addr = kafka_bus
-    n = 150_000
+    n = 200_000
     topic = name("kill")
     rng = random.Random(7)
     recs = records(n, seed=5)
@@ -405,18 +406,36 @@ def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
         bus.create_topic(topic, PARTS)
         add_bridge(data_dir, "k", addr, topic)
         sent = {}
+        done = threading.Event()
+        failed = []
+
+        def stream():  # records keep coming while the bridge is killed: 20 chunks, 0.2 s apart
+            try:
+                chunk = n // 20
+                for i in range(20):
+                    for part, rs in send_bus(bus, topic, recs[i * chunk:(i + 1) * chunk]).items():
+                        sent.setdefault(part, []).extend(rs)
+                    time.sleep(0.2)
+            except BaseException as e:  # noqa: BLE001
+                failed.append(e)
+            finally:
+                done.set()
+
+        th = threading.Thread(target=stream, daemon=True)
+        th.start()
         kills = 0
-        chunk = n // 10
-        for i in range(10):
-            for part, rs in send_bus(bus, topic, recs[i * chunk:(i + 1) * chunk]).items():
-                sent.setdefault(part, []).extend(rs)
-            if i % 2 == 1:
-                wait_for(lambda: _running_pid(data_dir, "k"), 60, "the bridge running again")
-                time.sleep(rng.uniform(0.2, 1.5))
-                pid = _running_pid(data_dir, "k")
-                os.kill(pid, signal.SIGKILL)  # (the bridge process of this test's own supervisor)
-                kills += 1
-                wait_for(lambda: _running_pid(data_dir, "k") not in (None, pid), 60, "the supervisor's restart")
+        for _ in range(5):
+            wait_for(lambda: _running_pid(data_dir, "k"), 60, "the bridge running again")
+            pid = _running_pid(data_dir, "k")
+            # a random moment once it copies again
+            base = total_copied(data_dir, "k")
+            wait_for(lambda: total_copied(data_dir, "k") > base or done.is_set(), 30, "copying")
+            time.sleep(rng.uniform(0.05, 0.5))
+            os.kill(pid, signal.SIGKILL)  # (the bridge process of this test's own supervisor)
+            kills += 1
+            wait_for(lambda: _running_pid(data_dir, "k") not in (None, pid), 60, "the supervisor's restart")
+        th.join(60)
+        assert done.is_set() and not failed, failed
         assert kills == 5
         got = read_cluster(addr, topic, n, 120)
         wait_for(lambda: sum(map(len, read_cluster(addr, topic, 10 ** 9, 2).values())) >= n, 120, "all records")
