@@ -153,6 +153,52 @@ def latency(boot: str, topic: str, seconds: float) -> list:
     return samples
 
 
+def bridge_vs_producer(boot: str, n: int, rnd: int) -> tuple[float, float]:
+    """(bridge, producer) records/s to the cluster at ``boot``: ``shmbus bridge`` copying n records
+    (``SIZE`` B values, keys, 4 partitions) from a bus's segment files and rings, and a plain
+    confluent-kafka producer sending n records of the same shape, same run.
+
+    The bridge's rate counts from the first record on the cluster to the last (the partitions' high
+    watermarks, polled every 10 ms), so the process's start is not in it.
+    """
+    import numpy as np
+
+    from shmbus.bridge import config as B
+
+    with C.temp_bus() as (bus, d):
+        topic = f"bench-bridge-{rnd}"
+        bus.create_topic(topic, PARTITIONS)
+        make_topic(boot, None, topic)  # (exists on the cluster: the bridge only checks it)
+        vals = np.full((n, SIZE), ord("v"), np.uint8)
+        keys = [b"%d" % (i % 1000) for i in range(n)]
+        with bus.producer() as p:
+            for i in range(0, n, 10000):
+                p.send_batch(topic, vals[i:i + 10000], keys=keys[i:i + 10000])
+        import confluent_kafka as ck
+
+        watch = ck.Consumer({"bootstrap.servers": boot, "group.id": "bench-watch", "log_level": 0})
+        tps = [ck.TopicPartition(topic, p) for p in range(PARTITIONS)]
+        B.write_bridge(d, B.check("bench", f"kafka://{boot}", topic, "out", "{topic}"))
+        first = t_first = None
+        deadline = time.monotonic() + 120
+        try:
+            while True:
+                done = sum(watch.get_watermark_offsets(tp, timeout=5)[1] for tp in tps)
+                now = time.perf_counter()
+                if done and first is None:
+                    first, t_first = done, now
+                if done >= n:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the bridge copied {done} of {n} records in 120 s")
+                time.sleep(0.01)
+        finally:
+            watch.close()
+        bridge = (n - first) / (now - t_first)
+    plain = produce(boot, f"bench-plain-{rnd}", n)
+    return bridge, plain
+
+
 def pct(xs, q):
     if not xs:
         return None

@@ -398,7 +398,7 @@ def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
     from shmbus.bridge.runner import WINDOW
 
     _, addr = kafka_bus
-    n = 200_000
+    n = 300_000
     topic = name("kill")
     rng = random.Random(7)
     recs = records(n, seed=5)
@@ -409,13 +409,13 @@ def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
         done = threading.Event()
         failed = []
 
-        def stream():  # records keep coming while the bridge is killed: 20 chunks, 0.2 s apart
+        def stream():  # records keep coming while the bridge is killed: 30 chunks, 0.15 s apart
             try:
-                chunk = n // 20
-                for i in range(20):
+                chunk = n // 30
+                for i in range(30):
                     for part, rs in send_bus(bus, topic, recs[i * chunk:(i + 1) * chunk]).items():
                         sent.setdefault(part, []).extend(rs)
-                    time.sleep(0.2)
+                    time.sleep(0.15)
             except BaseException as e:  # noqa: BLE001
                 failed.append(e)
             finally:
@@ -433,6 +433,7 @@ def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
             time.sleep(rng.uniform(0.05, 0.5))
             os.kill(pid, signal.SIGKILL)  # (the bridge process of this test's own supervisor)
             kills += 1
+            print(f"killed pid {pid} after {total_copied(data_dir, 'k')} copied")
             wait_for(lambda: _running_pid(data_dir, "k") not in (None, pid), 60, "the supervisor's restart")
         th.join(60)
         assert done.is_set() and not failed, failed

@@ -108,18 +108,12 @@ class OutCopier(Side):
         return self.ck.Producer({
             "bootstrap.servers": self.cfg.servers, "enable.idempotence": True, "acks": "all",
             "linger.ms": 5, "message.timeout.ms": 0, "queue.buffering.max.messages": WINDOW + POLL_RECORDS,
-            "queue.buffering.max.kbytes": 1 << 21, "on_delivery": self._delivered, "error_cb": self._error,
+            "queue.buffering.max.kbytes": 1 << 21, "enable.gapless.guarantee": True, "error_cb": self._error,
             "log_level": 0, "reconnect.backoff.max.ms": 1000})
 
     def _error(self, err) -> None:
         self.report(f"cluster: {err.str()}")
         if err.fatal():
-            self.rebuild = True
-
-    def _delivered(self, err, msg) -> None:
-        if err is not None:
-            self.failed.add((msg.topic(), msg.partition()))
-            self.report(f"delivery to {msg.topic()}/{msg.partition()} failed: {err.str()}")
             self.rebuild = True
 
     def _batch_end(self, key, target_key, pos, ts):
@@ -280,28 +274,23 @@ class OutCopier(Side):
             send = [r for r in recs if not (r.headers and P.from_origin(r.headers, other))]
             skipped = len(recs) - len(send)
             end = recs[-1].offset + 1
-            last = len(send) - 1
-            for i, r in enumerate(send):
+            pre = b"%s %s %d " % (origin, tb, p)
+            for r in send[:-1]:
                 hs = r.headers
-                pv = (hdr, b"%s %s %d %d" % (origin, tb, p, r.offset))
-                h = hs + [pv] if hs else [pv]
-                if i == last:
-                    # the batch's last record carries a callback: its success acknowledges every one below
-                    self.outstanding[key] += 1
-                    cb = self._batch_end(key, (target, p), end, r.timestamp)
-                    while True:
-                        try:
-                            produce(target, r.value, r.key, p, headers=h, timestamp=r.timestamp, on_delivery=cb)
-                            break
-                        except BufferError:
-                            prod.poll(0.01)
-                    break
-                while True:
-                    try:
-                        produce(target, r.value, r.key, p, headers=h, timestamp=r.timestamp)
-                        break
-                    except BufferError:
-                        prod.poll(0.01)
+                h = [(hdr, pre + b"%d" % r.offset)]
+                try:  # (positional: topic, value, key, partition, on_delivery, callback, timestamp, headers)
+                    produce(target, r.value, r.key, p, None, None, r.timestamp, hs + h if hs else h)
+                except BufferError:
+                    self._produce_waiting(target, r.value, r.key, p, None, r.timestamp, hs + h if hs else h)
+            if send:
+                # the batch's last record carries a callback: its success acknowledges every one below
+                # (librdkafka reports a partition's deliveries in order, and gapless: a failure is fatal)
+                r = send[-1]
+                hs = r.headers
+                h = [(hdr, pre + b"%d" % r.offset)]
+                self.outstanding[key] += 1
+                cb = self._batch_end(key, (target, p), end, r.timestamp)
+                self._produce_waiting(target, r.value, r.key, p, cb, r.timestamp, hs + h if hs else h)
             if not send:
                 if self.outstanding[key]:
                     self.deferred[key] = end
@@ -314,6 +303,15 @@ class OutCopier(Side):
             n += len(send)
         prod.poll(0)
         return n
+
+    def _produce_waiting(self, target, value, key, p, cb, ts, headers) -> None:
+        """produce, waiting for room in librdkafka's queue."""
+        while True:
+            try:
+                self.producer.produce(target, value, key, p, cb, None, ts, headers)
+                return
+            except BufferError:
+                self.producer.poll(0.01)
 
     def save(self) -> None:
         if self.acked != self.saved or self.dups != self.dups_saved:
