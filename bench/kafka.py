@@ -18,6 +18,10 @@ timestamped at ``produce()``, received by a consumer polling in another thread
 (p50/p99 over the samples). Rounds alternate the order of the two targets; a
 cell is the median over rounds with [min-max].
 
+Then, per round, ``shmbus bridge`` (direction out) copying up to 100,000 such
+records from a bus to the mock cluster, beside a plain confluent-kafka producer
+sending as many to the mock (``bridge_vs_producer``).
+
     python bench/kafka.py [--quick] [--rounds N] [--records N]
 """
 
@@ -217,6 +221,7 @@ def main(argv=None) -> int:
     env = C.environment()
     res = {t: {"produce": [], "fetch": [], "p50_us": [], "p99_us": []} for t in ("shmbus", "mock")}
     errors = []
+    bridge = {"bridge": [], "producer": []}  # records/s to the mock: shmbus bridge (bus -> mock), plain producer
     with shmbus_listener() as (sboot, bus), mock_cluster() as (mboot, _):
         targets = {"shmbus": (sboot, bus), "mock": (mboot, None)}
         for rnd in range(rounds):
@@ -241,6 +246,16 @@ def main(argv=None) -> int:
                     print(f"ERROR round {rnd} {t}: {e!r}", file=sys.stderr, flush=True)
                 for k, v in vals.items():
                     res[t][k].append(v)
+            try:
+                br, pl = bridge_vs_producer(mboot, min(n, 100_000), rnd)
+                print(f"round {rnd} bridge: bus -> mock {br:,.0f}/s, plain producer -> mock {pl:,.0f}/s",
+                      file=sys.stderr, flush=True)
+            except Exception as e:  # noqa: BLE001
+                br = pl = None
+                errors.append(f"round {rnd} bridge: {e!r}")
+                print(f"ERROR round {rnd} bridge: {e!r}", file=sys.stderr, flush=True)
+            bridge["bridge"].append(br)
+            bridge["producer"].append(pl)
     rows = []
     for t in ("shmbus", "mock"):
         r = res[t]
@@ -249,13 +264,17 @@ def main(argv=None) -> int:
                      C.cell(r["p99_us"], lambda x: C.fmt_num(x, " µs"))])
     ratio = {k: C.per_round_ratio(res["shmbus"][k], res["mock"][k]) for k in ("produce", "fetch")}
     rows.append(["shmbus / mock", C.cell(ratio["produce"], C.fmt_ratio), C.cell(ratio["fetch"], C.fmt_ratio), "", ""])
+    ratio["bridge"] = C.per_round_ratio(bridge["bridge"], bridge["producer"])
+    rows.append(["`shmbus bridge` bus → mock", C.cell(bridge["bridge"], C.fmt_rate), "", "", ""])
+    rows.append(["plain producer → mock", C.cell(bridge["producer"], C.fmt_rate), "", "", ""])
+    rows.append(["bridge / plain producer", C.cell(ratio["bridge"], C.fmt_ratio), "", "", ""])
     print(f"confluent-kafka {_ck_version()}, {n:,} records of {SIZE} B, {PARTITIONS} partitions, {rounds} rounds\n")
     print(C.markdown_table(["target", "produce (records/s)", "fetch (records/s)", "produce→fetch p50",
                             "produce→fetch p99"], rows))
     if errors:
         print("\nerrors: " + "; ".join(errors))
     C.write_json(C.out_path(NAME, args), {"env": env, "records": n, "rounds": rounds, "results": res,
-                                         "ratios": ratio, "errors": errors})
+                                         "bridge": bridge, "ratios": ratio, "errors": errors})
     return 1 if errors else 0
 
 
