@@ -238,7 +238,7 @@ def test_cli_add_list_remove_and_user_errors(data_dir):
     assert os.stat(path).st_mode & 0o777 == 0o600
     r = sh(data_dir, "bridge", "list", "--json")
     assert json.loads(r.stdout) == [{"name": "b1", "servers": "127.0.0.1:9", "topics": ["orders", "prices.*"],
-                                     "direction": "out", "rename": "host1.{topic}"}]
+                                     "direction": "out", "rename": "host1.{topic}", "workers": 1}]
     assert "b1" in sh(data_dir, "bridge", "list").stdout
     for args, word in [
         (("add", "b1", "--to", "kafka://127.0.0.1:9", "--topics", "x"), "exists already"),
@@ -250,6 +250,8 @@ def test_cli_add_list_remove_and_user_errors(data_dir):
         (("add", "b2", "--to", "kafka://h:1", "--topics", "x", "--rename", "x"), "--rename"),
         (("add", "b2", "--to", "kafka://h:1", "--topics", "x", "--direction", "both", "--rename", "a.{topic}"),
          "--rename"),
+        (("add", "b2", "--to", "kafka://h:1", "--topics", "x", "--workers", "0"), "--workers"),
+        (("add", "b2", "--to", "kafka://h:1", "--topics", "x", "--workers", "2", "--direction", "in"), "--workers"),
         (("remove", "nope"), "no bridge named"),
     ]:
         line = one_line_error(sh(data_dir, "bridge", *args))
@@ -264,7 +266,8 @@ def test_cli_add_list_remove_and_user_errors(data_dir):
 @pytest.mark.timeout(240)
 def test_out_copies_every_record_to_the_cluster(cluster, data_dir):
     """bus -> cluster, 4 partitions: all records (from rings and segment files), unchanged, in order;
-    records sent while the bridge runs too; the status shows no lag at the end."""
+    records sent while the bridge runs too; the status shows no lag at the end. On the second cluster,
+    with two worker processes (partitions 0, 2 and 1, 3)."""
     from shmbus import Bus
 
     kind, addr = cluster
@@ -275,7 +278,7 @@ def test_out_copies_every_record_to_the_cluster(cluster, data_dir):
         recs = records(n)
         half = n // 2
         sent = send_bus(bus, topic, recs[:half])
-        add_bridge(data_dir, "out1", addr, f"{topic},nothing.*")
+        add_bridge(data_dir, "out1", addr, f"{topic},nothing.*", *(("--workers", "2") if kind == "shmbus" else ()))
         t0 = time.monotonic()
         for part, rs in send_bus(bus, topic, recs[half:]).items():
             sent.setdefault(part, []).extend(rs)
@@ -288,11 +291,15 @@ def test_out_copies_every_record_to_the_cluster(cluster, data_dir):
                              for b in status(data_dir) for t in b["topics"]), 20, "the status to show no lag")
         st = status(data_dir)[0]
         assert st["running"] and st["topics"][0]["duplicates"] == 0 and st["topics"][0]["target"] == topic
+        assert len(st["workers"]) == (2 if kind == "shmbus" else 1) and st["topics"][0]["partitions"] == PARTS
         text = sh(data_dir, "bridge", "status").stdout
         assert "out1" in text and topic in text
         assert sh(data_dir, "bridge", "remove", "out1").returncode == 0
-        pid = st["pid"]
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 20, "the removed bridge to stop")
+        for w in st["workers"]:
+            pid = w["pid"]
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 20, "the removed bridge to stop")
+        assert not os.listdir(os.path.join(data_dir, "bridges")) or \
+            all(f.endswith(".log") for f in os.listdir(os.path.join(data_dir, "bridges")))
 
 
 def _zombie(pid):

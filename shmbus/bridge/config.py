@@ -15,6 +15,7 @@ from shmbus.core import ownership, paths
 from shmbus.errors import InvalidConfigError, ShmbusError
 
 DIRECTIONS = ("out", "in", "both")
+MAX_WORKERS = 16
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 TOPIC_PATTERN_RE = re.compile(r"^[A-Za-z0-9._*?\[\]-]{1,249}$")
 
@@ -26,6 +27,7 @@ class BridgeConfig:
     topics: tuple  # patterns (fnmatch: `prices.*`)
     direction: str = "out"
     rename: str = "{topic}"  # the other side's topic name
+    workers: int = 1  # processes for direction out, each copying the partitions p with p % workers == its index
 
     def matches(self, topic: str) -> bool:
         return any(fnmatch.fnmatchcase(topic, p) for p in self.topics)
@@ -50,7 +52,7 @@ class BridgeConfig:
         return d
 
 
-def check(name: str, url: str, topics, direction: str, rename: str) -> BridgeConfig:
+def check(name: str, url: str, topics, direction: str, rename: str, workers: int = 1) -> BridgeConfig:
     """A BridgeConfig from user input; InvalidConfigError saying what is wrong."""
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidConfigError(f"a bridge name is 1-100 of A-Z a-z 0-9 _ -: name={name!r}")
@@ -72,7 +74,11 @@ def check(name: str, url: str, topics, direction: str, rename: str) -> BridgeCon
                                  f"rename={rename!r} (e.g. 'host1.{{topic}}')")
     if direction == "both" and rename != "{topic}":
         raise InvalidConfigError("--rename works with --direction out or in (a two-way bridge keeps the names)")
-    return BridgeConfig(name, servers, topics, direction, rename)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise InvalidConfigError(f"--workers is an int from 1 to {MAX_WORKERS}: workers={workers!r}")
+    if direction == "in" and workers != 1:
+        raise InvalidConfigError("--workers is for --direction out or both (direction in runs one process)")
+    return BridgeConfig(name, servers, topics, direction, rename, workers)
 
 
 def bridges_dir(data_dir: str) -> str:
@@ -83,12 +89,26 @@ def config_path(data_dir: str, name: str) -> str:
     return os.path.join(bridges_dir(data_dir), f"{name}.json")
 
 
-def status_path(data_dir: str, name: str) -> str:
-    return os.path.join(bridges_dir(data_dir), f"{name}.status.json")
+def _worker(worker: int) -> str:
+    return f".w{worker}" if worker else ""
 
 
-def positions_path(data_dir: str, name: str) -> str:
-    return os.path.join(bridges_dir(data_dir), f"{name}.positions.json")
+def status_path(data_dir: str, name: str, worker: int = 0) -> str:
+    return os.path.join(bridges_dir(data_dir), f"{name}{_worker(worker)}.status.json")
+
+
+def positions_path(data_dir: str, name: str, worker: int = 0) -> str:
+    return os.path.join(bridges_dir(data_dir), f"{name}{_worker(worker)}.positions.json")
+
+
+def worker_files(data_dir: str, name: str, kind: str) -> list[str]:
+    """Every worker's ``kind`` (``status``, ``positions``) file of bridge ``name`` that exists."""
+    try:
+        names = os.listdir(bridges_dir(data_dir))
+    except FileNotFoundError:
+        return []
+    want = re.compile(rf"^{re.escape(name)}(\.w[0-9]+)?\.{kind}\.json$")
+    return sorted(os.path.join(bridges_dir(data_dir), n) for n in names if want.match(n))
 
 
 def log_path(data_dir: str, name: str) -> str:
@@ -110,7 +130,8 @@ def read_bridge(data_dir: str, name: str) -> BridgeConfig:
     try:
         with open(path) as f:
             d = json.load(f)
-        return BridgeConfig(d["name"], d["servers"], tuple(d["topics"]), d["direction"], d["rename"])
+        return BridgeConfig(d["name"], d["servers"], tuple(d["topics"]), d["direction"], d["rename"],
+                            int(d.get("workers", 1)))
     except FileNotFoundError:
         raise ShmbusError(f"no bridge named {name!r} (`shmbus bridge list` shows them)") from None
     except (ValueError, KeyError, TypeError) as e:
@@ -132,7 +153,7 @@ def remove_bridge(data_dir: str, name: str) -> None:
     if not os.path.exists(config_path(data_dir, name)):
         raise ShmbusError(f"no bridge named {name!r} (`shmbus bridge list` shows them)")
     os.unlink(config_path(data_dir, name))
-    for p in (status_path(data_dir, name), positions_path(data_dir, name)):
+    for p in worker_files(data_dir, name, "status") + worker_files(data_dir, name, "positions"):
         try:
             os.unlink(p)
         except FileNotFoundError:
@@ -152,8 +173,8 @@ def write_json(path: str, obj) -> None:
 
 
 __all__ = ["BridgeConfig", "check", "write_bridge", "read_bridge", "list_bridges", "remove_bridge",
-           "config_path", "status_path", "positions_path", "log_path", "bridges_dir", "read_json", "write_json",
-           "write_json_durable"]
+           "config_path", "status_path", "positions_path", "worker_files", "log_path", "bridges_dir", "read_json",
+           "write_json",           "write_json_durable"]
 
 
 def write_json_durable(path: str, obj) -> None:

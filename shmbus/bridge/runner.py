@@ -74,7 +74,7 @@ class Side:
 class OutCopier(Side):
     direction = "out"
 
-    def __init__(self, cfg, bus, data_dir, report):
+    def __init__(self, cfg, bus, data_dir, report, worker=0):
         super().__init__(cfg, report)
         import confluent_kafka as ck
         from confluent_kafka import admin
@@ -84,12 +84,18 @@ class OutCopier(Side):
         self.bus = bus
         self.origin = P.bus_origin(bus.id)
         self.other = P.cluster_origin(cfg.servers)
-        self.ppath = C.positions_path(data_dir, cfg.name)
+        self.worker = worker
+        self.ppath = C.positions_path(data_dir, cfg.name, worker)
         kept = C.read_json(self.ppath) or {}
-        saved = kept.get("out", {})
         self.dups = dict(kept.get("duplicates", {}))  # (counted over the bridge's life, kept with the positions)
         self.dups_saved = dict(self.dups)
-        self.acked = {(t, int(p)): o for t, ps in saved.items() for p, o in ps.items()}  # (topic, p) -> next offset
+        self.acked = {}  # (topic, p) -> next offset acknowledged
+        for path in C.worker_files(data_dir, cfg.name, "positions"):
+            # (every worker's file: with another number of workers a partition had another one; positions only grow)
+            for t, ps in ((C.read_json(path) or {}).get("out") or {}).items():
+                for p, o in ps.items():
+                    if int(p) % cfg.workers == worker:
+                        self.acked[(t, int(p))] = max(o, self.acked.get((t, int(p)), 0))
         self.saved = dict(self.acked)
         self.read = {}  # (topic, p) -> next offset read
         self.outstanding = {}  # (topic, p) -> batch-end callbacks not yet called
@@ -175,7 +181,7 @@ class OutCopier(Side):
     def _assign(self) -> None:
         from shmbus.records import TopicPartition
 
-        tps = [TopicPartition(t, p) for t, n in self.topics.items() for p in range(n)]
+        tps = [TopicPartition(t, p) for t, n in self.topics.items() for p in self.mine(n)]
         self.consumer.assign(tps)
         starts = self.consumer.beginning_offsets(tps)
         for tp in tps:
@@ -188,6 +194,10 @@ class OutCopier(Side):
             self.copied.setdefault(tp.topic, 0)
         if self.tail_pending:
             self.count_duplicates()
+
+    def mine(self, partitions: int) -> range:
+        """This worker's partitions of a topic of ``partitions``."""
+        return range(self.worker, partitions, self.cfg.workers)
 
     def count_duplicates(self) -> None:
         """Records already on the cluster past the saved positions (sent before a crash) will be sent again:
@@ -275,13 +285,14 @@ class OutCopier(Side):
             skipped = len(recs) - len(send)
             end = recs[-1].offset + 1
             pre = b"%s %s %d " % (origin, tb, p)
-            for r in send[:-1]:
-                hs = r.headers
-                h = [(hdr, pre + b"%d" % r.offset)]
+            for _t, _p, off, ts, k, v, hs in send[:-1]:  # (ConsumerRecord's fields)
+                h = [(hdr, pre + b"%d" % off)]
+                if hs:
+                    h = hs + h
                 try:  # (positional: topic, value, key, partition, on_delivery, callback, timestamp, headers)
-                    produce(target, r.value, r.key, p, None, None, r.timestamp, hs + h if hs else h)
+                    produce(target, v, k, p, None, None, ts, h)
                 except BufferError:
-                    self._produce_waiting(target, r.value, r.key, p, None, r.timestamp, hs + h if hs else h)
+                    self._produce_waiting(target, v, k, p, None, ts, h)
             if send:
                 # the batch's last record carries a callback: its success acknowledges every one below
                 # (librdkafka reports a partition's deliveries in order, and gapless: a failure is fatal)
@@ -322,10 +333,11 @@ class OutCopier(Side):
             self.saved = dict(self.acked)
             self.dups_saved = dict(self.dups)
 
-    def close(self) -> None:
+    def close(self, save: bool = True) -> None:
         if self.producer is not None:
             self.producer.flush(5)
-        self.save()
+        if save:
+            self.save()
         self.consumer.close()
 
     def status(self) -> list:
@@ -335,7 +347,7 @@ class OutCopier(Side):
         now_ms = int(time.time() * 1000)
         out = []
         for t, n in self.topics.items():
-            tps = [TopicPartition(t, p) for p in range(n)]
+            tps = [TopicPartition(t, p) for p in self.mine(n)]
             try:
                 ends = self.consumer.end_offsets(tps)
             except ShmbusError:
@@ -343,11 +355,11 @@ class OutCopier(Side):
             lag = sum(max(ends[tp] - self.acked.get((t, tp.partition), 0), 0) for tp in tps)
             behind = [now_ms - self.last_ts.get((t, tp.partition), now_ms) for tp in tps
                       if ends[tp] > self.acked.get((t, tp.partition), 0)]
-            out.append({"direction": "out", "topic": t, "target": self.cfg.target(t), "partitions": n,
+            out.append({"direction": "out", "topic": t, "target": self.cfg.target(t), "partitions": len(tps),
                         "lag_records": lag, "lag_ms": max(behind, default=0), "rate": round(rates.get(t, 0.0), 1),
                         "copied": self.copied.get(t, 0), "skipped": self.skipped.get(t, 0),
                         "duplicates": self.dups.get(t, 0), "in_flight": sum(
-                            self.read[(t, p)] - self.acked.get((t, p), self.read[(t, p)]) for p in range(n))})
+                            self.read[(t, p)] - self.acked.get((t, p), self.read[(t, p)]) for p in self.mine(n))})
         return out
 
 
@@ -456,7 +468,7 @@ class InCopier(Side):
         except self.ck.KafkaException as e:
             self.report(f"cluster: commit failed (retried): {e}")
 
-    def close(self) -> None:
+    def close(self, save: bool = True) -> None:
         todo = {k: v for k, v in self.next.items() if self.committed.get(k) != v}
         if todo:
             try:
@@ -494,12 +506,15 @@ class InCopier(Side):
 
 
 class Bridge:
-    def __init__(self, data_dir: str, name: str):
+    def __init__(self, data_dir: str, name: str, worker: int = 0):
         from shmbus.client.bus import Bus
 
         self.data_dir = data_dir
         self.cfg = C.read_bridge(data_dir, name)
-        self.spath = C.status_path(data_dir, name)
+        if not 0 <= worker < self.cfg.workers:
+            raise ShmbusError(f"bridge {name} has {self.cfg.workers} workers: worker={worker} (0..{self.cfg.workers - 1})")
+        self.worker = worker
+        self.spath = C.status_path(data_dir, name, worker)
         self.stopping = False
         self.started = time.time()
         self.last_error = None
@@ -507,8 +522,8 @@ class Bridge:
         self.bus = Bus(data_dir, autostart=False)
         self.copiers = []
         if self.cfg.direction in ("out", "both"):
-            self.copiers.append(OutCopier(self.cfg, self.bus, data_dir, self.report))
-        if self.cfg.direction in ("in", "both"):
+            self.copiers.append(OutCopier(self.cfg, self.bus, data_dir, self.report, worker))
+        if self.cfg.direction in ("in", "both") and worker == 0:
             self.copiers.append(InCopier(self.cfg, self.bus, data_dir, self.report))
 
     def report(self, error: str) -> None:
@@ -525,7 +540,7 @@ class Bridge:
             except Exception as e:  # noqa: BLE001 (the status never stops the copying)
                 self.report(f"status: {type(e).__name__}: {e}")
         C.write_json(self.spath, {
-            "name": self.cfg.name, "pid": os.getpid(), "started": self.started, "updated": time.time(),
+            "name": self.cfg.name, "worker": self.worker, "pid": os.getpid(), "started": self.started, "updated": time.time(),
             "direction": self.cfg.direction, "servers": self.cfg.servers, "last_error": self.last_error,
             "last_error_ms": self.last_error_ms, "topics": topics})
 
@@ -533,7 +548,7 @@ class Bridge:
         ppid = os.getppid()
         timeout_ms = 20 if len(self.copiers) > 1 else 100
         last_save = last_status = 0.0
-        log(self.cfg.name, f"started pid={os.getpid()} direction={self.cfg.direction} cluster={self.cfg.servers} "
+        log(self.cfg.name, f"started pid={os.getpid()} worker={self.worker}/{self.cfg.workers} direction={self.cfg.direction} cluster={self.cfg.servers} "
                            f"topics={','.join(self.cfg.topics)}")
         try:
             while not self.stopping:
@@ -555,12 +570,20 @@ class Bridge:
                         log(self.cfg.name, "the supervisor is gone: stopping")
                         break
         finally:
+            removed = not os.path.exists(C.config_path(self.data_dir, self.cfg.name))
             for c in self.copiers:
                 try:
-                    c.close()
+                    c.close(save=not removed)
                 except Exception as e:  # noqa: BLE001
                     log(self.cfg.name, f"closing {c.direction}: {type(e).__name__}: {e}")
-            self.write_status()
+            if removed:  # (`bridge remove`: a bridge added again by that name starts afresh)
+                for path in (self.spath, C.positions_path(self.data_dir, self.cfg.name, self.worker)):
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+            else:
+                self.write_status()
             self.bus.close()
             log(self.cfg.name, "stopped")
         return 0
@@ -572,9 +595,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m shmbus.bridge", description="Run one bridge (the supervisor does).")
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--name", required=True)
+    ap.add_argument("--worker", type=int, default=0)
     args = ap.parse_args(argv)
     try:
-        b = Bridge(args.data_dir, args.name)
+        b = Bridge(args.data_dir, args.name, args.worker)
     except ShmbusError as e:
         print(f"shmbus bridge: {e}", file=sys.stderr)
         return 1

@@ -649,8 +649,10 @@ def bridge():
               help="out: bus -> cluster; in: cluster -> bus; both.")
 @click.option("--rename", default="{topic}", show_default=True,
               help="The other side's topic name, e.g. 'host1.{topic}' (out or in only).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Processes copying bus -> cluster, each a share of the partitions (out or both).")
 @data_dir_option
-def bridge_add(name, url, topics, direction, rename, data_dir):
+def bridge_add(name, url, topics, direction, rename, workers, data_dir):
     """Add a bridge; the supervisor starts it (within a second if it runs, else at its start).
 
     \b
@@ -663,7 +665,7 @@ def bridge_add(name, url, topics, direction, rename, data_dir):
     from shmbus.client import control as client
 
     d = resolve_data_dir(data_dir)
-    cfg = B.check(name, url, topics, direction, rename)
+    cfg = B.check(name, url, topics, direction, rename, workers)
     B.write_bridge(d, cfg)
     running = client.running_pid(d) is not None
     click.echo(f"bridge {name} added: {direction} {','.join(cfg.topics)} <-> kafka://{cfg.servers}"
@@ -689,7 +691,8 @@ def bridge_list(as_json, data_dir):
         click.echo(json.dumps([c.to_json() for c in cfgs], indent=1))
         return
     for c in cfgs:
-        click.echo(f"{c.name}  {c.direction}  kafka://{c.servers}  topics={','.join(c.topics)}  rename={c.rename}")
+        click.echo(f"{c.name}  {c.direction}  kafka://{c.servers}  topics={','.join(c.topics)}  rename={c.rename}"
+                   + (f"  workers={c.workers}" if c.workers > 1 else ""))
 
 
 @bridge.command("remove")
@@ -731,7 +734,8 @@ def bridge_status(as_json, data_dir):
     click.echo(f"{'BRIDGE':<16} {'DIR':<3} {'TOPIC':<24} {'TARGET':<24} {'LAG':>10} {'LAG MS':>8} {'RATE/S':>10} "
                f"{'COPIED':>12} {'DUPS':>6}")
     for b in rows:
-        state = f"pid={b['pid']}" if b["running"] else "NOT RUNNING"
+        pids = ",".join(str(w["pid"]) for w in b["workers"] if w["pid"] is not None)
+        state = f"pid={pids}" if b["running"] else "NOT RUNNING"
         click.echo(f"{b['name']:<16} {state}  restarts={b['restarts']}  kafka://{b['servers']}"
                    + (f"  last error: {b['last_error']}" if b["last_error"] else ""))
         for t in b["topics"]:

@@ -27,8 +27,9 @@ STOP_WAIT_S = 10.0
 
 
 class Child:
-    def __init__(self, name: str):
+    def __init__(self, name: str, worker: int):
         self.name = name
+        self.worker = worker
         self.proc: subprocess.Popen | None = None
         self.mtime = None
         self.started = 0.0
@@ -42,7 +43,7 @@ class BridgeKeeper:
     def __init__(self, data_dir: str, log):
         self.data_dir = data_dir
         self.log = log
-        self.children: dict[str, Child] = {}
+        self.children: dict[tuple[str, int], Child] = {}  # (bridge, worker) -> its process
         self.stopping = threading.Event()
         self.thread = None
         self.lock = threading.Lock()
@@ -67,15 +68,24 @@ class BridgeKeeper:
 
     def check(self) -> None:
         now = time.monotonic()
-        names = set(bridge_config.list_bridges(self.data_dir))
+        wanted = {}
+        for name in bridge_config.list_bridges(self.data_dir):
+            mtime = self._mtime(name)
+            try:
+                cfg = bridge_config.read_bridge(self.data_dir, name)
+            except Exception:  # noqa: BLE001 (removed meanwhile, or unreadable: its process keeps running)
+                wanted.update({k: self.children[k].mtime for k in self.children if k[0] == name})
+                continue
+            for w in range(cfg.workers):
+                wanted[(name, w)] = mtime
         with self.lock:
-            for name in [n for n in self.children if n not in names]:
-                self._stop(self.children.pop(name), "removed")
-            for name in sorted(names):
-                ch = self.children.get(name)
+            for key in [k for k in self.children if k not in wanted]:
+                self._stop(self.children.pop(key), "removed")
+            for key, mtime in sorted(wanted.items()):
+                name = key[0]
+                ch = self.children.get(key)
                 if ch is None:
-                    ch = self.children[name] = Child(name)
-                mtime = self._mtime(name)
+                    ch = self.children[key] = Child(*key)
                 if ch.proc is not None and ch.mtime != mtime:
                     self._stop(ch, "config changed")
                     ch.next_start = 0.0
@@ -97,7 +107,8 @@ class BridgeKeeper:
         fd = ownership.open_file(bridge_config.log_path(self.data_dir, ch.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             ch.proc = subprocess.Popen(
-                [sys.executable, "-m", "shmbus.bridge", "--data-dir", self.data_dir, "--name", ch.name],
+                [sys.executable, "-m", "shmbus.bridge", "--data-dir", self.data_dir, "--name", ch.name,
+                 "--worker", str(ch.worker)],
                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, close_fds=True, start_new_session=True)
         finally:
             os.close(fd)
@@ -118,7 +129,7 @@ class BridgeKeeper:
 
     def status(self) -> list:
         with self.lock:
-            return [{"name": ch.name, "pid": ch.proc.pid if ch.proc is not None else None,
+            return [{"name": ch.name, "worker": ch.worker, "pid": ch.proc.pid if ch.proc is not None else None,
                      "restarts": ch.restarts, "last_exit": ch.last_exit} for ch in self.children.values()]
 
     def close(self) -> None:
