@@ -497,3 +497,33 @@ def test_cluster_down_for_5s_the_bus_goes_on_and_the_bridge_catches_up(kafka_bus
         assert sum(map(len, got.values())) >= n, bridge_log(data_dir, "d")
         check_copied(sent, got, topic, dups_ok=True)
         assert "cluster" in (status(data_dir)[0]["last_error"] or "")
+
+
+@pytest.mark.timeout(180)
+def test_topic_deleted_from_the_bus_the_bridge_goes_on(mock_cluster, data_dir):
+    """A bridged topic deleted from the bus is dropped; the bridge keeps copying the others, and picks
+    up a topic made later that matches its pattern."""
+    from shmbus import Bus
+
+    addr = mock_cluster
+    pre = name("del")
+    a, b, c = f"{pre}-a", f"{pre}-b", f"{pre}-c"
+    with Bus(data_dir) as bus:
+        bus.create_topic(a, PARTS)
+        bus.create_topic(b, PARTS)
+        add_bridge(data_dir, "del", addr, f"{pre}-*")
+        send_bus(bus, a, records(100, seed=7))
+        sent_b = send_bus(bus, b, records(100, seed=8))
+        wait_for(lambda: total_copied(data_dir, "del") >= 200, 60, "both topics copied")
+        bus.delete_topic(a)
+        for part, rs in send_bus(bus, b, records(100, seed=9)).items():
+            for k, v, h, ts, off in rs:
+                sent_b.setdefault(part, []).append((k, v, h, ts, off))
+        bus.create_topic(c, PARTS)
+        sent_c = send_bus(bus, c, records(100, seed=10))
+        got_b = read_cluster(addr, b, 200)
+        check_copied(sent_b, got_b, b)
+        check_copied(sent_c, read_cluster(addr, c, 100), c)
+        wait_for(lambda: {t["topic"] for t in status(data_dir)[0]["topics"]} == {b, c}, 30,
+                 "the status without the deleted topic")
+        assert status(data_dir)[0]["running"]

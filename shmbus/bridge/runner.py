@@ -103,6 +103,7 @@ class OutCopier(Side):
         self.failed = set()
         self.rebuild = False
         self.topics = {}  # source topic -> partitions
+        self.topic_ids = {}  # source topic -> its id (a topic deleted and made anew has another)
         self.consumer = bus.consumer(auto_offset_reset="earliest", enable_auto_commit=False)
         self.producer = None
         self.admin = admin.AdminClient({"bootstrap.servers": cfg.servers, "log_level": 0})
@@ -163,16 +164,18 @@ class OutCopier(Side):
 
     def discover(self) -> None:
         self.last_discover = time.monotonic()
+        self.forget_missing()
         new = {}
         for t in self.bus.list_topics():
             if t in self.topics or not self.cfg.matches(t):
                 continue
             try:
-                n = self.bus.topic_meta(t).partitions
+                meta = self.bus.topic_meta(t)
             except ShmbusError:
                 continue
-            if self.ensure_target(t, n):
-                new[t] = n
+            if self.ensure_target(t, meta.partitions):
+                new[t] = meta.partitions
+                self.topic_ids[t] = meta.id
         if not new:
             return
         self.topics.update(new)
@@ -256,6 +259,31 @@ class OutCopier(Side):
         self.producer = self._producer()
         if self.read:
             self.count_duplicates()
+
+    def forget_missing(self) -> None:
+        """Drop the topics deleted from the bus (a topic made anew by that name is
+        found again by the next discovery, from its start)."""
+        live = set(self.bus.list_topics())
+        gone = [t for t in self.topics if t not in live or self._topic_id(t) != self.topic_ids.get(t)]
+        if not gone:
+            return
+        for t in gone:
+            del self.topics[t]
+            self.topic_ids.pop(t, None)
+            for key in [k for k in self.read if k[0] == t]:
+                for d in (self.read, self.acked, self.outstanding, self.deferred):
+                    d.pop(key, None)
+            log(self.cfg.name, f"topic {t} was deleted from the bus: no longer copied (one made anew by that name "
+                               f"is copied from its start)")
+        self._assign()
+
+    def _topic_id(self, topic: str):
+        from shmbus.log import metadata
+
+        try:
+            return metadata.read_topic(self.bus.data_dir, topic).id
+        except Exception:  # noqa: BLE001 (deleted meanwhile)
+            return None
 
     def unsaved(self) -> int:
         return sum(self.read[k] - self.acked.get(k, self.read[k]) for k in self.read)
@@ -557,6 +585,8 @@ class Bridge:
                         c.step(timeout_ms)
                     except (ShmbusError, self.copiers[0].ck.KafkaException) as e:
                         self.report(f"{c.direction}: {type(e).__name__}: {e}")
+                        if isinstance(e, ShmbusError) and isinstance(c, OutCopier):
+                            c.forget_missing()
                         time.sleep(0.5)
                 now = time.monotonic()
                 if now - last_save > SAVE_S:

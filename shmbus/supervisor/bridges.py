@@ -128,9 +128,13 @@ class BridgeKeeper:
             p.wait(5)
 
     def status(self) -> list:
-        with self.lock:
-            return [{"name": ch.name, "worker": ch.worker, "pid": ch.proc.pid if ch.proc is not None else None,
-                     "restarts": ch.restarts, "last_exit": ch.last_exit} for ch in self.children.values()]
+        """Each bridge process (without the lock: a stop under way holds it for seconds)."""
+        out = []
+        for ch in list(self.children.values()):
+            p = ch.proc
+            out.append({"name": ch.name, "worker": ch.worker, "pid": p.pid if p is not None else None,
+                        "restarts": ch.restarts, "last_exit": ch.last_exit})
+        return out
 
     def close(self) -> None:
         self.stopping.set()
