@@ -159,7 +159,8 @@ def latency(boot: str, topic: str, seconds: float) -> list:
 
 def bridge_vs_producer(boot: str, n: int, rnd: int, workers=(1, 2)) -> tuple[dict, float]:
     """({workers: bridge}, producer) records/s to the cluster at ``boot``: ``shmbus bridge`` (with
-    1 and with 2 worker processes) copying n records (``SIZE`` B values, keys, 4 partitions) from a bus's segment files and rings, and a plain
+    1 and with 2 worker processes) copying n records (``SIZE`` B values, keys, 4 partitions) from a
+    bus's segment files and rings, and a plain
     confluent-kafka producer sending n records of the same shape, same run.
 
     The bridge's rate counts from the first record on the cluster to the last (the partitions' high

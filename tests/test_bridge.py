@@ -416,13 +416,13 @@ def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
         done = threading.Event()
         failed = []
 
-        def stream():  # records keep coming while the bridge is killed: 30 chunks, 0.15 s apart
+        def stream():  # records keep coming while the bridge is killed: 60 chunks, 0.3 s apart
             try:
-                chunk = n // 30
-                for i in range(30):
+                chunk = n // 60
+                for i in range(60):
                     for part, rs in send_bus(bus, topic, recs[i * chunk:(i + 1) * chunk]).items():
                         sent.setdefault(part, []).extend(rs)
-                    time.sleep(0.15)
+                    time.sleep(0.3)
             except BaseException as e:  # noqa: BLE001
                 failed.append(e)
             finally:
@@ -438,9 +438,10 @@ def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
             base = total_copied(data_dir, "k")
             wait_for(lambda: total_copied(data_dir, "k") > base or done.is_set(), 30, "copying")
             time.sleep(rng.uniform(0.05, 0.5))
+            copied = total_copied(data_dir, "k")
             os.kill(pid, signal.SIGKILL)  # (the bridge process of this test's own supervisor)
             kills += 1
-            print(f"killed pid {pid} after {total_copied(data_dir, 'k')} copied")
+            print(f"killed pid {pid} after it copied {copied} (streaming: {not done.is_set()})")
             wait_for(lambda: _running_pid(data_dir, "k") not in (None, pid), 60, "the supervisor's restart")
         th.join(60)
         assert done.is_set() and not failed, failed

@@ -461,6 +461,28 @@ class InCopier(Side):
             time.sleep(timeout_ms / 1000)
             return 0
         msgs = self.consumer.consume(POLL_RECORDS, timeout_ms / 1000)
+        try:
+            n = self._write(msgs)
+        except BaseException:
+            self._rewind(msgs)
+            raise
+        return n
+
+    def _rewind(self, msgs) -> None:
+        """A write to the bus failed: read again from the first record of each partition not written."""
+        first = {}
+        for m in msgs:
+            if m.error() is None:
+                key = (m.topic(), m.partition())
+                if m.offset() >= self.next.get(key, -1) and key not in first:
+                    first[key] = m.offset()
+        for (t, p), off in first.items():
+            try:
+                self.consumer.seek(self.ck.TopicPartition(t, p, off))
+            except self.ck.KafkaException as e:
+                self.report(f"cluster: cannot seek {t}/{p} back to {off}: {e}")
+
+    def _write(self, msgs) -> int:
         send = self.producer.send
         other, origin, hdr = self.other, self.origin, P.HEADER
         n = 0
@@ -540,7 +562,8 @@ class Bridge:
         self.data_dir = data_dir
         self.cfg = C.read_bridge(data_dir, name)
         if not 0 <= worker < self.cfg.workers:
-            raise ShmbusError(f"bridge {name} has {self.cfg.workers} workers: worker={worker} (0..{self.cfg.workers - 1})")
+            raise ShmbusError(f"bridge {name} has {self.cfg.workers} workers: worker={worker} "
+                              f"(0..{self.cfg.workers - 1})")
         self.worker = worker
         self.spath = C.status_path(data_dir, name, worker)
         self.stopping = False
@@ -568,7 +591,8 @@ class Bridge:
             except Exception as e:  # noqa: BLE001 (the status never stops the copying)
                 self.report(f"status: {type(e).__name__}: {e}")
         C.write_json(self.spath, {
-            "name": self.cfg.name, "worker": self.worker, "pid": os.getpid(), "started": self.started, "updated": time.time(),
+            "name": self.cfg.name, "worker": self.worker, "pid": os.getpid(), "started": self.started,
+            "updated": time.time(),
             "direction": self.cfg.direction, "servers": self.cfg.servers, "last_error": self.last_error,
             "last_error_ms": self.last_error_ms, "topics": topics})
 
@@ -576,7 +600,8 @@ class Bridge:
         ppid = os.getppid()
         timeout_ms = 20 if len(self.copiers) > 1 else 100
         last_save = last_status = 0.0
-        log(self.cfg.name, f"started pid={os.getpid()} worker={self.worker}/{self.cfg.workers} direction={self.cfg.direction} cluster={self.cfg.servers} "
+        log(self.cfg.name, f"started pid={os.getpid()} worker={self.worker}/{self.cfg.workers} "
+                           f"direction={self.cfg.direction} cluster={self.cfg.servers} "
                            f"topics={','.join(self.cfg.topics)}")
         try:
             while not self.stopping:
