@@ -528,3 +528,18 @@ def test_topic_deleted_from_the_bus_the_bridge_goes_on(mock_cluster, data_dir):
         wait_for(lambda: {t["topic"] for t in status(data_dir)[0]["topics"]} == {b, c}, 30,
                  "the status without the deleted topic")
         assert status(data_dir)[0]["running"]
+
+
+def test_supervisor_status_names_the_bridge_processes(mock_cluster, data_dir):
+    """`shmbus status` lists each bridge process; `shmbus stop` stops them with the supervisor."""
+    from shmbus import Bus
+
+    with Bus(data_dir):
+        add_bridge(data_dir, "st", mock_cluster, "nothing-yet")
+        wait_for(lambda: _running_pid(data_dir, "st"), 30, "the bridge running")
+        pid = _running_pid(data_dir, "st")
+        r = sh(data_dir, "status")
+        assert f"bridge st: pid={pid}" in r.stdout, r.stdout
+        assert sh(data_dir, "stop").returncode == 0
+        assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+        assert status(data_dir)[0]["running"] is False

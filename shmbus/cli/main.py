@@ -177,6 +177,10 @@ def status(data_dir, as_json):
         from shmbus.cli.stats import kafka_line
 
         click.echo(kafka_line(st["kafka_listener"], st["kafka_listener"].get("rates") or {}))
+    for b in st.get("bridges") or []:
+        click.echo(f"bridge {b['name']}" + (f" worker {b['worker']}" if b.get("worker") else "")
+                   + (f": pid={b['pid']}" if b["pid"] else ": not running") + f"  restarts={b['restarts']}"
+                   + "  (`shmbus bridge status`)")
     if st["partitions"]:
         click.echo(f"{'TOPIC':<24} {'PART':>4} {'END OFFSET':>12} {'RING USED':>12} {'RING':>10} {'SPILLED':>12}")
         for p in st["partitions"]:
