@@ -18,6 +18,10 @@ timestamped at ``produce()``, received by a consumer polling in another thread
 (p50/p99 over the samples). Rounds alternate the order of the two targets; a
 cell is the median over rounds with [min-max].
 
+Then, per round, ``shmbus bridge`` (direction out; one worker process, then
+two) copying up to 100,000 such records from a bus to the mock cluster, beside a
+plain confluent-kafka producer sending as many to the mock (``bridge_vs_producer``).
+
     python bench/kafka.py [--quick] [--rounds N] [--records N]
 """
 
@@ -153,6 +157,57 @@ def latency(boot: str, topic: str, seconds: float) -> list:
     return samples
 
 
+def bridge_vs_producer(boot: str, n: int, rnd: int, workers=(1, 2)) -> tuple[dict, float]:
+    """({workers: bridge}, producer) records/s to the cluster at ``boot``: ``shmbus bridge`` (with
+    1 and with 2 worker processes) copying n records (``SIZE`` B values, keys, 4 partitions) from a
+    bus's segment files and rings, and a plain
+    confluent-kafka producer sending n records of the same shape, same run.
+
+    The bridge's rate counts from the first record on the cluster to the last (the partitions' high
+    watermarks, polled every 10 ms), so the process's start is not in it.
+    """
+    out = {}
+    for w in workers:
+        out[w] = _bridge_rate(boot, n, f"bench-bridge-{rnd}-{w}", w)
+    return out, produce(boot, f"bench-plain-{rnd}", n)
+
+
+def _bridge_rate(boot: str, n: int, topic: str, workers: int) -> float:
+    import numpy as np
+
+    from shmbus.bridge import config as B
+
+    with C.temp_bus() as (bus, d):
+        bus.create_topic(topic, PARTITIONS)
+        make_topic(boot, None, topic)  # (exists on the cluster: the bridge only checks it)
+        vals = np.full((n, SIZE), ord("v"), np.uint8)
+        keys = [b"%d" % (i % 1000) for i in range(n)]
+        with bus.producer() as p:
+            for i in range(0, n, 10000):
+                p.send_batch(topic, vals[i:i + 10000], keys=keys[i:i + 10000])
+        import confluent_kafka as ck
+
+        watch = ck.Consumer({"bootstrap.servers": boot, "group.id": "bench-watch", "log_level": 0})
+        tps = [ck.TopicPartition(topic, p) for p in range(PARTITIONS)]
+        B.write_bridge(d, B.check("bench", f"kafka://{boot}", topic, "out", "{topic}", workers))
+        first = t_first = None
+        deadline = time.monotonic() + 120
+        try:
+            while True:
+                done = sum(watch.get_watermark_offsets(tp, timeout=5)[1] for tp in tps)
+                now = time.perf_counter()
+                if done and first is None:
+                    first, t_first = done, now
+                if done >= n:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the bridge copied {done} of {n} records in 120 s")
+                time.sleep(0.01)
+        finally:
+            watch.close()
+        return (n - first) / (now - t_first)
+
+
 def pct(xs, q):
     if not xs:
         return None
@@ -171,6 +226,7 @@ def main(argv=None) -> int:
     env = C.environment()
     res = {t: {"produce": [], "fetch": [], "p50_us": [], "p99_us": []} for t in ("shmbus", "mock")}
     errors = []
+    bridge = {"bridge": [], "bridge_2_workers": [], "producer": []}  # records/s to the mock
     with shmbus_listener() as (sboot, bus), mock_cluster() as (mboot, _):
         targets = {"shmbus": (sboot, bus), "mock": (mboot, None)}
         for rnd in range(rounds):
@@ -195,6 +251,17 @@ def main(argv=None) -> int:
                     print(f"ERROR round {rnd} {t}: {e!r}", file=sys.stderr, flush=True)
                 for k, v in vals.items():
                     res[t][k].append(v)
+            try:
+                br, pl = bridge_vs_producer(mboot, min(n, 100_000), rnd)
+                print(f"round {rnd} bridge: bus -> mock {br[1]:,.0f}/s (2 workers: {br[2]:,.0f}/s), "
+                      f"plain producer -> mock {pl:,.0f}/s", file=sys.stderr, flush=True)
+            except Exception as e:  # noqa: BLE001
+                br, pl = {1: None, 2: None}, None
+                errors.append(f"round {rnd} bridge: {e!r}")
+                print(f"ERROR round {rnd} bridge: {e!r}", file=sys.stderr, flush=True)
+            bridge["bridge"].append(br[1])
+            bridge["bridge_2_workers"].append(br[2])
+            bridge["producer"].append(pl)
     rows = []
     for t in ("shmbus", "mock"):
         r = res[t]
@@ -203,13 +270,21 @@ def main(argv=None) -> int:
                      C.cell(r["p99_us"], lambda x: C.fmt_num(x, " µs"))])
     ratio = {k: C.per_round_ratio(res["shmbus"][k], res["mock"][k]) for k in ("produce", "fetch")}
     rows.append(["shmbus / mock", C.cell(ratio["produce"], C.fmt_ratio), C.cell(ratio["fetch"], C.fmt_ratio), "", ""])
+    ratio["bridge"] = C.per_round_ratio(bridge["bridge"], bridge["producer"])
+    ratio["bridge_2_workers"] = C.per_round_ratio(bridge["bridge_2_workers"], bridge["producer"])
+    rows.append(["`shmbus bridge` bus → mock", C.cell(bridge["bridge"], C.fmt_rate), "", "", ""])
+    rows.append(["`shmbus bridge --workers 2` bus → mock", C.cell(bridge["bridge_2_workers"], C.fmt_rate),
+                 "", "", ""])
+    rows.append(["plain producer → mock", C.cell(bridge["producer"], C.fmt_rate), "", "", ""])
+    rows.append(["bridge / plain producer", C.cell(ratio["bridge"], C.fmt_ratio), "", "", ""])
+    rows.append(["bridge --workers 2 / plain producer", C.cell(ratio["bridge_2_workers"], C.fmt_ratio), "", "", ""])
     print(f"confluent-kafka {_ck_version()}, {n:,} records of {SIZE} B, {PARTITIONS} partitions, {rounds} rounds\n")
     print(C.markdown_table(["target", "produce (records/s)", "fetch (records/s)", "produce→fetch p50",
                             "produce→fetch p99"], rows))
     if errors:
         print("\nerrors: " + "; ".join(errors))
     C.write_json(C.out_path(NAME, args), {"benchmark": NAME, "quick": args.quick, "env": env, "records": n,
-                                         "rounds": rounds, "results": res,
+                                         "rounds": rounds, "results": res, "bridge": bridge,
                                          "ratios": ratio, "errors": errors})
     return 1 if errors else 0
 

@@ -177,6 +177,10 @@ def status(data_dir, as_json):
         from shmbus.cli.stats import kafka_line
 
         click.echo(kafka_line(st["kafka_listener"], st["kafka_listener"].get("rates") or {}))
+    for b in st.get("bridges") or []:
+        click.echo(f"bridge {b['name']}" + (f" worker {b['worker']}" if b.get("worker") else "")
+                   + (f": pid={b['pid']}" if b["pid"] else ": not running") + f"  restarts={b['restarts']}"
+                   + "  (`shmbus bridge status`)")
     if st["partitions"]:
         click.echo(f"{'TOPIC':<24} {'PART':>4} {'END OFFSET':>12} {'RING USED':>12} {'RING':>10} {'SPILLED':>12}")
         for p in st["partitions"]:
@@ -632,6 +636,115 @@ def stats(data_dir, interval, once, as_json):
             prev = cur
     finally:
         bus.close()
+
+
+# --- bridges ---
+@cli.group()
+def bridge():
+    """Copy records between the bus and a Kafka cluster (the supervisor runs each bridge)."""
+
+
+@bridge.command("add")
+@click.argument("name")
+@click.option("--to", "url", required=True, metavar="kafka://HOST:PORT[,HOST:PORT]", help="The Kafka cluster.")
+@click.option("--topics", required=True, metavar="LIST",
+              help="Comma-separated topic names or patterns (* ? [..]), e.g. 'orders,prices.*'.")
+@click.option("--direction", type=click.Choice(["out", "in", "both"]), default="out", show_default=True,
+              help="out: bus -> cluster; in: cluster -> bus; both.")
+@click.option("--rename", default="{topic}", show_default=True,
+              help="The other side's topic name, e.g. 'host1.{topic}' (out or in only).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Processes copying bus -> cluster, each a share of the partitions (out or both).")
+@data_dir_option
+def bridge_add(name, url, topics, direction, rename, workers, data_dir):
+    """Add a bridge; the supervisor starts it (within a second if it runs, else at its start).
+
+    \b
+    Example:
+      shmbus bridge add to-dc --to kafka://kafka1:9092,kafka2:9092 --topics 'orders,prices.*'
+      shmbus bridge add from-dc --to kafka://kafka1:9092 --topics 'orders' --direction in --rename 'dc.{topic}'
+    """
+    from shmbus.bridge import config as B
+    from shmbus.core.paths import resolve_data_dir
+    from shmbus.client import control as client
+
+    d = resolve_data_dir(data_dir)
+    cfg = B.check(name, url, topics, direction, rename, workers)
+    B.write_bridge(d, cfg)
+    running = client.running_pid(d) is not None
+    click.echo(f"bridge {name} added: {direction} {','.join(cfg.topics)} <-> kafka://{cfg.servers}"
+               + ("" if running else " (no supervisor runs: `shmbus serve` starts it)"))
+
+
+@bridge.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@data_dir_option
+def bridge_list(as_json, data_dir):
+    """The configured bridges.
+
+    \b
+    Example:
+      shmbus bridge list --json
+    """
+    from shmbus.bridge import config as B
+    from shmbus.core.paths import resolve_data_dir
+
+    d = resolve_data_dir(data_dir)
+    cfgs = [B.read_bridge(d, n) for n in B.list_bridges(d)]
+    if as_json:
+        click.echo(json.dumps([c.to_json() for c in cfgs], indent=1))
+        return
+    for c in cfgs:
+        click.echo(f"{c.name}  {c.direction}  kafka://{c.servers}  topics={','.join(c.topics)}  rename={c.rename}"
+                   + (f"  workers={c.workers}" if c.workers > 1 else ""))
+
+
+@bridge.command("remove")
+@click.argument("name")
+@data_dir_option
+def bridge_remove(name, data_dir):
+    """Remove a bridge; the supervisor stops its process (what it copied stays on both sides).
+
+    \b
+    Example:
+      shmbus bridge remove to-dc
+    """
+    from shmbus.bridge import config as B
+    from shmbus.core.paths import resolve_data_dir
+
+    B.remove_bridge(resolve_data_dir(data_dir), name)
+    click.echo(f"bridge {name} removed")
+
+
+@bridge.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@data_dir_option
+def bridge_status(as_json, data_dir):
+    """Per bridge and topic: lag (records, ms), rate, records copied, duplicates, the last error.
+
+    \b
+    Example:
+      shmbus bridge status
+    """
+    from shmbus.bridge.status import bridge_rows
+
+    rows = bridge_rows(data_dir)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        click.echo("no bridges (`shmbus bridge add` makes one)")
+        return
+    click.echo(f"{'BRIDGE':<16} {'DIR':<3} {'TOPIC':<24} {'TARGET':<24} {'LAG':>10} {'LAG MS':>8} {'RATE/S':>10} "
+               f"{'COPIED':>12} {'DUPS':>6}")
+    for b in rows:
+        pids = ",".join(str(w["pid"]) for w in b["workers"] if w["pid"] is not None)
+        state = f"pid={pids}" if b["running"] else "NOT RUNNING"
+        click.echo(f"{b['name']:<16} {state}  restarts={b['restarts']}  kafka://{b['servers']}"
+                   + (f"  last error: {b['last_error']}" if b["last_error"] else ""))
+        for t in b["topics"]:
+            click.echo(f"{b['name']:<16} {t['direction']:<3} {t['topic']:<24} {t['target']:<24} {t['lag_records']:>10} "
+                       f"{t['lag_ms']:>8} {t['rate']:>10.0f} {t['copied']:>12} {t['duplicates']:>6}")
 
 
 def main():

@@ -2,7 +2,8 @@
 
 Jobs, each in its own module: spilling rings to segments (``spill.py``),
 unblocking dead writers' claims (``unblock.py``), coordinating consumer groups
-(``groups/``, its own socket and thread); and answering the control
+(``groups/``, its own socket and thread), running the bridges' processes
+(``bridges.py``, its own thread); and answering the control
 socket (status, stop). It holds an exclusive ``flock`` on ``supervisor.lock``
 for its whole life, so a second one for the same data dir exits at once.
 
@@ -129,6 +130,7 @@ class Supervisor:
         self.coordinator = None  # the consumer-group coordinator (groups/server.py), its own socket and thread
         self.kafka_settings = kafka  # kafka/settings.py ListenerSettings, or None: no Kafka listener
         self.kafka = None  # the Kafka listener (kafka/server.py), its own threads
+        self.bridges = None  # the bridge keeper (bridges.py): a child process per configured bridge
         self.lock = threading.Lock()
         self._stamp = None
         self.cleaner = cleaner.Cleaner()
@@ -398,6 +400,10 @@ class Supervisor:
         if self.kafka is not None:
             self.start_kafka()
         self.start_control()
+        from shmbus.supervisor.bridges import BridgeKeeper
+
+        self.bridges = BridgeKeeper(self.data_dir, log)
+        self.bridges.start()
         keeper = threading.Thread(target=self._keep_loop, name="log-keeper", daemon=True)
         keeper.start()
         last_scan = last_idle = time.monotonic()
@@ -424,6 +430,7 @@ class Supervisor:
                 last_idle = now
             if wait > 0:
                 self.ctl.spiller_sleep(seen, wait)
+        self.bridges.close()  # before the last spill: what they wrote to the bus is spilled with the rest
         keeper.join()  # a compaction pass under way ends at its next segment (cleaner.Aborted)
         # a last spill so that what is published is on disk (topics made since the last rescan too)
         try:
@@ -546,6 +553,7 @@ class Supervisor:
                     "writers_reopened": self.pool.reopened, "exhausted": self.fd_errors},
             "problems": problems,
             "kafka_listener": self.kafka.status() if self.kafka is not None else None,
+            "bridges": self.bridges.status() if self.bridges is not None else [],
             "partitions": parts,
         }
 

@@ -1,0 +1,669 @@
+"""The bridge process (``python -m shmbus.bridge --data-dir D --name N``), run and restarted by the supervisor.
+
+One thread; per direction a copier whose ``step`` moves what is there and returns.
+
+``OutCopier`` (bus -> cluster): a shmbus Consumer assigned to the bus's matching
+partitions, seeked to the saved positions (``<name>.positions.json``; the log
+start the first time), reads rings and segment files alike. An idempotent
+librdkafka producer (``enable.idempotence``, ``acks=all``, no message timeout:
+a cluster that is down is waited for) sends each record to the same partition.
+Per partition, the last record of each polled batch carries a delivery callback;
+librdkafka reports a partition's deliveries in order, so its success means every
+record below it was acknowledged, and only then does the saved position move. No
+more than ``WINDOW`` records are read past the saved positions: that bounds the
+duplicates after a crash (at-least-once). At start (and after the producer is
+made anew), the tail of each target partition is read: records there whose
+provenance is past the saved position are the duplicates that follow, counted.
+
+``InCopier`` (cluster -> bus): a librdkafka consumer (group ``shmbus-bridge.<name>``,
+no auto commit) reads the matching topics; the shmbus Producer writes each record
+to the same partition with its timestamp; the Kafka offsets are committed after
+the bus took them.
+
+Both skip records whose provenance header names the other side. The status file
+(``<name>.status.json``) is rewritten every ``STATUS_S``; the bus is only read by
+direction out, so a cluster that is down never slows its producers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from shmbus.bridge import config as C
+from shmbus.bridge import provenance as P
+from shmbus.errors import ShmbusError, TopicExistsError
+
+WINDOW = 100_000  # records read from the bus past the saved positions, at most (the duplicates' bound)
+POLL_RECORDS = 5000
+SAVE_S = 0.2  # how often positions are saved and Kafka offsets committed
+STATUS_S = 0.5
+DISCOVER_S = 2.0  # how often new matching topics are looked for
+TAIL_TIMEOUT_S = 5.0
+
+
+def log(name: str, msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} shmbus bridge {name}: {msg}", file=sys.stderr, flush=True)
+
+
+class Side:
+    """What both copiers keep for the status file."""
+
+    direction = ""
+
+    def __init__(self, cfg, report):
+        self.cfg = cfg
+        self.report = report  # report(error text): the bridge's last error
+        self.copied: dict = {}  # source topic -> records copied
+        self.skipped: dict = {}  # source topic -> records not copied (provenance from the other side)
+        self.dups: dict = {}  # source topic -> duplicates counted
+        self.last_ts: dict = {}  # (topic, p) -> timestamp of the last record acknowledged
+        self.rate_prev = (time.monotonic(), {})
+
+    def rates(self) -> dict:
+        t0, prev = self.rate_prev
+        now = time.monotonic()
+        cur = dict(self.copied)
+        self.rate_prev = (now, cur)
+        dt = max(now - t0, 1e-3)
+        return {t: (n - prev.get(t, 0)) / dt for t, n in cur.items()}
+
+
+class OutCopier(Side):
+    direction = "out"
+
+    def __init__(self, cfg, bus, data_dir, report, worker=0):
+        super().__init__(cfg, report)
+        import confluent_kafka as ck
+        from confluent_kafka import admin
+
+        self.ck = ck
+        self.ck_admin = admin
+        self.bus = bus
+        self.origin = P.bus_origin(bus.id)
+        self.other = P.cluster_origin(cfg.servers)
+        self.worker = worker
+        self.ppath = C.positions_path(data_dir, cfg.name, worker)
+        kept = C.read_json(self.ppath) or {}
+        self.dups = dict(kept.get("duplicates", {}))  # (counted over the bridge's life, kept with the positions)
+        self.dups_saved = dict(self.dups)
+        self.acked = {}  # (topic, p) -> next offset acknowledged
+        for path in C.worker_files(data_dir, cfg.name, "positions"):
+            # (every worker's file: with another number of workers a partition had another one; positions only grow)
+            for t, ps in ((C.read_json(path) or {}).get("out") or {}).items():
+                for p, o in ps.items():
+                    if int(p) % cfg.workers == worker:
+                        self.acked[(t, int(p))] = max(o, self.acked.get((t, int(p)), 0))
+        self.saved = dict(self.acked)
+        self.read = {}  # (topic, p) -> next offset read
+        self.outstanding = {}  # (topic, p) -> batch-end callbacks not yet called
+        self.deferred = {}  # (topic, p) -> a position reached by skipped records while callbacks were out
+        self.failed = set()
+        self.rebuild = False
+        self.topics = {}  # source topic -> partitions
+        self.topic_ids = {}  # source topic -> its id (a topic deleted and made anew has another)
+        self.consumer = bus.consumer(auto_offset_reset="earliest", enable_auto_commit=False)
+        self.producer = None
+        self.admin = admin.AdminClient({"bootstrap.servers": cfg.servers, "log_level": 0})
+        self.last_discover = 0.0
+        self.tail_pending = True
+
+    # --- the cluster side ---
+    def _producer(self):
+        return self.ck.Producer({
+            "bootstrap.servers": self.cfg.servers, "enable.idempotence": True, "acks": "all",
+            "linger.ms": 5, "message.timeout.ms": 0, "queue.buffering.max.messages": WINDOW + POLL_RECORDS,
+            "queue.buffering.max.kbytes": 1 << 21, "enable.gapless.guarantee": True, "error_cb": self._error,
+            "log_level": 0, "reconnect.backoff.max.ms": 1000})
+
+    def _error(self, err) -> None:
+        self.report(f"cluster: {err.str()}")
+        if err.fatal():
+            self.rebuild = True
+
+    def _batch_end(self, key, target_key, pos, ts):
+        def done(err, msg):
+            self.outstanding[key] -= 1
+            if err is not None or target_key in self.failed:
+                if err is not None:
+                    self.failed.add(target_key)
+                    self.report(f"delivery to {msg.topic()}/{msg.partition()} failed: {err.str()}")
+                    self.rebuild = True
+                return
+            if pos > self.acked.get(key, 0):
+                self.acked[key] = pos
+                self.last_ts[key] = ts
+            if not self.outstanding[key] and key in self.deferred:
+                self.acked[key] = max(self.acked[key], self.deferred.pop(key))
+        return done
+
+    def ensure_target(self, topic: str, partitions: int) -> bool:
+        """The cluster has the target topic with ``partitions`` partitions or more (made if missing)."""
+        target = self.cfg.target(topic)
+        md = self.admin.list_topics(timeout=5)
+        t = md.topics.get(target)
+        if t is None or t.error is not None:
+            fut = self.admin.create_topics([self.ck_admin.NewTopic(target, partitions, replication_factor=-1)],
+                                           operation_timeout=3)[target]
+            try:
+                fut.result(4)
+            except Exception as e:  # noqa: BLE001 (exists already, or no CreateTopics: auto-creation decides)
+                code = e.args[0].code() if e.args and hasattr(e.args[0], "code") else None
+                if code != self.ck.KafkaError.TOPIC_ALREADY_EXISTS:
+                    log(self.cfg.name, f"cannot create {target} on the cluster ({e}); trying auto-creation")
+            md = self.admin.list_topics(target, timeout=5)
+            t = md.topics.get(target)
+        have = len(t.partitions) if t is not None and t.error is None else 0
+        if have < partitions:
+            self.report(f"topic {target} on the cluster has {have} partitions, {topic} on the bus {partitions}: "
+                        f"not copied (give it {partitions} partitions on the cluster)")
+            return False
+        return True
+
+    def discover(self) -> None:
+        self.last_discover = time.monotonic()
+        self.forget_missing()
+        new = {}
+        for t in self.bus.list_topics():
+            if t in self.topics or not self.cfg.matches(t):
+                continue
+            try:
+                meta = self.bus.topic_meta(t)
+            except ShmbusError:
+                continue
+            if self.ensure_target(t, meta.partitions):
+                new[t] = meta.partitions
+                self.topic_ids[t] = meta.id
+        if not new:
+            return
+        self.topics.update(new)
+        self._assign()
+
+    def _assign(self) -> None:
+        from shmbus.records import TopicPartition
+
+        tps = [TopicPartition(t, p) for t, n in self.topics.items() for p in self.mine(n)]
+        self.consumer.assign(tps)
+        starts = self.consumer.beginning_offsets(tps)
+        for tp in tps:
+            key = (tp.topic, tp.partition)
+            pos = self.read.get(key, self.acked.get(key, starts[tp]))
+            self.read[key] = pos
+            self.acked.setdefault(key, pos)
+            self.consumer.seek(tp, pos)
+            self.outstanding.setdefault(key, 0)
+            self.copied.setdefault(tp.topic, 0)
+        if self.tail_pending:
+            self.count_duplicates()
+
+    def mine(self, partitions: int) -> range:
+        """This worker's partitions of a topic of ``partitions``."""
+        return range(self.worker, partitions, self.cfg.workers)
+
+    def count_duplicates(self) -> None:
+        """Records already on the cluster past the saved positions (sent before a crash) will be sent again:
+        read each target partition's last record; those its provenance puts past the position are counted."""
+        ck = self.ck
+        c = ck.Consumer({"bootstrap.servers": self.cfg.servers, "group.id": f"shmbus-bridge.{self.cfg.name}.tail",
+                         "enable.auto.commit": False, "log_level": 0, "fetch.wait.max.ms": 10})
+        try:
+            want = {}
+            for (t, p) in self.read:
+                try:
+                    lo, hi = c.get_watermark_offsets(ck.TopicPartition(self.cfg.target(t), p), timeout=2)
+                except ck.KafkaException:
+                    return  # the cluster is not there: nothing is counted
+                if hi > lo:
+                    want[(self.cfg.target(t), p)] = (t, hi - 1)
+            if not want:
+                self.tail_pending = False
+                return
+            c.assign([ck.TopicPartition(tt, p, off) for (tt, p), (_, off) in want.items()])
+            deadline = time.monotonic() + TAIL_TIMEOUT_S
+            while want and time.monotonic() < deadline:
+                for m in c.consume(100, 0.2):
+                    if m.error() is not None or (m.topic(), m.partition()) not in want:
+                        continue
+                    src, _ = want.pop((m.topic(), m.partition()))
+                    for k, v in m.headers() or ():
+                        pv = P.parse(v) if k == P.HEADER else None
+                        if pv and pv[0] == self.origin and pv[1] == src and pv[2] == m.partition():
+                            n = pv[3] + 1 - self.read[(src, m.partition())]
+                            if n > 0:
+                                self.dups[src] = self.dups.get(src, 0) + n
+            self.tail_pending = False
+        finally:
+            c.close()
+
+    def restart_producer(self) -> None:
+        """After a failed delivery or a fatal producer error: a new producer, reading again from the
+        acknowledged positions (what was in flight is sent again, duplicates counted)."""
+        from shmbus.records import TopicPartition
+
+        if self.producer is not None:
+            try:
+                self.producer.purge()
+            except Exception:  # noqa: BLE001
+                pass
+            self.producer = None
+        self.failed.clear()
+        self.deferred.clear()
+        for key in self.read:
+            self.outstanding[key] = 0
+            self.read[key] = self.acked.get(key, self.read[key])
+            self.consumer.seek(TopicPartition(*key), self.read[key])
+        self.tail_pending = True
+        self.rebuild = False
+        self.producer = self._producer()
+        if self.read:
+            self.count_duplicates()
+
+    def forget_missing(self) -> None:
+        """Drop the topics deleted from the bus (a topic made anew by that name is
+        found again by the next discovery, from its start)."""
+        live = set(self.bus.list_topics())
+        gone = [t for t in self.topics if t not in live or self._topic_id(t) != self.topic_ids.get(t)]
+        if not gone:
+            return
+        for t in gone:
+            del self.topics[t]
+            self.topic_ids.pop(t, None)
+            for key in [k for k in self.read if k[0] == t]:
+                for d in (self.read, self.acked, self.outstanding, self.deferred):
+                    d.pop(key, None)
+            log(self.cfg.name, f"topic {t} was deleted from the bus: no longer copied (one made anew by that name "
+                               f"is copied from its start)")
+        self._assign()
+
+    def _topic_id(self, topic: str):
+        from shmbus.log import metadata
+
+        try:
+            return metadata.read_topic(self.bus.data_dir, topic).id
+        except Exception:  # noqa: BLE001 (deleted meanwhile)
+            return None
+
+    def unsaved(self) -> int:
+        return sum(self.read[k] - self.acked.get(k, self.read[k]) for k in self.read)
+
+    # --- the loop ---
+    def step(self, timeout_ms: int) -> int:
+        if self.producer is None or self.rebuild:
+            self.restart_producer()
+        if time.monotonic() - self.last_discover > DISCOVER_S:
+            self.discover()
+        prod = self.producer
+        prod.poll(0)
+        room = WINDOW - self.unsaved()
+        if room <= 0 or not self.read:
+            prod.poll(timeout_ms / 1000)
+            return 0
+        got = self.consumer.poll(timeout_ms=timeout_ms, max_records=min(POLL_RECORDS, room))
+        n = 0
+        produce = prod.produce
+        origin, other, hdr = self.origin, self.other, P.HEADER
+        for tp, recs in got.items():
+            topic, p = tp
+            key = (topic, p)
+            target = self.cfg.target(topic)
+            tb = topic.encode()
+            send = [r for r in recs if not (r.headers and P.from_origin(r.headers, other))]
+            skipped = len(recs) - len(send)
+            end = recs[-1].offset + 1
+            pre = b"%s %s %d " % (origin, tb, p)
+            for _t, _p, off, ts, k, v, hs in send[:-1]:  # (ConsumerRecord's fields)
+                h = [(hdr, pre + b"%d" % off)]
+                if hs:
+                    h = hs + h
+                try:  # (positional: topic, value, key, partition, on_delivery, callback, timestamp, headers)
+                    produce(target, v, k, p, None, None, ts, h)
+                except BufferError:
+                    self._produce_waiting(target, v, k, p, None, ts, h)
+            if send:
+                # the batch's last record carries a callback: its success acknowledges every one below
+                # (librdkafka reports a partition's deliveries in order, and gapless: a failure is fatal)
+                r = send[-1]
+                hs = r.headers
+                h = [(hdr, pre + b"%d" % r.offset)]
+                self.outstanding[key] += 1
+                cb = self._batch_end(key, (target, p), end, r.timestamp)
+                self._produce_waiting(target, r.value, r.key, p, cb, r.timestamp, hs + h if hs else h)
+            if not send:
+                if self.outstanding[key]:
+                    self.deferred[key] = end
+                else:
+                    self.acked[key] = max(self.acked.get(key, 0), end)
+            self.read[key] = end
+            self.copied[topic] += len(send)
+            if skipped:
+                self.skipped[topic] = self.skipped.get(topic, 0) + skipped
+            n += len(send)
+        prod.poll(0)
+        return n
+
+    def _produce_waiting(self, target, value, key, p, cb, ts, headers) -> None:
+        """produce, waiting for room in librdkafka's queue."""
+        while True:
+            try:
+                self.producer.produce(target, value, key, p, cb, None, ts, headers)
+                return
+            except BufferError:
+                self.producer.poll(0.01)
+
+    def save(self) -> None:
+        if self.acked != self.saved or self.dups != self.dups_saved:
+            out = {}
+            for (t, p), o in self.acked.items():
+                out.setdefault(t, {})[str(p)] = o
+            C.write_json_durable(self.ppath, {"out": out, "duplicates": self.dups})
+            self.saved = dict(self.acked)
+            self.dups_saved = dict(self.dups)
+
+    def close(self, save: bool = True) -> None:
+        if self.producer is not None:
+            self.producer.flush(5)
+        if save:
+            self.save()
+        self.consumer.close()
+
+    def status(self) -> list:
+        from shmbus.records import TopicPartition
+
+        rates = self.rates()
+        now_ms = int(time.time() * 1000)
+        out = []
+        for t, n in self.topics.items():
+            tps = [TopicPartition(t, p) for p in self.mine(n)]
+            try:
+                ends = self.consumer.end_offsets(tps)
+            except ShmbusError:
+                continue
+            lag = sum(max(ends[tp] - self.acked.get((t, tp.partition), 0), 0) for tp in tps)
+            behind = [now_ms - self.last_ts.get((t, tp.partition), now_ms) for tp in tps
+                      if ends[tp] > self.acked.get((t, tp.partition), 0)]
+            out.append({"direction": "out", "topic": t, "target": self.cfg.target(t), "partitions": len(tps),
+                        "lag_records": lag, "lag_ms": max(behind, default=0), "rate": round(rates.get(t, 0.0), 1),
+                        "copied": self.copied.get(t, 0), "skipped": self.skipped.get(t, 0),
+                        "duplicates": self.dups.get(t, 0), "in_flight": sum(
+                            self.read[(t, p)] - self.acked.get((t, p), self.read[(t, p)]) for p in self.mine(n))})
+        return out
+
+
+class InCopier(Side):
+    direction = "in"
+
+    def __init__(self, cfg, bus, data_dir, report):
+        super().__init__(cfg, report)
+        import confluent_kafka as ck
+
+        self.ck = ck
+        self.bus = bus
+        self.other = P.bus_origin(bus.id)
+        self.origin = P.cluster_origin(cfg.servers)
+        self.consumer = ck.Consumer({
+            "bootstrap.servers": cfg.servers, "group.id": f"shmbus-bridge.{cfg.name}", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50, "error_cb": self._error, "log_level": 0,
+            "reconnect.backoff.max.ms": 1000, "topic.metadata.refresh.interval.ms": 2000})
+        self.producer = bus.producer()
+        self.topics = {}  # cluster topic -> partitions
+        self.next = {}  # (cluster topic, p) -> next offset to commit
+        self.committed = {}
+        self.last_discover = 0.0
+
+    def _error(self, err) -> None:
+        self.report(f"cluster: {err.str()}")
+
+    def discover(self) -> None:
+        ck = self.ck
+        self.last_discover = time.monotonic()
+        try:
+            md = self.consumer.list_topics(timeout=5)
+        except ck.KafkaException as e:
+            self.report(f"cluster: cannot list topics: {e}")
+            return
+        new = []
+        for t, tm in md.topics.items():
+            if t in self.topics or t.startswith("__") or tm.error is not None or not self.cfg.matches(t):
+                continue
+            n = len(tm.partitions)
+            target = self.cfg.target(t)
+            try:
+                self.bus.create_topic(target, n)
+            except TopicExistsError:
+                have = self.bus.topic_meta(target).partitions
+                if have < n:
+                    self.report(f"topic {target} on the bus has {have} partitions, {t} on the cluster {n}: "
+                                f"not copied (`shmbus topics create` it anew with {n} partitions)")
+                    continue
+            self.topics[t] = n
+            self.copied.setdefault(t, 0)
+            new += [ck.TopicPartition(t, p) for p in range(n)]
+        if not new:
+            return
+        try:
+            got = self.consumer.committed(new, timeout=10)
+        except ck.KafkaException as e:
+            for tp in new:
+                self.topics.pop(tp.topic, None)
+            self.report(f"cluster: cannot read the committed offsets: {e}")
+            return
+        for tp in got:
+            if tp.offset < 0:
+                tp.offset = ck.OFFSET_BEGINNING
+        self.consumer.incremental_assign(got)
+
+    def step(self, timeout_ms: int) -> int:
+        if time.monotonic() - self.last_discover > DISCOVER_S:
+            self.discover()
+        if not self.topics:
+            time.sleep(timeout_ms / 1000)
+            return 0
+        msgs = self.consumer.consume(POLL_RECORDS, timeout_ms / 1000)
+        try:
+            n = self._write(msgs)
+        except BaseException:
+            self._rewind(msgs)
+            raise
+        return n
+
+    def _rewind(self, msgs) -> None:
+        """A write to the bus failed: read again from the first record of each partition not written."""
+        first = {}
+        for m in msgs:
+            if m.error() is None:
+                key = (m.topic(), m.partition())
+                if m.offset() >= self.next.get(key, -1) and key not in first:
+                    first[key] = m.offset()
+        for (t, p), off in first.items():
+            try:
+                self.consumer.seek(self.ck.TopicPartition(t, p, off))
+            except self.ck.KafkaException as e:
+                self.report(f"cluster: cannot seek {t}/{p} back to {off}: {e}")
+
+    def _write(self, msgs) -> int:
+        send = self.producer.send
+        other, origin, hdr = self.other, self.origin, P.HEADER
+        n = 0
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != self.ck.KafkaError._PARTITION_EOF:
+                    self.report(f"cluster: {err.str()}")
+                continue
+            t, p, off = m.topic(), m.partition(), m.offset()
+            hs = m.headers()
+            if hs and P.from_origin(hs, other):
+                self.skipped[t] = self.skipped.get(t, 0) + 1
+            else:
+                pv = (hdr, b"%s %s %d %d" % (origin, t.encode(), p, off))
+                tst, ts = m.timestamp()
+                send(self.cfg.target(t), m.value(), m.key(), headers=hs + [pv] if hs else [pv], partition=p,
+                     timestamp_ms=ts if tst != self.ck.TIMESTAMP_NOT_AVAILABLE and ts >= 0 else None)
+                self.copied[t] += 1
+                self.last_ts[(t, p)] = ts
+                n += 1
+            self.next[(t, p)] = off + 1
+        return n
+
+    def save(self) -> None:
+        todo = {k: v for k, v in self.next.items() if self.committed.get(k) != v}
+        if not todo:
+            return
+        try:
+            self.consumer.commit(offsets=[self.ck.TopicPartition(t, p, o) for (t, p), o in todo.items()],
+                                 asynchronous=True)
+            self.committed.update(todo)
+        except self.ck.KafkaException as e:
+            self.report(f"cluster: commit failed (retried): {e}")
+
+    def close(self, save: bool = True) -> None:
+        todo = {k: v for k, v in self.next.items() if self.committed.get(k) != v}
+        if todo:
+            try:
+                self.consumer.commit(offsets=[self.ck.TopicPartition(t, p, o) for (t, p), o in todo.items()],
+                                     asynchronous=False)
+            except self.ck.KafkaException as e:
+                log(self.cfg.name, f"commit at stop failed: {e}")
+        self.consumer.close()
+        self.producer.close()
+
+    def status(self) -> list:
+        ck = self.ck
+        rates = self.rates()
+        now_ms = int(time.time() * 1000)
+        out = []
+        for t, n in self.topics.items():
+            lag = 0
+            behind = []
+            for p in range(n):
+                try:
+                    _lo, hi = self.consumer.get_watermark_offsets(ck.TopicPartition(t, p), cached=True)
+                except ck.KafkaException:
+                    hi = -1
+                pos = self.next.get((t, p))
+                if hi >= 0 and pos is not None and hi > pos:
+                    lag += hi - pos
+                    behind.append(now_ms - self.last_ts.get((t, p), now_ms))
+                elif hi > 0 and pos is None:
+                    lag += hi
+            out.append({"direction": "in", "topic": t, "target": self.cfg.target(t), "partitions": n,
+                        "lag_records": lag, "lag_ms": max(behind, default=0), "rate": round(rates.get(t, 0.0), 1),
+                        "copied": self.copied.get(t, 0), "skipped": self.skipped.get(t, 0),
+                        "duplicates": self.dups.get(t, 0), "in_flight": 0})
+        return out
+
+
+class Bridge:
+    def __init__(self, data_dir: str, name: str, worker: int = 0):
+        from shmbus.client.bus import Bus
+
+        self.data_dir = data_dir
+        self.cfg = C.read_bridge(data_dir, name)
+        if not 0 <= worker < self.cfg.workers:
+            raise ShmbusError(f"bridge {name} has {self.cfg.workers} workers: worker={worker} "
+                              f"(0..{self.cfg.workers - 1})")
+        self.worker = worker
+        self.spath = C.status_path(data_dir, name, worker)
+        self.stopping = False
+        self.started = time.time()
+        self.last_error = None
+        self.last_error_ms = None
+        self.bus = Bus(data_dir, autostart=False)
+        self.copiers = []
+        if self.cfg.direction in ("out", "both"):
+            self.copiers.append(OutCopier(self.cfg, self.bus, data_dir, self.report, worker))
+        if self.cfg.direction in ("in", "both") and worker == 0:
+            self.copiers.append(InCopier(self.cfg, self.bus, data_dir, self.report))
+
+    def report(self, error: str) -> None:
+        now = int(time.time() * 1000)
+        if error != self.last_error or now - (self.last_error_ms or 0) > 10_000:
+            log(self.cfg.name, error)
+        self.last_error, self.last_error_ms = error, now
+
+    def write_status(self) -> None:
+        topics = []
+        for c in self.copiers:
+            try:
+                topics += c.status()
+            except Exception as e:  # noqa: BLE001 (the status never stops the copying)
+                self.report(f"status: {type(e).__name__}: {e}")
+        C.write_json(self.spath, {
+            "name": self.cfg.name, "worker": self.worker, "pid": os.getpid(), "started": self.started,
+            "updated": time.time(),
+            "direction": self.cfg.direction, "servers": self.cfg.servers, "last_error": self.last_error,
+            "last_error_ms": self.last_error_ms, "topics": topics})
+
+    def run(self) -> int:
+        ppid = os.getppid()
+        timeout_ms = 20 if len(self.copiers) > 1 else 100
+        last_save = last_status = 0.0
+        log(self.cfg.name, f"started pid={os.getpid()} worker={self.worker}/{self.cfg.workers} "
+                           f"direction={self.cfg.direction} cluster={self.cfg.servers} "
+                           f"topics={','.join(self.cfg.topics)}")
+        try:
+            while not self.stopping:
+                for c in self.copiers:
+                    try:
+                        c.step(timeout_ms)
+                    except (ShmbusError, self.copiers[0].ck.KafkaException) as e:
+                        self.report(f"{c.direction}: {type(e).__name__}: {e}")
+                        if isinstance(e, ShmbusError) and isinstance(c, OutCopier):
+                            c.forget_missing()
+                        time.sleep(0.5)
+                now = time.monotonic()
+                if now - last_save > SAVE_S:
+                    for c in self.copiers:
+                        c.save()
+                    last_save = now
+                if now - last_status > STATUS_S:
+                    self.write_status()
+                    last_status = now
+                    if os.getppid() != ppid:
+                        log(self.cfg.name, "the supervisor is gone: stopping")
+                        break
+        finally:
+            removed = not os.path.exists(C.config_path(self.data_dir, self.cfg.name))
+            for c in self.copiers:
+                try:
+                    c.close(save=not removed)
+                except Exception as e:  # noqa: BLE001
+                    log(self.cfg.name, f"closing {c.direction}: {type(e).__name__}: {e}")
+            if removed:  # (`bridge remove`: a bridge added again by that name starts afresh)
+                for path in (self.spath, C.positions_path(self.data_dir, self.cfg.name, self.worker)):
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+            else:
+                self.write_status()
+            self.bus.close()
+            log(self.cfg.name, "stopped")
+        return 0
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m shmbus.bridge", description="Run one bridge (the supervisor does).")
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--worker", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        b = Bridge(args.data_dir, args.name, args.worker)
+    except ShmbusError as e:
+        print(f"shmbus bridge: {e}", file=sys.stderr)
+        return 1
+
+    def stop(*_):
+        b.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return b.run()
+
+
+__all__ = ["Bridge", "OutCopier", "InCopier", "main", "WINDOW"]
