@@ -541,7 +541,7 @@ def test_a_sync_that_assigns_a_member_twice_closes_the_connection(kbus):
     k = Raw(kbus.bootstrap)
     try:
         r = k.join_fully(group)
-        with pytest.raises(AssertionError, match="closed the connection"):
+        with pytest.raises(ConnectionError, match="closed after 0 of 4 bytes"):
             k.sync(group, r.generation_id, r.member_id, [(r.member_id, b"a"), (r.member_id, b"b")])
     finally:
         k.close()
