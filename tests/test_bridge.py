@@ -19,14 +19,13 @@ import threading
 import time
 import uuid
 
+import confluent_kafka as ck
 import pytest
 
 from helpers.bus import cleanup_bus
 from helpers.cli import one_line_error, sh
-from helpers.kafka import start_listener
+from helpers.kafka import kafka_cluster, start_listener
 from helpers.waiting import wait_for
-
-ck = pytest.importorskip("confluent_kafka")
 
 PARTS = 4
 HDR = "shmbus.bridge"
@@ -37,14 +36,8 @@ HDR = "shmbus.bridge"
 @pytest.fixture(scope="module")
 def mock_cluster():
     """host:port of a Kafka cluster: $SHMBUS_TEST_KAFKA, else librdkafka's mock cluster (kept by this process)."""
-    addr = os.environ.get("SHMBUS_TEST_KAFKA")
-    if addr:
+    with kafka_cluster() as addr:
         yield addr
-        return
-    anchor = ck.Producer({"test.mock.num.brokers": 1, "log_level": 0})
-    b = next(iter(anchor.list_topics(timeout=10).brokers.values()))
-    yield f"{b.host}:{b.port}"
-    del anchor
 
 
 @pytest.fixture

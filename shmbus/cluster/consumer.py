@@ -18,20 +18,19 @@ record; ``poll(timeout_ms=0)`` returns only records already fetched. One thread 
 
 from __future__ import annotations
 
-import functools
 import logging
-import threading
 import time
 import uuid
 
 import numpy as np
 
+from shmbus.client.consumer.guard import one_thread
+from shmbus.client.consumer.iteration import IterationMixin
 from shmbus.cluster.errors import kafka_error
 from shmbus.cluster.librdkafka import load_confluent
 from shmbus.cluster.options import CONSUMER_NAMES, UNSET, check_int, kafka_options, strategies, warn_shm_only
 from shmbus.errors import (
     CommitFailedError,
-    ConcurrentAccessError,
     InvalidArgumentError,
     InvalidConfigError,
     OffsetOutOfRangeError,
@@ -46,28 +45,7 @@ _FATAL = ("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION", "OFFS
           "_AUTO_OFFSET_RESET", "TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED", "_FATAL")
 
 
-def one_thread(method):
-    """One thread at a time inside the consumer; the same thread may re-enter (a listener inside poll)."""
-
-    @functools.wraps(method)
-    def guarded(self, *args, **kwargs):
-        me = threading.get_ident()
-        if self._owner == me:
-            return method(self, *args, **kwargs)
-        if not self._guard.acquire(blocking=False):
-            raise ConcurrentAccessError(f"Consumer.{method.__name__} called while another thread is inside this "
-                                        f"consumer (use one consumer per thread, or a lock around it)")
-        self._owner = me
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self._owner = None
-            self._guard.release()
-
-    return guarded
-
-
-class ClusterConsumer:
+class ClusterConsumer(IterationMixin):
     """Reads records from partitions of a Kafka cluster (docs/api.md, docs/backends.md).
 
     ``kafka``: librdkafka consumer properties (``fetch.min.bytes``, ``isolation.level``, ...).
@@ -110,7 +88,7 @@ class ClusterConsumer:
         self._next_commit = time.monotonic() + self._commit_every
         self._key_des = key_deserializer
         self._value_des = value_deserializer
-        self._guard = threading.Lock()
+        self._token = [True]  # one thread at a time (shmbus/client/consumer/guard.py)
         self._owner = None
         self._subscription: list[str] | None = None
         self._assigned: set[TopicPartition] = set()
@@ -535,26 +513,6 @@ class ClusterConsumer:
     def poll_batch(self, timeout_ms=0, max_records=None) -> dict:
         """{TopicPartition: RecordBatch}: numpy arrays built from the fetched records."""
         return self._poll(timeout_ms, max_records, True)
-
-    def __iter__(self):
-        return self
-
-    @one_thread
-    def __next__(self):
-        if self._iter_buf:
-            return self._iter_buf.pop()
-        limit = self.consumer_timeout_ms
-        deadline = None if limit is None else time.monotonic() + limit / 1000.0
-        while True:
-            wait = 1000 if deadline is None else max(0.0, (deadline - time.monotonic()) * 1000.0)
-            got = self._poll(wait, None, False)
-            if got:
-                recs = [r for lst in got.values() for r in lst]
-                recs.reverse()
-                self._iter_buf = recs
-                return self._iter_buf.pop()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise StopIteration
 
     # --- lifecycle ---
     @one_thread

@@ -1,15 +1,20 @@
-"""A partition's ring, made again at the log end when its shared memory is gone, and where a
-partition starts (the first offset on disk, else the ring's base)."""
+"""A partition's ring, made again at the log end when its shared memory is gone, where a
+partition starts (the first offset on disk, else the ring's base), and the first record at or
+after a time (on disk, else in the ring)."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import posix_ipc
 
+from shmbus.core import native
 from shmbus.core import paths as _paths
 from shmbus.core.ring import Ring
 from shmbus.errors import UnknownTopicError
+from shmbus.layout import frame
+from shmbus.layout import ring as ring_layout
 from shmbus.log import metadata
 
 
@@ -51,4 +56,36 @@ def partition_start_offset(ring: Ring, log) -> int:
     return s if s is not None else ring.base_offset()
 
 
-__all__ = ["open_or_recreate_ring", "partition_start_offset"]
+def offset_for_time(ring: Ring, log, ts: int, meta) -> tuple[int, int] | None:
+    """(offset, timestamp) of the first record whose timestamp is >= ``ts``: on disk, else in the ring; or None.
+
+    ``meta``: a scan's int64 rows buffer (``len(meta) - 1`` frames per scan). The
+    ring is scanned from the position the spiller was reclaiming before the disk
+    was looked at; if it reclaimed past it meanwhile (what was scanned may have
+    been overwritten), the search starts again.
+    """
+    for _ in range(100):
+        rel = ring.reclaiming()
+        hit = log.offset_for_time(ts)
+        if hit is not None:
+            return hit
+        pos = rel
+        found = None
+        end = ring.released() + ring.ring_bytes
+        while True:
+            n = native.scan_frames(ring.buf, ring_layout.HEADER_BYTES, ring.mask, pos, end, len(meta) - 1, 0, False,
+                                   meta)
+            rows = meta[1: n + 1]
+            h = np.nonzero(rows[:, frame.M_TS] >= ts)[0]
+            if len(h):
+                found = (int(rows[h[0], frame.M_OFFSET]), int(rows[h[0], frame.M_TS]))
+                break
+            if n == 0:
+                break
+            pos = int(meta[0, frame.MS_POS])
+        if ring.reclaiming() <= rel:
+            return found
+    return None
+
+
+__all__ = ["offset_for_time", "open_or_recreate_ring", "partition_start_offset"]

@@ -17,7 +17,6 @@ partition: the volumes here are small.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
@@ -28,17 +27,10 @@ import shmbus
 
 @pytest.fixture(scope="session")
 def kafka_address():
-    addr = os.environ.get("SHMBUS_TEST_KAFKA")
-    if addr:
-        yield addr
-        return
-    import confluent_kafka
+    from helpers.kafka import kafka_cluster
 
-    mock = confluent_kafka.Producer({"test.mock.num.brokers": 1, "log_level": 3})
-    brokers = mock.list_topics(timeout=30).brokers
-    b = next(iter(brokers.values()))
-    yield f"{b.host}:{b.port}"
-    mock.flush(5)
+    with kafka_cluster() as addr:
+        yield addr
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -66,3 +67,24 @@ def read_frame(sock) -> bytes:
 
     (n,) = struct.unpack(">i", recv_exact(sock, 4))
     return recv_exact(sock, n)
+
+
+# --- a Kafka cluster for tests of the Kafka backend and the bridge ---
+
+@contextlib.contextmanager
+def kafka_cluster():
+    """``host:port`` of a Kafka cluster: ``$SHMBUS_TEST_KAFKA`` (a real one), else librdkafka's in-process mock
+    cluster, which lives as long as the producer that made it (held here until the block ends)."""
+    addr = os.environ.get("SHMBUS_TEST_KAFKA")
+    if addr:
+        yield addr
+        return
+    import confluent_kafka
+
+    anchor = confluent_kafka.Producer({"test.mock.num.brokers": 1, "log_level": 0})
+    b = next(iter(anchor.list_topics(timeout=30).brokers.values()))
+    try:
+        yield f"{b.host}:{b.port}"
+    finally:
+        anchor.flush(5)
+        del anchor

@@ -1,6 +1,7 @@
 """The ``Consumer``, one job per module.
 
-- ``consumer.py``: the ``Consumer`` class: construction, ``poll``, iteration, lifecycle
+- ``consumer.py``: the ``Consumer`` class: construction, ``poll``, lifecycle
+- ``iteration.py``: iterating a consumer (shared with the Kafka-cluster consumer)
 - ``config.py``: checks of the constructor's arguments
 - ``guard.py``: one thread at a time inside a consumer
 - ``partition.py``: the read state of one assigned partition

@@ -16,6 +16,7 @@ from shmbus.client.consumer.assignment import AssignmentMixin
 from shmbus.client.consumer.config import check_config
 from shmbus.client.consumer.fetch import NOTHING, FetchMixin
 from shmbus.client.consumer.guard import get_ident, one_thread, refuse_second_thread
+from shmbus.client.consumer.iteration import IterationMixin
 from shmbus.client.consumer.offsets import OffsetsMixin
 from shmbus.client.consumer.partition import PartitionState
 from shmbus.client.consumer.wait import WaitMixin, kernels
@@ -26,7 +27,7 @@ from shmbus.layout import frame
 from shmbus.records import TopicPartition
 
 
-class Consumer(AssignmentMixin, OffsetsMixin, FetchMixin, WaitMixin):
+class Consumer(AssignmentMixin, OffsetsMixin, FetchMixin, WaitMixin, IterationMixin):
     """Reads records from partitions of one bus (docs/api.md lists every argument).
 
     Extra keywords: ``spin_us`` (default 100): how long a blocking poll spins
@@ -212,27 +213,6 @@ class Consumer(AssignmentMixin, OffsetsMixin, FetchMixin, WaitMixin):
                 return out
             self._wait(deadline, spun_s)
             spun_s = 0.0
-
-    # --- iteration ---
-    def __iter__(self):
-        return self
-
-    @one_thread
-    def __next__(self):
-        if self._iter_buf:
-            return self._iter_buf.pop()
-        limit = self.consumer_timeout_ms
-        deadline = None if limit is None else time.monotonic() + limit / 1000.0
-        while True:
-            wait = 1000 if deadline is None else max(0.0, (deadline - time.monotonic()) * 1000.0)
-            got = self.poll(timeout_ms=wait)
-            if got:
-                recs = [r for lst in got.values() for r in lst]
-                recs.reverse()
-                self._iter_buf = recs
-                return self._iter_buf.pop()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise StopIteration
 
     # --- lifecycle ---
     @one_thread

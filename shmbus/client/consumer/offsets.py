@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from shmbus.client.consumer.guard import one_thread
 from shmbus.client.consumer.partition import PartitionState
-from shmbus.core import native
 from shmbus.errors import CommitFailedError, InvalidArgumentError, OffsetOutOfRangeError
-from shmbus.layout import frame
-from shmbus.layout import ring as ring_layout
-from shmbus.log.partition import partition_start_offset
+from shmbus.log.partition import offset_for_time, partition_start_offset
 from shmbus.records import OffsetAndTimestamp, TopicPartition
 
 INT64_END = 1 << 63  # offsets and timestamps are int64, >= 0
-NO_LIMIT = 1 << 62  # a scan's end position or offset that is never reached
 
 
 class OffsetsMixin:
@@ -93,27 +87,8 @@ class OffsetsMixin:
 
     def _offset_for_time(self, p: PartitionState, ts: int):
         """The first record with a timestamp >= ts: on disk, else in the ring (read again if lapped)."""
-        for _ in range(100):
-            rel = p.ring.reclaiming()
-            hit = p.log.offset_for_time(ts)
-            if hit is not None:
-                return OffsetAndTimestamp(*hit)
-            pos = rel
-            found = None
-            while True:
-                n = native.scan_frames(p.ring.buf, ring_layout.HEADER_BYTES, p.ring.mask, pos, NO_LIMIT, 1024, 0,
-                                       False, self._meta)
-                rows = self._meta[1: n + 1]
-                h = np.nonzero(rows[:, frame.M_TS] >= ts)[0]
-                if len(h):
-                    found = OffsetAndTimestamp(int(rows[h[0], frame.M_OFFSET]), int(rows[h[0], frame.M_TS]))
-                    break
-                if n == 0:
-                    break
-                pos = int(self._meta[0, frame.MS_POS])
-            if p.ring.reclaiming() <= rel:
-                return found
-        return None
+        hit = offset_for_time(p.ring, p.log, ts, self._meta)
+        return None if hit is None else OffsetAndTimestamp(*hit)
 
     @one_thread
     def committed(self, tp, metadata=False):

@@ -67,8 +67,7 @@ from shmbus.errors import CorruptRecordError, ShmbusError
 from shmbus.kafka.handlers import errors as E
 from shmbus.kafka.registry import handles
 from shmbus.layout import frame as F
-from shmbus.layout import ring as ring_layout
-from shmbus.log.partition import partition_start_offset
+from shmbus.log.partition import offset_for_time, partition_start_offset
 from shmbus.log.reader import PartitionLog
 from shmbus.records import TopicPartition
 
@@ -411,34 +410,6 @@ def _responses(st: FetchState, answers: list, req, T, P) -> list:
 
 EARLIEST = -2
 LATEST = -1
-NO_LIMIT = 1 << 62
-
-
-def offset_for_time(st: FetchState, r: PartitionReader, ts: int):
-    """(offset, timestamp) of the first record with a timestamp >= ts: on disk, else in the ring; or None."""
-    ring = r.ring
-    meta = st.meta
-    for _ in range(100):
-        rel = ring.reclaiming()
-        hit = r.p.log.offset_for_time(ts)
-        if hit is not None:
-            return hit
-        pos = rel
-        found = None
-        end = ring.released() + ring.ring_bytes
-        while True:
-            n = native.scan_frames(ring.buf, ring_layout.HEADER_BYTES, ring.mask, pos, end, MAX_ROWS, 0, False, meta)
-            rows = meta[1: n + 1]
-            h = np.nonzero(rows[:, F.M_TS] >= ts)[0]
-            if len(h):
-                found = (int(rows[h[0], F.M_OFFSET]), int(rows[h[0], F.M_TS]))
-                break
-            if n == 0:
-                break
-            pos = int(meta[0, F.MS_POS])
-        if ring.reclaiming() <= rel:
-            return found
-    return None
 
 
 @handles(ListOffsetsRequest, ListOffsetsResponse, 1, 6)
@@ -469,7 +440,7 @@ def list_offsets(session, req):
             elif ts == LATEST:
                 off, when = r.ring.next_offset(), -1
             elif ts >= 0:
-                hit = offset_for_time(st, r, ts)
+                hit = offset_for_time(r.ring, r.p.log, ts, st.meta)
                 off, when = hit if hit is not None else (-1, -1)
             else:
                 off, when = -1, -1  # a special timestamp this version does not know
