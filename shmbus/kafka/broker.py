@@ -14,7 +14,8 @@ import threading
 import time
 
 from shmbus.client.bus import Bus
-from shmbus.errors import TopicExistsError, UnknownTopicError
+from shmbus.core.config import validate_topic_name
+from shmbus.errors import ShmbusError, TopicExistsError, UnknownTopicError
 from shmbus.log import metadata
 
 NODE_ID = 0
@@ -71,18 +72,25 @@ class Broker:
     def topic(self, name: str, *, create: bool = False) -> metadata.TopicMeta | None:
         """The topic's metadata (re-read at most every META_TTL_S), None if it does not exist.
 
-        ``create`` and auto-creation on: a missing topic is created first.
+        ``create`` and auto-creation on: a missing topic is created first (a
+        failure is logged, and the topic does not exist). A name that cannot be a
+        topic raises InvalidTopicError: names from the network never become paths
+        outside the topics dir.
         """
         now = time.monotonic()
         hit = self._meta.get(name)
         if hit is not None and now - hit[0] < META_TTL_S:
             return hit[1]
+        validate_topic_name(name)
         try:
             meta = self.bus.topic_meta(name)
         except UnknownTopicError:
             meta = None
             if create and self.auto_create:
-                meta = self.create_topic(name, self.num_partitions, None)
+                try:
+                    meta = self.create_topic(name, self.num_partitions, None)
+                except ShmbusError as e:
+                    self.log(f"kafka listener: auto-creating topic={name!r} failed: {e}")
         with self._lock:
             if meta is None:
                 self._meta.pop(name, None)

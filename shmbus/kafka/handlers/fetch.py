@@ -62,8 +62,7 @@ from shmbus.client.consumer.partition import PartitionState
 from shmbus.core import native
 from shmbus.core import paths
 from shmbus.core.native import LazyModule
-from shmbus.core.config import validate_topic_name
-from shmbus.errors import CorruptRecordError, ShmbusError
+from shmbus.errors import CorruptRecordError, InvalidTopicError
 from shmbus.kafka.handlers import errors as E
 from shmbus.kafka.registry import handles
 from shmbus.layout import frame as F
@@ -196,10 +195,9 @@ def _state(session) -> FetchState:
 def _topic(b, name):
     """The topic's metadata; None if it does not exist or the name is not a topic name (never created here)."""
     try:
-        validate_topic_name(name)
-    except (ShmbusError, TypeError):
+        return b.topic(name)
+    except InvalidTopicError:
         return None
-    return b.topic(name)
 
 
 class PartitionAnswer:

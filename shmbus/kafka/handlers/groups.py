@@ -35,6 +35,7 @@ from kafka.protocol.consumer.group import (HeartbeatRequest, HeartbeatResponse, 
 from kafka.protocol.metadata import FindCoordinatorRequest, FindCoordinatorResponse
 
 from shmbus.core import paths
+from shmbus.errors import InvalidTopicError
 from shmbus.kafka.groups import KafkaGroups
 from shmbus.kafka.handlers import errors as E
 from shmbus.kafka.registry import MalformedRequest, handles
@@ -221,7 +222,10 @@ def offset_commit(session, req):
     codes: dict = {}
     offsets = []
     for t in req.topics:
-        meta = b.topic(t.name) if isinstance(t.name, str) and t.name else None
+        try:
+            meta = b.topic(t.name)
+        except InvalidTopicError:
+            meta = None
         for p in t.partitions:
             key = (t.name, p.partition_index)
             if meta is None or not 0 <= p.partition_index < meta.partitions:

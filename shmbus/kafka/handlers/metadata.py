@@ -13,8 +13,7 @@ import uuid
 
 from kafka.protocol.metadata import ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse
 
-from shmbus.core.config import validate_topic_name
-from shmbus.errors import ShmbusError
+from shmbus.errors import InvalidTopicError
 from shmbus.kafka.handlers import errors as E
 from shmbus.kafka.registry import api_version_entries, handles
 
@@ -53,15 +52,10 @@ def metadata(session, req):
             topics.append(T(error_code=E.UNKNOWN_TOPIC_ID, name=None, is_internal=False, partitions=[]))
             continue
         try:
-            validate_topic_name(name)
-        except ShmbusError:
+            meta = b.topic(name, create=allow_create)
+        except InvalidTopicError:
             topics.append(T(error_code=E.INVALID_TOPIC_EXCEPTION, name=name, is_internal=False, partitions=[]))
             continue
-        try:
-            meta = b.topic(name, create=allow_create)
-        except ShmbusError as e:
-            b.log(f"kafka listener: auto-creating topic={name!r} failed: {e}")
-            meta = None
         if meta is None:
             topics.append(T(error_code=E.UNKNOWN_TOPIC_OR_PARTITION, name=name, is_internal=False, partitions=[]))
             continue

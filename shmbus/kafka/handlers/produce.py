@@ -66,8 +66,7 @@ from kafka.protocol.producer import (
     ProduceResponse,
 )
 
-from shmbus.core.config import validate_topic_name
-from shmbus.errors import ShmbusError
+from shmbus.errors import InvalidTopicError, ShmbusError
 from shmbus.kafka.batches import BatchError, parse_batches
 from shmbus.kafka.handlers import errors as E
 from shmbus.kafka.registry import handles
@@ -188,14 +187,9 @@ def produce(session, req):
 def _topic(b, name):
     """(None, meta), or ((error code, message), None)."""
     try:
-        validate_topic_name(name)
-    except ShmbusError as e:
-        return (E.INVALID_TOPIC_EXCEPTION, str(e)), None
-    try:
         meta = b.topic(name, create=True)
-    except ShmbusError as e:
-        b.log(f"kafka listener: auto-creating topic={name!r} failed: {e}")
-        meta = None
+    except InvalidTopicError as e:
+        return (E.INVALID_TOPIC_EXCEPTION, str(e)), None
     if meta is None:
         return (E.UNKNOWN_TOPIC_OR_PARTITION, f"no such topic: {name!r}"), None
     return None, meta
