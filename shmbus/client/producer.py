@@ -57,7 +57,7 @@ _MAX_SPIN_SLEEP_S = 0.005
 _TS_END = 1 << 63  # timestamps are int64 ms since the epoch, >= 0
 
 
-def _check_timestamp(ts) -> int:
+def check_timestamp(ts) -> int:
     """``timestamp_ms`` as an int in [0, 2**63), or InvalidRecordError."""
     if isinstance(ts, bool) or not isinstance(ts, numbers.Integral) or not 0 <= ts < _TS_END:
         raise InvalidRecordError(f"timestamp_ms must be an int >= 0 and < 2**63 (ms since the epoch), or None "
@@ -249,7 +249,7 @@ class Producer:
         else:
             ts = timestamp_ms
             if ts.__class__ is not int or not 0 <= ts < _TS_END:
-                ts = _check_timestamp(ts)
+                ts = check_timestamp(ts)
         # (append refuses a record over max.message.bytes, read from the ring's header)
         r = _append(h.addrs[p], key, value, encode_headers(headers) if headers else b"", ts, _PID)
         if r < 0:

@@ -20,11 +20,11 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from shmbus.core.headers import as_bytes as bytes_like
-
+from shmbus.client.producer import check_timestamp
 from shmbus.cluster.errors import kafka_error
 from shmbus.cluster.librdkafka import load_confluent
 from shmbus.cluster.options import PRODUCER_NAMES, UNSET, check_int, kafka_options, warn_shm_only
+from shmbus.core.headers import as_bytes as bytes_like
 from shmbus.errors import (
     BufferFullError,
     InvalidConfigError,
@@ -34,7 +34,6 @@ from shmbus.errors import (
 )
 from shmbus.records import BatchMetadata, RecordMetadata
 
-_TS_END = 1 << 63
 _KAFKA_ACKS = {"all": "all", -1: "all", "-1": "all", 1: "1", "1": "1", 0: "0", "0": "0"}
 
 
@@ -60,13 +59,6 @@ def check_headers(headers) -> list | None:
             raise InvalidRecordError(f"a header name is at most 65535 bytes of UTF-8: bytes={len(kb)}")
         out.append((h[0], as_bytes(h[1], "header value")))
     return out
-
-
-def check_timestamp(ts) -> int:
-    if isinstance(ts, bool) or not isinstance(ts, numbers.Integral) or not 0 <= ts < _TS_END:
-        raise InvalidRecordError(f"timestamp_ms must be an int >= 0 and < 2**63 (ms since the epoch), or None "
-                                 f"for now: timestamp_ms={ts!r}")
-    return int(ts)
 
 
 class ClusterProducer:
