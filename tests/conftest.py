@@ -140,6 +140,21 @@ class KafkaBus:
         self.data_dir = bus.data_dir
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test on a Kafka bus shows the end of that bus's supervisor log (a crash's stacks are there)."""
+    outcome = yield
+    rep = outcome.get_result()
+    kb = getattr(item, "funcargs", {}).get("kbus")
+    if rep.failed and isinstance(kb, KafkaBus):
+        try:
+            with open(os.path.join(kb.data_dir, "supervisor.log"), errors="replace") as f:
+                tail = f.read()[-6000:]
+        except OSError as e:
+            tail = f"(no log: {e})"
+        rep.sections.append(("supervisor.log (end)", tail))
+
+
 @pytest.fixture(scope="module")
 def kbus(tmp_path_factory):
     """One bus with a supervisor serving the Kafka protocol on a free loopback port, for a module's tests."""

@@ -147,6 +147,27 @@ def test_kernel_refuses_rows_outside_the_buffer():
     assert _encode(buf, rows)[0] == KO_BAD_ROW
 
 
+def test_kernel_header_bytes_that_change_after_measuring_give_a_status_and_stay_in_bounds():
+    """A lapped ring's bytes change between the kernel's measuring pass and its writing pass: the writing
+    pass checks every length again, so it stops inside both arrays instead of following the new bytes."""
+    from shmbus.kernels.kafka_out import _headers_size, _put_headers
+
+    block = np.frombuffer(_hdr_bytes([("ab", b"xyz"), ("c", None)]), np.uint8).copy()
+    count, size = _headers_size(block, 0, len(block))
+    assert count == 2
+    out = np.full(size + 64, 0xEE, np.uint8)
+    assert _put_headers(out, 0, size, block, 0, len(block)) == size  # unchanged: fits exactly
+    changed = block.copy()
+    changed[0:2] = (0xFF, 0xFF)  # now a key of 65535 bytes, past the block
+    out[:] = 0xEE
+    assert _put_headers(out, 0, size, changed, 0, len(changed)) == -1
+    assert (out[size:] == 0xEE).all()
+    grown = np.frombuffer(_hdr_bytes([("ab", b"xyz" * 20), ("c", None)]), np.uint8).copy()
+    out[:] = 0xEE  # a longer (valid) block than was measured: its bytes would overrun the room
+    assert _put_headers(out, 0, size, grown, 0, len(grown)) == -1
+    assert (out[size:] == 0xEE).all()
+
+
 # --- real clients through the listener ----------------------------------------------------------------------
 
 def _produce(bus, topic, n, partitions, seed=1, value_bytes=(0, 200)):

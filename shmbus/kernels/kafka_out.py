@@ -29,7 +29,8 @@ goes in part. It returns the bytes written and puts the records encoded in
   whose header bytes fail after others were encoded ends the batch before it,
   so the caller meets it first in its next call);
 - ``KO_BAD_ROW``: the first row points outside ``buf`` or has impossible
-  lengths (a scan of a region being overwritten), or the offsets go down.
+  lengths, or its header bytes changed while it was encoded (a scan of a
+  region being overwritten), or the offsets go down.
 
 A batch also ends before a record whose offset is more than 2**31 - 1 past
 the base (``offsetDelta`` is an int32).
@@ -118,18 +119,29 @@ def _headers_size(buf, start, hlen):
 
 
 @jit
-def _put_headers(out, o, buf, start, hlen):
-    """Write the (already checked) header block in Kafka's form at ``out[o]``; returns the position after."""
+def _put_headers(out, o, olim, buf, start, hlen):
+    """Write the header block in Kafka's form at ``out[o:olim]``; returns the position after, or -1.
+
+    The block was measured by :func:`_headers_size`, but a ring's bytes can change under a reader that the
+    spiller laps between the two passes: every length is checked again against the block and ``olim``, so
+    bytes that changed give -1, never a read or write outside the arrays.
+    """
     i = start
     end = start + hlen
     while i < end:
+        if i + 2 > end:
+            return -1
         kl = np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8)
+        j = i + 2 + kl
+        if j + 4 > end or o + _varint_size(kl) + kl > olim:
+            return -1
         o = _put_varint(out, o, kl)
         _copy(out, o, buf, i + 2, kl)
         o += kl
-        j = i + 2 + kl
         vl = np.int64(np.int32(np.uint32(buf[j]) | (np.uint32(buf[j + 1]) << 8) | (np.uint32(buf[j + 2]) << 16)
                                | (np.uint32(buf[j + 3]) << 24)))
+        if vl < -1 or j + 4 + max(vl, 0) > end or o + _varint_size(vl) + max(vl, 0) > olim:
+            return -1
         o = _put_varint(out, o, vl)
         if vl > 0:
             _copy(out, o, buf, j + 4, vl)
@@ -191,6 +203,7 @@ def encode_batch(buf, rows, n, out, at, end, res):
                 res[0] = BATCH_HEADER_BYTES + total
                 return KO_TOO_SMALL
             break
+        rec = o
         o = _put_varint(out, o, size)
         out[o] = 0  # attributes
         o = _put_varint(out, o + 1, tsd)
@@ -204,7 +217,13 @@ def encode_batch(buf, rows, n, out, at, end, res):
             _copy(out, o, buf, body + max(kl, 0), vl)
             o += vl
         o = _put_varint(out, o, hcount)
-        o = _put_headers(out, o, buf, hstart, hl)
+        o = _put_headers(out, o, rec + total, buf, hstart, hl)
+        if o != rec + total:  # the header bytes changed since they were measured (a lapped ring)
+            if k == 0:
+                res[0] = 0
+                return KO_BAD_ROW
+            o = rec
+            break
         if ts > max_ts:
             max_ts = ts
         last_delta = delta

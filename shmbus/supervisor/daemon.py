@@ -23,6 +23,7 @@ off, tries again on its next round, and ``status`` reports it.
 from __future__ import annotations
 
 import collections
+import faulthandler
 import fcntl
 import json
 import os
@@ -621,6 +622,7 @@ def serve(data_dir: str, kafka=None) -> int:
             print(f"shmbus: {e}", file=sys.stderr)
             sup.close()
             return 1
+    faulthandler.enable(sys.stderr, all_threads=True)  # a fatal signal leaves every thread's stack in the log
     stop = lambda *_: (sup.stopping.set(), sup.ctl.ring_spill_bell())  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
