@@ -453,6 +453,62 @@ def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
         assert sup["restarts"] == kills
 
 
+@pytest.mark.timeout(300)
+def test_in_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
+    """Direction in, SIGKILLed at random moments (5 times) while records stream into the cluster: nothing
+    lost, and the duplicates counted are the records on the bus twice, each run's under one window."""
+    from shmbus import Bus
+    from shmbus.bridge.runner import WINDOW
+
+    _, addr = kafka_bus
+    n = 120_000
+    topic = name("kin")
+    make_cluster_topic(addr, topic)
+    rng = random.Random(8)
+    recs = records(n, seed=9)
+    with Bus(data_dir) as bus:
+        add_bridge(data_dir, "ki", addr, topic, "--direction", "in")
+        sent = {}
+        done = threading.Event()
+        failed = []
+
+        def stream():  # 60 chunks, back to back: the bridge always has records it has not committed yet
+            try:
+                chunk = n // 60
+                for i in range(60):
+                    for part, rs in send_cluster(addr, topic, recs[i * chunk:(i + 1) * chunk]).items():
+                        sent.setdefault(part, []).extend(rs)
+                    time.sleep(0.05)
+            except BaseException as e:  # noqa: BLE001
+                failed.append(e)
+            finally:
+                done.set()
+
+        th = threading.Thread(target=stream, daemon=True)
+        th.start()
+        kills = 0
+        for _ in range(5):
+            wait_for(lambda: _running_pid(data_dir, "ki"), 60, "the bridge running again")
+            pid = _running_pid(data_dir, "ki")
+            base = total_copied(data_dir, "ki")
+            wait_for(lambda: total_copied(data_dir, "ki") > base or done.is_set(), 30, "copying")
+            time.sleep(rng.uniform(0.05, 0.5))
+            os.kill(pid, signal.SIGKILL)  # (the bridge process of this test's own supervisor)
+            kills += 1
+            wait_for(lambda: _running_pid(data_dir, "ki") not in (None, pid), 60, "the supervisor's restart")
+        th.join(90)
+        assert done.is_set() and not failed, failed
+        wait_for(lambda: sum(map(len, read_bus(bus, topic, 10 ** 9, 1).values())) >= n, 120, "all records")
+        wait_for(lambda: any(t["lag_records"] == 0 and t["in_flight"] == 0
+                             for b in status(data_dir) for t in b["topics"]), 30, "no lag")
+        got = read_bus(bus, topic, 10 ** 9, 2)
+        dups = check_copied(sent, got, topic, dups_ok=True)
+        assert dups <= kills * WINDOW
+        counted = status(data_dir)[0]["topics"][0]["duplicates"]
+        print(f"duplicates: {dups} on the bus, {counted} counted, after {kills} kills")
+        assert counted == dups
+
+
 def _running_pid(data_dir, bname):
     """The bridge's pid when the supervisor's child and the status file agree it runs, else None."""
     for b in status(data_dir):

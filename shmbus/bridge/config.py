@@ -101,6 +101,11 @@ def positions_path(data_dir: str, name: str, worker: int = 0) -> str:
     return os.path.join(bridges_dir(data_dir), f"{name}{_worker(worker)}.positions.json")
 
 
+def duplicates_path(data_dir: str, name: str) -> str:
+    """The duplicates direction ``in`` counted (its positions are the Kafka group's committed offsets)."""
+    return os.path.join(bridges_dir(data_dir), f"{name}.in.json")
+
+
 def worker_files(data_dir: str, name: str, kind: str) -> list[str]:
     """Every worker's ``kind`` (``status``, ``positions``) file of bridge ``name`` that exists."""
     try:
@@ -153,7 +158,8 @@ def remove_bridge(data_dir: str, name: str) -> None:
     if not os.path.exists(config_path(data_dir, name)):
         raise ShmbusError(f"no bridge named {name!r} (`shmbus bridge list` shows them)")
     os.unlink(config_path(data_dir, name))
-    for p in worker_files(data_dir, name, "status") + worker_files(data_dir, name, "positions"):
+    for p in (worker_files(data_dir, name, "status") + worker_files(data_dir, name, "positions")
+              + [duplicates_path(data_dir, name)]):
         try:
             os.unlink(p)
         except FileNotFoundError:
@@ -173,7 +179,7 @@ def write_json(path: str, obj) -> None:
 
 
 __all__ = ["BridgeConfig", "check", "write_bridge", "read_bridge", "list_bridges", "remove_bridge",
-           "config_path", "status_path", "positions_path", "worker_files", "log_path", "bridges_dir", "read_json",
+           "config_path", "status_path", "positions_path", "duplicates_path", "worker_files", "log_path", "bridges_dir", "read_json",
            "write_json",           "write_json_durable"]
 
 

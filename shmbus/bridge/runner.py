@@ -18,7 +18,10 @@ provenance is past the saved position are the duplicates that follow, counted.
 ``InCopier`` (cluster -> bus): a librdkafka consumer (group ``shmbus-bridge.<name>``,
 no auto commit) reads the matching topics; the shmbus Producer writes each record
 to the same partition with its timestamp; the Kafka offsets are committed after
-the bus took them.
+the bus took them. No more than ``WINDOW`` records are written to the bus past the
+offsets the cluster confirmed committed (at the window, the commit waits). When a
+partition is assigned, the bus partition's tail is read: records there whose
+provenance is at or past the committed offset will be written again, counted.
 
 Both skip records whose provenance header names the other side. The status file
 (``<name>.status.json``) is rewritten every ``STATUS_S``; the bus is only read by
@@ -405,15 +408,72 @@ class InCopier(Side):
         self.consumer = ck.Consumer({
             "bootstrap.servers": cfg.servers, "group.id": f"shmbus-bridge.{cfg.name}", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50, "error_cb": self._error, "log_level": 0,
-            "reconnect.backoff.max.ms": 1000, "topic.metadata.refresh.interval.ms": 2000})
+            "reconnect.backoff.max.ms": 1000, "topic.metadata.refresh.interval.ms": 2000,
+            "on_commit": self._on_commit})
         self.producer = bus.producer()
         self.topics = {}  # cluster topic -> partitions
         self.next = {}  # (cluster topic, p) -> next offset to commit
-        self.committed = {}
+        self.committed = {}  # (cluster topic, p) -> the offset last sent in a commit
+        self.confirmed = {}  # (cluster topic, p) -> the offset the cluster confirmed committed
+        self.dpath = C.duplicates_path(data_dir, cfg.name)
+        self.dups = dict((C.read_json(self.dpath) or {}).get("duplicates", {}))  # (over the bridge's life)
+        self.dups_saved = dict(self.dups)
         self.last_discover = 0.0
 
     def _error(self, err) -> None:
         self.report(f"cluster: {err.str()}")
+
+    def _on_commit(self, err, partitions) -> None:
+        if err is not None:
+            self.report(f"cluster: commit failed (retried): {err.str()}")
+            return
+        self._confirm(partitions)
+
+    def _confirm(self, partitions) -> None:
+        for tp in partitions:
+            if tp.error is None and tp.offset >= 0:
+                key = (tp.topic, tp.partition)
+                self.confirmed[key] = max(self.confirmed.get(key, 0), tp.offset)
+
+    def unsaved(self) -> int:
+        """Records written to the bus past the offsets the cluster confirmed committed."""
+        return sum(o - self.confirmed.get(k, o) for k, o in self.next.items())
+
+    def count_duplicates(self, tps) -> None:
+        """Records of the cluster already on the bus at or past the committed offsets (written before a
+        crash, their commit not made) will be written again: the provenance of the bus partition's last
+        records tells how many; they are counted."""
+        from shmbus.records import TopicPartition
+
+        ck = self.ck
+        with self.bus.consumer(auto_offset_reset="earliest", enable_auto_commit=False) as c:
+            for tp in tps:
+                start = tp.offset
+                if start < 0:
+                    try:
+                        start = self.consumer.get_watermark_offsets(tp, timeout=5)[0]
+                    except ck.KafkaException:
+                        continue  # (the cluster is not there: nothing is counted)
+                btp = TopicPartition(self.cfg.target(tp.topic), tp.partition)
+                c.assign([btp])
+                lo = c.beginning_offsets([btp])[btp]
+                hi = c.end_offsets([btp])[btp]
+                c.seek(btp, max(lo, hi - 2 * WINDOW))  # (other producers' records may lie between)
+                last = -1
+                pos = max(lo, hi - 2 * WINDOW)
+                while pos < hi:
+                    recs = c.poll(timeout_ms=100, max_records=POLL_RECORDS).get(btp, [])
+                    if not recs:
+                        break
+                    for r in recs:
+                        if r.headers:
+                            for k, v in r.headers:
+                                pv = P.parse(v) if k == P.HEADER else None
+                                if pv and pv[0] == self.origin and pv[1] == tp.topic and pv[2] == tp.partition:
+                                    last = max(last, pv[3])
+                    pos = recs[-1].offset + 1
+                if last >= start:
+                    self.dups[tp.topic] = self.dups.get(tp.topic, 0) + last + 1 - start
 
     def discover(self) -> None:
         ck = self.ck
@@ -449,9 +509,12 @@ class InCopier(Side):
                 self.topics.pop(tp.topic, None)
             self.report(f"cluster: cannot read the committed offsets: {e}")
             return
+        self.count_duplicates(got)
         for tp in got:
             if tp.offset < 0:
                 tp.offset = ck.OFFSET_BEGINNING
+            else:
+                self.confirmed[(tp.topic, tp.partition)] = tp.offset
         self.consumer.incremental_assign(got)
 
     def step(self, timeout_ms: int) -> int:
@@ -460,7 +523,14 @@ class InCopier(Side):
         if not self.topics:
             time.sleep(timeout_ms / 1000)
             return 0
-        msgs = self.consumer.consume(POLL_RECORDS, timeout_ms / 1000)
+        room = WINDOW - self.unsaved()
+        if room < POLL_RECORDS:
+            self.save(wait=True)  # the window is full: its commit is waited for
+            room = WINDOW - self.unsaved()
+            if room <= 0:
+                time.sleep(timeout_ms / 1000)
+                return 0
+        msgs = self.consumer.consume(min(POLL_RECORDS, room), timeout_ms / 1000)
         try:
             n = self._write(msgs)
         except BaseException:
@@ -504,28 +574,31 @@ class InCopier(Side):
                 self.copied[t] += 1
                 self.last_ts[(t, p)] = ts
                 n += 1
+            if (t, p) not in self.confirmed:
+                self.confirmed[(t, p)] = off  # (no offset was committed: it started here)
             self.next[(t, p)] = off + 1
         return n
 
-    def save(self) -> None:
-        todo = {k: v for k, v in self.next.items() if self.committed.get(k) != v}
+    def save(self, wait: bool = False) -> None:
+        """Commit the offsets after what the bus took (``wait``: until the cluster confirms it)."""
+        if self.dups != self.dups_saved:
+            C.write_json_durable(self.dpath, {"duplicates": self.dups})
+            self.dups_saved = dict(self.dups)
+        todo = {k: v for k, v in self.next.items() if self.committed.get(k) != v or wait}
         if not todo:
             return
         try:
-            self.consumer.commit(offsets=[self.ck.TopicPartition(t, p, o) for (t, p), o in todo.items()],
-                                 asynchronous=True)
+            got = self.consumer.commit(offsets=[self.ck.TopicPartition(t, p, o) for (t, p), o in todo.items()],
+                                       asynchronous=not wait)
             self.committed.update(todo)
+            if wait and got:
+                self._confirm(got)
         except self.ck.KafkaException as e:
             self.report(f"cluster: commit failed (retried): {e}")
 
     def close(self, save: bool = True) -> None:
-        todo = {k: v for k, v in self.next.items() if self.committed.get(k) != v}
-        if todo:
-            try:
-                self.consumer.commit(offsets=[self.ck.TopicPartition(t, p, o) for (t, p), o in todo.items()],
-                                     asynchronous=False)
-            except self.ck.KafkaException as e:
-                log(self.cfg.name, f"commit at stop failed: {e}")
+        if save:
+            self.save(wait=True)
         self.consumer.close()
         self.producer.close()
 
@@ -551,7 +624,8 @@ class InCopier(Side):
             out.append({"direction": "in", "topic": t, "target": self.cfg.target(t), "partitions": n,
                         "lag_records": lag, "lag_ms": max(behind, default=0), "rate": round(rates.get(t, 0.0), 1),
                         "copied": self.copied.get(t, 0), "skipped": self.skipped.get(t, 0),
-                        "duplicates": self.dups.get(t, 0), "in_flight": 0})
+                        "duplicates": self.dups.get(t, 0), "in_flight": sum(
+                            o - self.confirmed.get(k, o) for k, o in self.next.items() if k[0] == t)})
         return out
 
 
@@ -632,7 +706,8 @@ class Bridge:
                 except Exception as e:  # noqa: BLE001
                     log(self.cfg.name, f"closing {c.direction}: {type(e).__name__}: {e}")
             if removed:  # (`bridge remove`: a bridge added again by that name starts afresh)
-                for path in (self.spath, C.positions_path(self.data_dir, self.cfg.name, self.worker)):
+                for path in (self.spath, C.positions_path(self.data_dir, self.cfg.name, self.worker),
+                             *([C.duplicates_path(self.data_dir, self.cfg.name)] if self.worker == 0 else [])):
                     try:
                         os.unlink(path)
                     except FileNotFoundError:
