@@ -311,38 +311,45 @@ class OutCopier(Side):
             topic, p = tp
             key = (topic, p)
             target = self.cfg.target(topic)
-            tb = topic.encode()
-            send = [r for r in recs if not (r.headers and P.from_origin(r.headers, other))]
-            skipped = len(recs) - len(send)
             end = recs[-1].offset + 1
-            pre = b"%s %s %d " % (origin, tb, p)
-            for _t, _p, off, ts, k, v, hs in send[:-1]:  # (ConsumerRecord's fields)
-                h = [(hdr, pre + b"%d" % off)]
+            pre = b"%s %s %d " % (origin, topic.encode(), p)
+            last = len(recs) - 1  # the last record to send (those after it came from the other side)
+            while last >= 0 and recs[last].headers and P.from_origin(recs[last].headers, other):
+                last -= 1
+            sent = 0
+            for _t, _p, off, ts, k, v, hs in recs[:max(last, 0)]:  # (ConsumerRecord's fields)
                 if hs:
-                    h = hs + h
+                    if P.from_origin(hs, other):
+                        continue
+                    h = hs + [(hdr, b"%b%d" % (pre, off))]
+                else:
+                    h = [(hdr, b"%b%d" % (pre, off))]
+                sent += 1
                 try:  # (positional: topic, value, key, partition, on_delivery, callback, timestamp, headers)
                     produce(target, v, k, p, None, None, ts, h)
                 except BufferError:
                     self._produce_waiting(target, v, k, p, None, ts, h)
-            if send:
+            if last >= 0:
                 # the batch's last record carries a callback: its success acknowledges every one below
                 # (librdkafka reports a partition's deliveries in order, and gapless: a failure is fatal)
-                r = send[-1]
+                r = recs[last]
                 hs = r.headers
-                h = [(hdr, pre + b"%d" % r.offset)]
+                h = [(hdr, b"%b%d" % (pre, r.offset))]
                 self.outstanding[key] += 1
                 cb = self._batch_end(key, (target, p), end, r.timestamp)
                 self._produce_waiting(target, r.value, r.key, p, cb, r.timestamp, hs + h if hs else h)
-            if not send:
+                sent += 1
+            else:
                 if self.outstanding[key]:
                     self.deferred[key] = end
                 else:
                     self.acked[key] = max(self.acked.get(key, 0), end)
+            skipped = len(recs) - sent
             self.read[key] = end
-            self.copied[topic] += len(send)
+            self.copied[topic] += sent
             if skipped:
                 self.skipped[topic] = self.skipped.get(topic, 0) + skipped
-            n += len(send)
+            n += sent
         prod.poll(0)
         return n
 
