@@ -509,6 +509,64 @@ def test_in_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
         assert counted == dups
 
 
+@pytest.mark.timeout(300)
+def test_supervisor_killed_twice_the_bridge_loses_nothing(kafka_bus, data_dir):
+    """The supervisor SIGKILLed twice while records stream onto the bus: its bridge process stops with it,
+    the restarted supervisor starts a new one (after the old one let go of its lock), and the cluster gets
+    every record; the duplicates counted are the records there twice."""
+    from shmbus import Bus
+    from shmbus.bridge.runner import WINDOW
+    from shmbus.client import control
+    from shmbus.core.supervisor_lock import running_pid
+
+    _, addr = kafka_bus
+    n = 120_000
+    topic = name("skill")
+    recs = records(n, seed=11)
+    with Bus(data_dir) as bus:
+        bus.create_topic(topic, PARTS)
+        add_bridge(data_dir, "sk", addr, topic)
+        sent = {}
+        done = threading.Event()
+        failed = []
+
+        def stream():
+            try:
+                chunk = n // 40
+                for i in range(40):
+                    for part, rs in send_bus(bus, topic, recs[i * chunk:(i + 1) * chunk]).items():
+                        sent.setdefault(part, []).extend(rs)
+                    time.sleep(0.1)
+            except BaseException as e:  # noqa: BLE001
+                failed.append(e)
+            finally:
+                done.set()
+
+        th = threading.Thread(target=stream, daemon=True)
+        th.start()
+        for _ in range(2):
+            wait_for(lambda: _running_pid(data_dir, "sk"), 60, "the bridge running")
+            bridge_pid = _running_pid(data_dir, "sk")
+            base = total_copied(data_dir, "sk")
+            wait_for(lambda: total_copied(data_dir, "sk") > base or done.is_set(), 30, "copying")
+            sup = running_pid(data_dir)
+            assert sup and sup > 0
+            os.kill(sup, signal.SIGKILL)  # (the supervisor this test's Bus started)
+            wait_for(lambda: not os.path.exists(f"/proc/{bridge_pid}") or _zombie(bridge_pid), 20,
+                     "the bridge process to stop with its supervisor")
+            control.start(data_dir)
+        th.join(120)
+        assert done.is_set() and not failed, failed
+        wait_for(lambda: sum(map(len, read_cluster(addr, topic, 10 ** 9, 2).values())) >= n, 120, "all records")
+        wait_for(lambda: any(t["lag_records"] == 0 for b in status(data_dir) for t in b["topics"]), 30, "no lag")
+        got = read_cluster(addr, topic, 10 ** 9, 3)
+        dups = check_copied(sent, got, topic, dups_ok=True)
+        assert dups <= 2 * WINDOW
+        counted = status(data_dir)[0]["topics"][0]["duplicates"]
+        print(f"duplicates: {dups} on the cluster, {counted} counted, after 2 supervisor kills")
+        assert counted == dups
+
+
 def _running_pid(data_dir, bname):
     """The bridge's pid when the supervisor's child and the status file agree it runs, else None."""
     for b in status(data_dir):

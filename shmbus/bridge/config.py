@@ -101,6 +101,11 @@ def positions_path(data_dir: str, name: str, worker: int = 0) -> str:
     return os.path.join(bridges_dir(data_dir), f"{name}{_worker(worker)}.positions.json")
 
 
+def lock_path(data_dir: str, name: str, worker: int = 0) -> str:
+    """Held by the running process of a bridge's worker (which removes it when the bridge was removed)."""
+    return os.path.join(bridges_dir(data_dir), f"{name}{_worker(worker)}.lock")
+
+
 def duplicates_path(data_dir: str, name: str) -> str:
     """The duplicates direction ``in`` counted (its positions are the Kafka group's committed offsets)."""
     return os.path.join(bridges_dir(data_dir), f"{name}.in.json")
@@ -179,7 +184,7 @@ def write_json(path: str, obj) -> None:
 
 
 __all__ = ["BridgeConfig", "check", "write_bridge", "read_bridge", "list_bridges", "remove_bridge",
-           "config_path", "status_path", "positions_path", "duplicates_path", "worker_files", "log_path", "bridges_dir", "read_json",
+           "config_path", "status_path", "positions_path", "duplicates_path", "lock_path", "worker_files", "log_path", "bridges_dir", "read_json",
            "write_json",           "write_json_durable"]
 
 

@@ -45,6 +45,8 @@ SAVE_S = 0.2  # how often positions are saved and Kafka offsets committed
 STATUS_S = 0.5
 DISCOVER_S = 2.0  # how often new matching topics are looked for
 TAIL_TIMEOUT_S = 5.0
+LOCK_WAIT_S = 60.0  # a new process waits this long for the one it replaces to stop
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def log(name: str, msg: str) -> None:
@@ -636,8 +638,47 @@ class InCopier(Side):
         return out
 
 
+def exit_with_parent(parent: int) -> bool:
+    """Ask the kernel for a SIGTERM when the parent (the supervisor) dies; False if it is gone already."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # (not Linux: the run loop's check of the parent stops it)
+    return os.getppid() == parent
+
+
+def take_lock(data_dir: str, name: str, worker: int, wait_s: float = LOCK_WAIT_S) -> int:
+    """The worker's lock file, held for the process's life: a process the supervisor starts waits here
+    until the one it replaces (its supervisor died) has stopped, so no two copy the same partitions."""
+    import fcntl
+
+    from shmbus.core import ownership
+
+    path = C.lock_path(data_dir, name, worker)
+    ownership.makedirs(os.path.dirname(path))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise ShmbusError(f"bridge {name} worker {worker}: another process holds {path} after "
+                                  f"{wait_s:.0f}s (a bridge process of a supervisor that died; it stops by itself)")
+            if not said:
+                log(name, f"waiting for the previous process of worker {worker} to stop ({path})")
+                said = True
+            time.sleep(0.05)
+
+
 class Bridge:
-    def __init__(self, data_dir: str, name: str, worker: int = 0):
+    def __init__(self, data_dir: str, name: str, worker: int = 0, parent: int | None = None):
         from shmbus.client.bus import Bus
 
         self.data_dir = data_dir
@@ -645,6 +686,8 @@ class Bridge:
         if not 0 <= worker < self.cfg.workers:
             raise ShmbusError(f"bridge {name} has {self.cfg.workers} workers: worker={worker} "
                               f"(0..{self.cfg.workers - 1})")
+        self.parent = parent if parent is not None else os.getppid()
+        self.lock_fd = take_lock(data_dir, name, worker)  # (before the saved positions are read)
         self.worker = worker
         self.spath = C.status_path(data_dir, name, worker)
         self.stopping = False
@@ -678,7 +721,7 @@ class Bridge:
             "last_error_ms": self.last_error_ms, "topics": topics})
 
     def run(self) -> int:
-        ppid = os.getppid()
+        ppid = self.parent
         timeout_ms = 20 if len(self.copiers) > 1 else 100
         last_save = last_status = 0.0
         log(self.cfg.name, f"started pid={os.getpid()} worker={self.worker}/{self.cfg.workers} "
@@ -714,6 +757,7 @@ class Bridge:
                     log(self.cfg.name, f"closing {c.direction}: {type(e).__name__}: {e}")
             if removed:  # (`bridge remove`: a bridge added again by that name starts afresh)
                 for path in (self.spath, C.positions_path(self.data_dir, self.cfg.name, self.worker),
+                             C.lock_path(self.data_dir, self.cfg.name, self.worker),
                              *([C.duplicates_path(self.data_dir, self.cfg.name)] if self.worker == 0 else [])):
                     try:
                         os.unlink(path)
@@ -733,9 +777,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--worker", type=int, default=0)
+    ap.add_argument("--parent", type=int, default=None, help="the supervisor's pid: stop when it dies")
     args = ap.parse_args(argv)
+    if args.parent is not None and not exit_with_parent(args.parent):
+        return 0  # (the supervisor that started it is gone)
     try:
-        b = Bridge(args.data_dir, args.name, args.worker)
+        b = Bridge(args.data_dir, args.name, args.worker, args.parent)
     except ShmbusError as e:
         print(f"shmbus bridge: {e}", file=sys.stderr)
         return 1

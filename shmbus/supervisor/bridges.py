@@ -108,7 +108,7 @@ class BridgeKeeper:
         try:
             ch.proc = subprocess.Popen(
                 [sys.executable, "-m", "shmbus.bridge", "--data-dir", self.data_dir, "--name", ch.name,
-                 "--worker", str(ch.worker)],
+                 "--worker", str(ch.worker), "--parent", str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, close_fds=True, start_new_session=True)
         finally:
             os.close(fd)
