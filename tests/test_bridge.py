@@ -400,45 +400,16 @@ def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
     _, addr = kafka_bus
     n = 300_000
     topic = name("kill")
-    rng = random.Random(7)
     recs = records(n, seed=5)
     with Bus(data_dir) as bus:
         bus.create_topic(topic, PARTS)
         add_bridge(data_dir, "k", addr, topic)
-        sent = {}
-        done = threading.Event()
-        failed = []
-
-        def stream():  # records keep coming while the bridge is killed: 60 chunks, 0.3 s apart
-            try:
-                chunk = n // 60
-                for i in range(60):
-                    for part, rs in send_bus(bus, topic, recs[i * chunk:(i + 1) * chunk]).items():
-                        sent.setdefault(part, []).extend(rs)
-                    time.sleep(0.3)
-            except BaseException as e:  # noqa: BLE001
-                failed.append(e)
-            finally:
-                done.set()
-
-        th = threading.Thread(target=stream, daemon=True)
-        th.start()
-        kills = 0
-        for _ in range(5):
-            wait_for(lambda: _running_pid(data_dir, "k"), 60, "the bridge running again")
-            pid = _running_pid(data_dir, "k")
-            # a random moment once it copies again
-            base = total_copied(data_dir, "k")
-            wait_for(lambda: total_copied(data_dir, "k") > base or done.is_set(), 30, "copying")
-            time.sleep(rng.uniform(0.05, 0.5))
-            copied = total_copied(data_dir, "k")
-            os.kill(pid, signal.SIGKILL)  # (the bridge process of this test's own supervisor)
-            kills += 1
-            print(f"killed pid {pid} after it copied {copied} (streaming: {not done.is_set()})")
-            wait_for(lambda: _running_pid(data_dir, "k") not in (None, pid), 60, "the supervisor's restart")
-        th.join(60)
-        assert done.is_set() and not failed, failed
-        assert kills == 5
+        # records keep coming while the bridge is killed: 60 chunks, 0.3 s apart
+        st = Stream(lambda rs: send_bus(bus, topic, rs), recs, 60, 0.3)
+        kills = 5
+        kill_bridge(data_dir, "k", kills, st, seed=7)
+        st.join(60)
+        sent = st.sent
         got = read_cluster(addr, topic, n, 120)
         wait_for(lambda: sum(map(len, read_cluster(addr, topic, 10 ** 9, 2).values())) >= n, 120, "all records")
         time.sleep(2)
@@ -464,40 +435,15 @@ def test_in_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
     n = 120_000
     topic = name("kin")
     make_cluster_topic(addr, topic)
-    rng = random.Random(8)
     recs = records(n, seed=9)
     with Bus(data_dir) as bus:
         add_bridge(data_dir, "ki", addr, topic, "--direction", "in")
-        sent = {}
-        done = threading.Event()
-        failed = []
-
-        def stream():  # 60 chunks, back to back: the bridge always has records it has not committed yet
-            try:
-                chunk = n // 60
-                for i in range(60):
-                    for part, rs in send_cluster(addr, topic, recs[i * chunk:(i + 1) * chunk]).items():
-                        sent.setdefault(part, []).extend(rs)
-                    time.sleep(0.05)
-            except BaseException as e:  # noqa: BLE001
-                failed.append(e)
-            finally:
-                done.set()
-
-        th = threading.Thread(target=stream, daemon=True)
-        th.start()
-        kills = 0
-        for _ in range(5):
-            wait_for(lambda: _running_pid(data_dir, "ki"), 60, "the bridge running again")
-            pid = _running_pid(data_dir, "ki")
-            base = total_copied(data_dir, "ki")
-            wait_for(lambda: total_copied(data_dir, "ki") > base or done.is_set(), 30, "copying")
-            time.sleep(rng.uniform(0.05, 0.5))
-            os.kill(pid, signal.SIGKILL)  # (the bridge process of this test's own supervisor)
-            kills += 1
-            wait_for(lambda: _running_pid(data_dir, "ki") not in (None, pid), 60, "the supervisor's restart")
-        th.join(90)
-        assert done.is_set() and not failed, failed
+        # 60 chunks, back to back: the bridge always has records it has not committed yet
+        st = Stream(lambda rs: send_cluster(addr, topic, rs), recs, 60, 0.05)
+        kills = 5
+        kill_bridge(data_dir, "ki", kills, st, seed=8)
+        st.join(90)
+        sent = st.sent
         wait_for(lambda: sum(map(len, read_bus(bus, topic, 10 ** 9, 1).values())) >= n, 120, "all records")
         wait_for(lambda: any(t["lag_records"] == 0 and t["in_flight"] == 0
                              for b in status(data_dir) for t in b["topics"]), 30, "no lag")
@@ -526,37 +472,20 @@ def test_supervisor_killed_twice_the_bridge_loses_nothing(kafka_bus, data_dir):
     with Bus(data_dir) as bus:
         bus.create_topic(topic, PARTS)
         add_bridge(data_dir, "sk", addr, topic)
-        sent = {}
-        done = threading.Event()
-        failed = []
-
-        def stream():
-            try:
-                chunk = n // 40
-                for i in range(40):
-                    for part, rs in send_bus(bus, topic, recs[i * chunk:(i + 1) * chunk]).items():
-                        sent.setdefault(part, []).extend(rs)
-                    time.sleep(0.1)
-            except BaseException as e:  # noqa: BLE001
-                failed.append(e)
-            finally:
-                done.set()
-
-        th = threading.Thread(target=stream, daemon=True)
-        th.start()
+        st = Stream(lambda rs: send_bus(bus, topic, rs), recs, 40, 0.1)
         for _ in range(2):
             wait_for(lambda: _running_pid(data_dir, "sk"), 60, "the bridge running")
             bridge_pid = _running_pid(data_dir, "sk")
             base = total_copied(data_dir, "sk")
-            wait_for(lambda: total_copied(data_dir, "sk") > base or done.is_set(), 30, "copying")
+            wait_for(lambda: total_copied(data_dir, "sk") > base or st.done.is_set(), 30, "copying")
             sup = running_pid(data_dir)
             assert sup and sup > 0
             os.kill(sup, signal.SIGKILL)  # (the supervisor this test's Bus started)
             wait_for(lambda: not os.path.exists(f"/proc/{bridge_pid}") or _zombie(bridge_pid), 20,
                      "the bridge process to stop with its supervisor")
             control.start(data_dir)
-        th.join(120)
-        assert done.is_set() and not failed, failed
+        st.join(120)
+        sent = st.sent
         wait_for(lambda: sum(map(len, read_cluster(addr, topic, 10 ** 9, 2).values())) >= n, 120, "all records")
         wait_for(lambda: any(t["lag_records"] == 0 for b in status(data_dir) for t in b["topics"]), 30, "no lag")
         got = read_cluster(addr, topic, 10 ** 9, 3)
@@ -565,6 +494,50 @@ def test_supervisor_killed_twice_the_bridge_loses_nothing(kafka_bus, data_dir):
         counted = status(data_dir)[0]["topics"][0]["duplicates"]
         print(f"duplicates: {dups} on the cluster, {counted} counted, after 2 supervisor kills")
         assert counted == dups
+
+
+class Stream:
+    """Sends ``recs`` in ``chunks`` chunks, ``pause_s`` apart, from a thread, with ``send(recs)`` (send_bus or
+    send_cluster bound to a topic), gathering what it sent as {partition: [...]} in ``sent``."""
+
+    def __init__(self, send, recs, chunks, pause_s):
+        self.sent = {}
+        self.failed = []
+        self.done = threading.Event()
+
+        def run():
+            try:
+                size = len(recs) // chunks
+                for i in range(chunks):
+                    for part, rs in send(recs[i * size:(i + 1) * size]).items():
+                        self.sent.setdefault(part, []).extend(rs)
+                    time.sleep(pause_s)
+            except BaseException as e:  # noqa: BLE001
+                self.failed.append(e)
+            finally:
+                self.done.set()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self, timeout_s):
+        self.thread.join(timeout_s)
+        assert self.done.is_set() and not self.failed, self.failed
+
+
+def kill_bridge(data_dir, bname, times, stream, seed):
+    """SIGKILL the bridge's process ``times`` times, each at a random moment once it copies again, and wait
+    for the supervisor's restart each time."""
+    rng = random.Random(seed)
+    for _ in range(times):
+        wait_for(lambda: _running_pid(data_dir, bname), 60, "the bridge running again")
+        pid = _running_pid(data_dir, bname)
+        base = total_copied(data_dir, bname)
+        wait_for(lambda: total_copied(data_dir, bname) > base or stream.done.is_set(), 30, "copying")
+        time.sleep(rng.uniform(0.05, 0.5))
+        os.kill(pid, signal.SIGKILL)  # (the bridge process of this test's own supervisor)
+        print(f"killed pid {pid} (streaming: {not stream.done.is_set()})")
+        wait_for(lambda: _running_pid(data_dir, bname) not in (None, pid), 60, "the supervisor's restart")
 
 
 def _running_pid(data_dir, bname):
