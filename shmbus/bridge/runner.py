@@ -450,8 +450,8 @@ class InCopier(Side):
 
     def count_duplicates(self, tps) -> None:
         """Records of the cluster already on the bus at or past the committed offsets (written before a
-        crash, their commit not made) will be written again: the provenance of the bus partition's last
-        records tells how many; they are counted."""
+        crash, their commit not made) will be written again: the provenance of the last record this bridge
+        wrote to the bus partition tells how many; they are counted."""
         from shmbus.records import TopicPartition
 
         ck = self.ck
@@ -463,26 +463,38 @@ class InCopier(Side):
                         start = self.consumer.get_watermark_offsets(tp, timeout=5)[0]
                     except ck.KafkaException:
                         continue  # (the cluster is not there: nothing is counted)
-                btp = TopicPartition(self.cfg.target(tp.topic), tp.partition)
-                c.assign([btp])
-                lo = c.beginning_offsets([btp])[btp]
-                hi = c.end_offsets([btp])[btp]
-                c.seek(btp, max(lo, hi - 2 * WINDOW))  # (other producers' records may lie between)
-                last = -1
-                pos = max(lo, hi - 2 * WINDOW)
-                while pos < hi:
-                    recs = c.poll(timeout_ms=100, max_records=POLL_RECORDS).get(btp, [])
-                    if not recs:
-                        break
-                    for r in recs:
-                        if r.headers:
-                            for k, v in r.headers:
-                                pv = P.parse(v) if k == P.HEADER else None
-                                if pv and pv[0] == self.origin and pv[1] == tp.topic and pv[2] == tp.partition:
-                                    last = max(last, pv[3])
-                    pos = recs[-1].offset + 1
-                if last >= start:
+                last = self._last_written(c, TopicPartition(self.cfg.target(tp.topic), tp.partition), tp)
+                if last is not None and last >= start:
                     self.dups[tp.topic] = self.dups.get(tp.topic, 0) + last + 1 - start
+
+    def _last_written(self, c, btp, tp):
+        """The source offset in the provenance of the last record copied from ``tp`` to bus partition
+        ``btp`` (None if none is among its last 2 * WINDOW records). Other producers' records may lie
+        between: it reads back from the end in growing steps."""
+        lo = c.beginning_offsets([btp])[btp]
+        hi = c.end_offsets([btp])[btp]
+        c.assign([btp])
+        step = 64
+        while True:
+            begin = max(lo, hi - step)
+            c.seek(btp, begin)
+            last = None
+            pos = begin
+            while pos < hi:
+                recs = c.poll(timeout_ms=100, max_records=POLL_RECORDS).get(btp, [])
+                if not recs:
+                    break
+                for r in recs:
+                    if r.offset >= hi:
+                        break
+                    for k, v in r.headers or ():
+                        pv = P.parse(v) if k == P.HEADER else None
+                        if pv and pv[0] == self.origin and pv[1] == tp.topic and pv[2] == tp.partition:
+                            last = pv[3]
+                pos = recs[-1].offset + 1
+            if last is not None or begin == lo or step >= 2 * WINDOW:
+                return last
+            hi, step = begin, min(step * 8, 2 * WINDOW)
 
     def discover(self) -> None:
         ck = self.ck
