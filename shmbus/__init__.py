@@ -16,6 +16,7 @@ from shmbus.errors import (
     BufferFullError,
     CommitFailedError,
     ConcurrentAccessError,
+    ConsumerStoppedError,
     CorruptRecordError,
     ForeignObjectError,
     InvalidArgumentError,
@@ -75,6 +76,6 @@ __all__ = [
     "ShmbusError", "InvalidTopicError", "TopicExistsError", "UnknownTopicError", "InvalidConfigError",
     "RecordTooLargeError", "BufferFullError", "OffsetOutOfRangeError", "CommitFailedError",
     "SupervisorNotRunningError", "CorruptRecordError", "ForeignObjectError", "StalledWriteError",
-    "ConcurrentAccessError", "InvalidArgumentError", "InvalidRecordError", "ResourceLimitError",
+    "ConcurrentAccessError", "ConsumerStoppedError", "InvalidArgumentError", "InvalidRecordError", "ResourceLimitError",
     "UnsupportedOperationError", "ClusterUnavailableError", "__version__",
 ]

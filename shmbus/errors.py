@@ -93,6 +93,10 @@ class ForeignObjectError(ShmbusError):
     nothing was read from or written to it; the message names the object, its
     owner and mode, and how to remove it.
     """
+class ConsumerStoppedError(ShmbusError):
+    """An asyncio client (``shmbus.aio``) was used before ``start()`` or after ``stop()``."""
+
+
 class UnsupportedOperationError(ShmbusError):
     """The backend cannot do this: a shared-memory-only method on a Kafka cluster, or an admin
     request the cluster does not serve (docs/backends.md); the message names what and says what to use."""
@@ -111,6 +115,7 @@ class ResourceLimitError(ShmbusError):
 
 __all__ = [
     "ShmbusError",
+    "ConsumerStoppedError",
     "InvalidTopicError",
     "InvalidArgumentError",
     "InvalidRecordError",

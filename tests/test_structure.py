@@ -10,6 +10,7 @@ Layers, lowest first (a module belongs to the longest prefix listed):
    and ``shmbus.cluster``: the same API on a Kafka cluster (librdkafka)
 5. ``shmbus.kafka``: the Kafka protocol listener (the supervisor runs it)
    and ``shmbus.bridge``: copying records between a bus and a Kafka cluster (the supervisor runs it)
+   and ``shmbus.aio``: the asyncio clients, over the client's Producer and Consumer
 6. ``shmbus.supervisor``: the daemon
 7. ``shmbus.cli``: the command line
 8. ``shmbus`` itself (``__init__``, ``__main__``)
@@ -31,7 +32,7 @@ LAYERS = {
     "shmbus.core": 2,
     "shmbus.log": 3,
     "shmbus.client": 4, "shmbus.cluster": 4,
-    "shmbus.kafka": 5, "shmbus.bridge": 5,
+    "shmbus.kafka": 5, "shmbus.bridge": 5, "shmbus.aio": 5,
     "shmbus.supervisor": 6,
     "shmbus.cli": 7,
     "shmbus": 8,
