@@ -11,8 +11,9 @@ is sent). The shmbus supervisor of the same data dir is measured in the same
 window; it is a per-bus daemon, not per consumer.
 
 Rows: shmbus ``poll(timeout_ms=10 / 100 / 1000)`` with the default
-``spin_us=100``; ``mp.Queue.get(timeout=0.1)``; ``mp.Pipe`` ``poll(0.1)``;
-the supervisor.
+``spin_us=100``; ``shmbus.aio``'s ``AIOConsumer.getmany(timeout_ms=1000)`` in an
+asyncio loop; ``mp.Queue.get(timeout=0.1)``; ``mp.Pipe`` ``poll(0.1)``; the
+supervisor.
 
     python bench/idle_cpu.py            # full: 3 rounds × 3 s
     python bench/idle_cpu.py --quick    # 1 round × 1 s
@@ -35,6 +36,7 @@ VARIANTS = [
     ("shmbus_10ms", "shmbus poll(timeout_ms=10)", "shmbus", 10),
     ("shmbus_100ms", "shmbus poll(timeout_ms=100)", "shmbus", 100),
     ("shmbus_1000ms", "shmbus poll(timeout_ms=1000)", "shmbus", 1000),
+    ("shmbus_aio_1000ms", "shmbus.aio getmany(timeout_ms=1000)", "aio", 1000),
     ("mp_queue_100ms", "mp.Queue get(timeout=0.1)", "queue", 100),
     ("mp_pipe_100ms", "mp.Pipe poll(0.1)", "pipe", 100),
 ]
@@ -59,6 +61,25 @@ def idle_consumer(kind, chan, timeout_ms, ready, stop, count):
             count.value = n
         cons.close()
         bus.close()
+    elif kind == "aio":
+        import asyncio
+
+        from shmbus.aio import AIOConsumer
+
+        data_dir, topic = chan
+
+        async def run():
+            count_ = 0
+            async with AIOConsumer(topic, data_dir=data_dir, auto_offset_reset="latest") as c:
+                await c.getmany(timeout_ms=0)
+                ready.set()
+                while not stop.is_set():
+                    if await c.getmany(timeout_ms=timeout_ms):
+                        raise AssertionError("a record on the idle topic")
+                    count_ += 1
+                    count.value = count_
+
+        asyncio.run(run())
     elif kind == "queue":
         import queue
 
@@ -101,7 +122,7 @@ def run_round(bus, window_s, tag):
             readies = {}
             counts = {}
             for key, _label, kind, tmo in VARIANTS:
-                if kind == "shmbus":
+                if kind in ("shmbus", "aio"):
                     topic = f"idle-{tag}-{key}"
                     bus.create_topic(topic, partitions=1)
                     topics.append(topic)

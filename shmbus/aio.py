@@ -20,8 +20,8 @@ the loop:
   ``max_block_ms`` (then ``BufferFullError``); ``acks="disk"`` sends, which
   wait for an fsync, run on the client's one worker thread;
 - a consumer with nothing to read waits on that worker thread, in steps that
-  double from 50 ms to 400 ms while nothing comes (``WAIT_STEP_MS``; a new
-  record ends the wait at once), so that ``commit``, ``seek`` and ``stop`` get
+  double from 50 ms to 400 ms while nothing comes, also across calls
+  (``WAIT_STEP_MS``; a new record ends the wait at once), so that ``commit``, ``seek`` and ``stop`` get
   their turn within one step, and an idle consumer wakes a few times a second.
 
 Every call into the wrapped consumer is made by one thread at a time, in
@@ -182,6 +182,7 @@ class AIOConsumer(_Client):
         super().__init__(functools.partial(Consumer, *topics, data_dir=data_dir, **{"spin_us": 0, **config}))
         self._busy = None  # the worker thread's call in progress (a wait), if any
         self._kept: dict = {}  # records a cancelled wait received: the next getone/getmany returns them
+        self._step = WAIT_STEP_MS[0]  # the next wait step (it grows while the consumer is idle)
 
     # --- the one thread at a time ---
     def _now(self, fn, *args):
@@ -230,7 +231,7 @@ class AIOConsumer(_Client):
             if got or not timeout_ms:
                 return got
             deadline = time.monotonic() + timeout_ms / 1000
-            step = WAIT_STEP_MS[0]
+            step = self._step
             while True:
                 if self._sync is None:
                     raise ConsumerStoppedError("the AIOConsumer was stopped while it waited")
@@ -239,8 +240,9 @@ class AIOConsumer(_Client):
                     return {}
                 got = await self._later("poll", max(1, int(min(left_ms, step))), max_records)
                 if got:
+                    self._step = WAIT_STEP_MS[0]
                     return got
-                step = min(step * 2, WAIT_STEP_MS[1])
+                step = self._step = min(step * 2, WAIT_STEP_MS[1])
         finally:
             if others and self._sync is not None:
                 self._now("resume", *others)
