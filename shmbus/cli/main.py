@@ -80,7 +80,13 @@ def _bus(data_dir, autostart=False):
               help="Allow a non-loopback listener address (whoever reaches it can read and write the bus).")
 @click.option("--kafka-sasl-users", metavar="FILE", default=None,
               help="Require SASL/PLAIN: one user:password per line; the file must be mode 0600 and yours.")
-def serve(data_dir, foreground, kafka_listener, kafka_listener_allow_remote, kafka_sasl_users):
+@click.option("--metrics", metavar="HOST:PORT", default=None,
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (loopback only unless "
+                   "--metrics-allow-remote); default: $SHMBUS_METRICS, else off.")
+@click.option("--metrics-allow-remote", is_flag=True,
+              help="Allow a non-loopback metrics address (the figures name every topic and group).")
+def serve(data_dir, foreground, kafka_listener, kafka_listener_allow_remote, kafka_sasl_users, metrics,
+          metrics_allow_remote):
     """Run the supervisor (spills rings to disk, coordinates groups, serves Kafka clients if asked).
 
     \b
@@ -88,11 +94,13 @@ def serve(data_dir, foreground, kafka_listener, kafka_listener_allow_remote, kaf
       shmbus serve                  # in the background, returns when ready
       shmbus serve --foreground     # until Ctrl-C or `shmbus stop`
       shmbus serve --kafka-listener 127.0.0.1:9092   # Kafka clients: bootstrap.servers=127.0.0.1:9092
+      shmbus serve --metrics 127.0.0.1:9464          # Prometheus: scrape http://127.0.0.1:9464/metrics
     """
     from shmbus.core.paths import resolve_data_dir
     from shmbus.client import control as client
     from shmbus.kafka.settings import ENV_LISTENER, listener_settings
     from shmbus.supervisor.daemon import serve as run
+    from shmbus.supervisor.metrics import ENV_METRICS, metrics_settings
 
     d = resolve_data_dir(data_dir)
     if client.running_pid(d) is not None:
@@ -109,10 +117,18 @@ def serve(data_dir, foreground, kafka_listener, kafka_listener_allow_remote, kaf
             args += ["--kafka-sasl-users", os.path.abspath(kafka_sasl_users)]
     elif kafka_listener_allow_remote or kafka_sasl_users:
         fail("--kafka-listener-allow-remote and --kafka-sasl-users need --kafka-listener HOST:PORT")
+    metrics_address = metrics or os.environ.get(ENV_METRICS) or None
+    msettings = None
+    if metrics_address:
+        msettings = metrics_settings(metrics_address, metrics_allow_remote)  # (a user error: exit 1)
+        args += ["--metrics", metrics_address] + (["--metrics-allow-remote"] if metrics_allow_remote else [])
+    elif metrics_allow_remote:
+        fail("--metrics-allow-remote needs --metrics HOST:PORT")
     if foreground:
-        sys.exit(run(d, kafka))
+        sys.exit(run(d, kafka, msettings))
     pid = client.start(d, args=tuple(args))
-    click.echo(f"supervisor running: pid={pid} data_dir={d}" + (f" kafka_listener={address}" if address else ""))
+    click.echo(f"supervisor running: pid={pid} data_dir={d}" + (f" kafka_listener={address}" if address else "")
+               + (f" metrics={metrics_address}" if metrics_address else ""))
 
 
 @cli.command()

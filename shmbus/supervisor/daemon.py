@@ -105,7 +105,7 @@ class AlreadyRunning(Exception):
 
 
 class Supervisor:
-    def __init__(self, data_dir: str, kafka=None):
+    def __init__(self, data_dir: str, kafka=None, metrics=None):
         self.data_dir = paths.resolve_data_dir(data_dir)
         ownership.makedirs(self.data_dir)
         self.lock_fd = ownership.open_file(paths.lock_path(self.data_dir), os.O_RDWR | os.O_CREAT)
@@ -131,6 +131,8 @@ class Supervisor:
         self.coordinator = None  # the consumer-group coordinator (groups/server.py), its own socket and thread
         self.kafka_settings = kafka  # kafka/settings.py ListenerSettings, or None: no Kafka listener
         self.kafka = None  # the Kafka listener (kafka/server.py), its own threads
+        self.metrics_settings = metrics  # metrics.py MetricsSettings, or None: no metrics endpoint
+        self.metrics = None  # the Prometheus endpoint (metrics.py), prometheus_client's threads
         self.bridges = None  # the bridge keeper (bridges.py): a child process per configured bridge
         self.lock = threading.Lock()
         self._stamp = None
@@ -469,6 +471,19 @@ class Supervisor:
         self.kafka.start()
         log(f"kafka listener on {self.kafka.address}{' (SASL/PLAIN)' if self.kafka_settings.sasl_users else ''}")
 
+    # --- the metrics endpoint ---
+    def open_metrics(self) -> None:
+        """Bind and serve the Prometheus endpoint (before anything runs: a port in use fails the start)."""
+        from shmbus.supervisor.metrics import MetricsServer
+
+        m = self.metrics_settings
+        try:
+            self.metrics = MetricsServer(self, m)
+        except OSError as e:
+            raise ShmbusError(f"cannot open the metrics endpoint on {m.host}:{m.port}: {e.strerror or e} (is the "
+                              f"port in use? pick another with --metrics HOST:PORT)") from None
+        log(f"metrics on http://{self.metrics.address}/metrics")
+
     # --- control socket ---
     def start_control(self) -> None:
         s = listen_unix(paths.socket_path(self.data_dir), 64)
@@ -529,6 +544,8 @@ class Supervisor:
             cpu = rss = None
         parts = []
         for (tid, p), sp in list(self.spillers.items()):
+            if sp.closed:
+                continue  # (its topic was deleted meanwhile: its ring is let go)
             name = next((n for n, i in self.topic_ids.items() if i == tid), tid)
             parts.append({
                 "topic": name, "partition": p, "next_offset": sp.ring.next_offset(),
@@ -554,11 +571,14 @@ class Supervisor:
                     "writers_reopened": self.pool.reopened, "exhausted": self.fd_errors},
             "problems": problems,
             "kafka_listener": self.kafka.status() if self.kafka is not None else None,
+            "metrics": self.metrics.status() if self.metrics is not None else None,
             "bridges": self.bridges.status() if self.bridges is not None else [],
             "partitions": parts,
         }
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         if self.kafka is not None:
             self.kafka.close()  # its group members leave before the coordinator writes the checkpoints
         if self.coordinator is not None:
@@ -608,20 +628,23 @@ def log(msg: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} shmbus supervisor: {msg}", file=sys.stderr, flush=True)
 
 
-def serve(data_dir: str, kafka=None) -> int:
-    """Run a supervisor until stopped; ``kafka``: the Kafka listener's settings (kafka/settings.py), or None."""
+def serve(data_dir: str, kafka=None, metrics=None) -> int:
+    """Run a supervisor until stopped; ``kafka``: the Kafka listener's settings (kafka/settings.py), or None;
+    ``metrics``: the metrics endpoint's (metrics.py), or None."""
     try:
-        sup = Supervisor(data_dir, kafka)
+        sup = Supervisor(data_dir, kafka, metrics)
     except (AlreadyRunning, ShmbusError) as e:
         print(f"shmbus: {e}", file=sys.stderr)
         return 1
-    if kafka is not None:
-        try:
+    try:
+        if kafka is not None:
             sup.open_kafka()
-        except ShmbusError as e:
-            print(f"shmbus: {e}", file=sys.stderr)
-            sup.close()
-            return 1
+        if metrics is not None:
+            sup.open_metrics()
+    except ShmbusError as e:
+        print(f"shmbus: {e}", file=sys.stderr)
+        sup.close()
+        return 1
     faulthandler.enable(sys.stderr, all_threads=True)  # a fatal signal leaves every thread's stack in the log
     stop = lambda *_: (sup.stopping.set(), sup.ctl.ring_spill_bell())  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
