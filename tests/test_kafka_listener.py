@@ -80,14 +80,10 @@ def test_the_sasl_users_file_must_be_private(tmp_path):
 
 
 def test_a_port_in_use_fails_the_start(tmp_path):
-    import socket
-
     from helpers.bus import cleanup_bus
+    from helpers.net import busy_port
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(1)
-    port = s.getsockname()[1]
+    s, port = busy_port()
     d = str(tmp_path / "bus")
     try:
         r = _serve("--data-dir", d, "--kafka-listener", f"127.0.0.1:{port}")
@@ -98,19 +94,15 @@ def test_a_port_in_use_fails_the_start(tmp_path):
 
 
 def test_an_autostarted_supervisor_takes_the_listener_from_the_environment(tmp_path, monkeypatch):
-    import socket
-
     from kafka import KafkaAdminClient
 
     from shmbus import Bus
 
     from helpers.bus import cleanup_bus
     from helpers.kafka import listener_address
+    from helpers.net import free_port
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # (a free port: the supervisor binds it next)
+    port = free_port()
     monkeypatch.setenv("SHMBUS_KAFKA_LISTENER", f"127.0.0.1:{port}")
     d = str(tmp_path / "bus")
     try:

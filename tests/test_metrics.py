@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from helpers.bus import cleanup_bus
+from helpers.net import busy_port, free_port
 from helpers.waiting import wait_for
 
 
@@ -136,10 +137,7 @@ def test_allow_remote_alone_is_a_user_error(tmp_path):
 
 
 def test_a_port_in_use_fails_the_start(tmp_path):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(1)
-    port = s.getsockname()[1]
+    s, port = busy_port()
     d = str(tmp_path / "bus")
     try:
         r = _serve("--data-dir", d, "--metrics", f"127.0.0.1:{port}")
@@ -153,10 +151,7 @@ def test_a_port_in_use_fails_the_start(tmp_path):
 def test_an_autostarted_supervisor_takes_the_address_from_the_environment(tmp_path, monkeypatch):
     from shmbus import Bus
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # (a free port: the supervisor binds it next)
+    port = free_port()
     monkeypatch.setenv("SHMBUS_METRICS", f"127.0.0.1:{port}")
     d = str(tmp_path / "bus")
     try:
