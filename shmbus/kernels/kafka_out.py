@@ -48,6 +48,7 @@ BATCH_HEADER_BYTES = 61  # from baseOffset to the record count, inclusive
 CRC_AT = 17  # the crc field's position in a batch
 ATTRIBUTES_AT = 21  # the CRC covers from here to the end
 INT32_MAX = (1 << 31) - 1
+NO_LIMIT = 1 << 62  # (room without a bound: measuring only)
 
 KO_TOO_SMALL = -1
 KO_BAD_HEADERS = -2
@@ -95,59 +96,60 @@ def _copy(out, di, src, si, n):
 
 
 @jit
-def _headers_size(buf, start, hlen):
-    """(count, bytes in Kafka's form) of the header block ``buf[start:start+hlen]``; count -1: it does not parse."""
+def _walk_headers(buf, start, hlen, out, o, olim, write):
+    """Walk the header block ``buf[start:start+hlen]``, each length read once and checked against the block
+    and against the room ``out[o:olim]``; with ``write``, write it there in Kafka's form.
+
+    Returns (headers, position after them, counted from ``o``); headers -1: the bytes do not parse or do not
+    fit. A ring's bytes can change under a reader that the spiller laps between measuring a block and writing
+    it: the second walk checks everything again, so changed bytes give -1, never a read or write outside the
+    arrays.
+    """
     i = start
     end = start + hlen
     count = 0
-    size = 0
     while i < end:
         if i + 2 > end:
-            return -1, 0
+            return -1, o
         kl = np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8)
-        if i + 2 + kl + 4 > end:
-            return -1, 0
         j = i + 2 + kl
+        if j + 4 > end:
+            return -1, o
         vl = np.int64(np.int32(np.uint32(buf[j]) | (np.uint32(buf[j + 1]) << 8) | (np.uint32(buf[j + 2]) << 16)
                                | (np.uint32(buf[j + 3]) << 24)))
         if vl < -1 or j + 4 + max(vl, 0) > end:
-            return -1, 0
-        size += _varint_size(kl) + kl + _varint_size(vl) + max(vl, 0)
+            return -1, o
+        need = _varint_size(kl) + kl + _varint_size(vl) + max(vl, 0)
+        if o + need > olim:
+            return -1, o
+        if write:
+            o = _put_varint(out, o, kl)
+            _copy(out, o, buf, i + 2, kl)
+            o += kl
+            o = _put_varint(out, o, vl)
+            if vl > 0:
+                _copy(out, o, buf, j + 4, vl)
+                o += vl
+        else:
+            o += need
         count += 1
         i = j + 4 + max(vl, 0)
-    return count, size
+    return count, o
+
+
+@jit
+def _headers_size(buf, start, hlen):
+    """(count, bytes in Kafka's form) of the header block ``buf[start:start+hlen]``; count -1: it does not parse."""
+    count, size = _walk_headers(buf, start, hlen, buf, 0, NO_LIMIT, False)
+    return count, (size if count >= 0 else 0)
 
 
 @jit
 def _put_headers(out, o, olim, buf, start, hlen):
-    """Write the header block in Kafka's form at ``out[o:olim]``; returns the position after, or -1.
-
-    The block was measured by :func:`_headers_size`, but a ring's bytes can change under a reader that the
-    spiller laps between the two passes: every length is checked again against the block and ``olim``, so
-    bytes that changed give -1, never a read or write outside the arrays.
-    """
-    i = start
-    end = start + hlen
-    while i < end:
-        if i + 2 > end:
-            return -1
-        kl = np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8)
-        j = i + 2 + kl
-        if j + 4 > end or o + _varint_size(kl) + kl > olim:
-            return -1
-        o = _put_varint(out, o, kl)
-        _copy(out, o, buf, i + 2, kl)
-        o += kl
-        vl = np.int64(np.int32(np.uint32(buf[j]) | (np.uint32(buf[j + 1]) << 8) | (np.uint32(buf[j + 2]) << 16)
-                               | (np.uint32(buf[j + 3]) << 24)))
-        if vl < -1 or j + 4 + max(vl, 0) > end or o + _varint_size(vl) + max(vl, 0) > olim:
-            return -1
-        o = _put_varint(out, o, vl)
-        if vl > 0:
-            _copy(out, o, buf, j + 4, vl)
-            o += vl
-        i = j + 4 + max(vl, 0)
-    return o
+    """Write the header block in Kafka's form at ``out[o:olim]``; returns the position after, or -1 (the bytes
+    no longer parse or fit: they changed since :func:`_headers_size` measured them)."""
+    count, after = _walk_headers(buf, start, hlen, out, o, olim, True)
+    return after if count >= 0 else -1
 
 
 @jit
