@@ -129,22 +129,26 @@ class AIOProducer(_Client):
         if self.acks == "disk":
             return await asyncio.get_running_loop().run_in_executor(
                 self._ex, functools.partial(p.send_batch, topic, values, keys=keys, partition=partition))
-        return await self._retry_full(topic, functools.partial(p.send_batch, topic, values, keys=keys,
-                                                               partition=partition))
+        try:
+            return p.send_batch(topic, values, keys=keys, partition=partition)
+        except BufferFullError:
+            return await self._retry_full(topic, functools.partial(p.send_batch, topic, values, keys=keys,
+                                                                   partition=partition))
 
     async def _send(self, topic, value, key, partition, timestamp_ms, headers):
         p = self._client()
-        call = functools.partial(p.send, topic, value, key, headers, partition, timestamp_ms)
         if self.acks == "disk":  # (the fsync waits: on the worker thread)
-            return await asyncio.get_running_loop().run_in_executor(self._ex, call)
-        return await self._retry_full(topic, call)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._ex, functools.partial(p.send, topic, value, key, headers, partition, timestamp_ms))
+        try:
+            return p.send(topic, value, key, headers, partition, timestamp_ms)  # (a ring with room: at once)
+        except BufferFullError:
+            return await self._retry_full(topic, functools.partial(p.send, topic, value, key, headers, partition,
+                                                                   timestamp_ms))
 
     async def _retry_full(self, topic, call):
-        """``call()`` until the ring has room (the synchronous producer was made not to wait)."""
-        try:
-            return call()
-        except BufferFullError:
-            pass
+        """After a first ``call()`` found the ring full: ``call()`` again, sleeping on the loop between tries,
+        until the ring has room or ``max_block_ms`` passed (the synchronous producer was made not to wait)."""
         deadline = time.monotonic() + self.max_block_ms / 1000
         sleep = FULL_SLEEP_S[0]
         while True:
@@ -251,12 +255,14 @@ class AIOConsumer(_Client):
         """The next record (of ``partitions`` only, if given), waiting for one as long as it takes."""
         while True:
             got = await self.getmany(*partitions, timeout_ms=60_000, max_records=1)
-            for recs in got.values():
-                if len(recs) > 1:  # (records kept from a cancelled wait: hand them out one by one)
-                    tp = next(iter(got))
-                    self._kept[tp] = recs[1:] + self._kept.get(tp, [])
+            first = None
+            for tp, recs in got.items():  # (more than one: records kept from a cancelled wait, handed out singly)
+                if first is None and recs:
+                    first, recs = recs[0], recs[1:]
                 if recs:
-                    return recs[0]
+                    self._kept[tp] = recs + self._kept.get(tp, [])
+            if first is not None:
+                return first
 
     def __aiter__(self):
         return self
@@ -279,8 +285,8 @@ class AIOConsumer(_Client):
     def _pause_others(self, partitions) -> list:
         if not partitions:
             return []
-        others = [tp for tp in self._now("assignment") if tp not in set(partitions)
-                  and tp not in self._now("paused")]
+        skip = set(partitions) | self._now("paused")
+        others = [tp for tp in self._now("assignment") if tp not in skip]
         if others:
             self._now("pause", *others)
         return others
