@@ -25,11 +25,11 @@ class ListenerSettings(NamedTuple):
     sasl_users_file: str | None
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port)."""
+def parse_address(text: str, what: str = "a Kafka listener address", example: str = "127.0.0.1:9092"):
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); ``what`` and ``example`` for the error."""
     host, sep, port = str(text).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InvalidArgumentError(f"a Kafka listener address is HOST:PORT, e.g. 127.0.0.1:9092: {text!r}")
+        raise InvalidArgumentError(f"{what} is HOST:PORT, e.g. {example}: {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)

@@ -29,19 +29,15 @@ class MetricsSettings(NamedTuple):
 
 def metrics_settings(address: str, allow_remote: bool = False) -> MetricsSettings:
     """Check ``HOST:PORT`` (``[v6]:PORT``) before anything listens; InvalidArgumentError says what to do."""
-    from shmbus.kafka.settings import is_loopback
+    from shmbus.kafka.settings import is_loopback, parse_address
 
-    host, sep, port = str(address).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InvalidArgumentError(f"a metrics address is HOST:PORT, e.g. 127.0.0.1:9464: {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    host, port = parse_address(address, "a metrics address", "127.0.0.1:9464")
     if not allow_remote and not is_loopback(host):
         raise InvalidArgumentError(f"the metrics address {address} is not a loopback address: the figures name "
                                    f"every topic and group (add --metrics-allow-remote to serve it anyway)")
     if importlib.util.find_spec("prometheus_client") is None:
         raise InvalidArgumentError("--metrics needs prometheus_client: pip install 'shmbus[metrics]'")
-    return MetricsSettings(host, int(port))
+    return MetricsSettings(host, port)
 
 
 class BusCollector:
