@@ -184,8 +184,8 @@ def write_json(path: str, obj) -> None:
 
 
 __all__ = ["BridgeConfig", "check", "write_bridge", "read_bridge", "list_bridges", "remove_bridge",
-           "config_path", "status_path", "positions_path", "duplicates_path", "lock_path", "worker_files", "log_path", "bridges_dir", "read_json",
-           "write_json",           "write_json_durable"]
+           "config_path", "status_path", "positions_path", "duplicates_path", "lock_path", "worker_files",
+           "log_path", "bridges_dir", "read_json", "write_json", "write_json_durable"]
 
 
 def write_json_durable(path: str, obj) -> None:

@@ -42,4 +42,14 @@ def parse(v: bytes):
         return None
 
 
-__all__ = ["HEADER", "bus_origin", "cluster_origin", "value", "from_origin", "parse"]
+def source_offset(headers, origin: bytes, topic: str, partition: int):
+    """The offset a record had on the side ``origin`` if its provenance says it came from ``topic`` and
+    ``partition`` there (``headers``: [(key, value)], or None); else None."""
+    for k, v in headers or ():
+        pv = parse(v) if k == HEADER else None
+        if pv and pv[0] == origin and pv[1] == topic and pv[2] == partition:
+            return pv[3]
+    return None
+
+
+__all__ = ["HEADER", "bus_origin", "cluster_origin", "value", "from_origin", "parse", "source_offset"]

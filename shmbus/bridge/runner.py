@@ -232,12 +232,9 @@ class OutCopier(Side):
                     if m.error() is not None or (m.topic(), m.partition()) not in want:
                         continue
                     src, _ = want.pop((m.topic(), m.partition()))
-                    for k, v in m.headers() or ():
-                        pv = P.parse(v) if k == P.HEADER else None
-                        if pv and pv[0] == self.origin and pv[1] == src and pv[2] == m.partition():
-                            n = pv[3] + 1 - self.read[(src, m.partition())]
-                            if n > 0:
-                                self.dups[src] = self.dups.get(src, 0) + n
+                    off = P.source_offset(m.headers(), self.origin, src, m.partition())
+                    if off is not None and off + 1 > self.read[(src, m.partition())]:
+                        self.dups[src] = self.dups.get(src, 0) + off + 1 - self.read[(src, m.partition())]
             self.tail_pending = False
         finally:
             c.close()
@@ -487,10 +484,9 @@ class InCopier(Side):
                 for r in recs:
                     if r.offset >= hi:
                         break
-                    for k, v in r.headers or ():
-                        pv = P.parse(v) if k == P.HEADER else None
-                        if pv and pv[0] == self.origin and pv[1] == tp.topic and pv[2] == tp.partition:
-                            last = pv[3]
+                    off = P.source_offset(r.headers, self.origin, tp.topic, tp.partition)
+                    if off is not None:
+                        last = off
                 pos = recs[-1].offset + 1
             if last is not None or begin == lo or step >= 2 * WINDOW:
                 return last
@@ -671,7 +667,7 @@ def take_lock(data_dir: str, name: str, worker: int, wait_s: float = LOCK_WAIT_S
 
     path = C.lock_path(data_dir, name, worker)
     ownership.makedirs(os.path.dirname(path))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = ownership.open_file(path, os.O_RDWR | os.O_CREAT)
     deadline = time.monotonic() + wait_s
     said = False
     while True:
