@@ -63,6 +63,25 @@ def cluster(request, mock_cluster, tmp_path):
         cleanup_bus(d)
 
 
+@pytest.fixture(params=["compiled", "python"])
+def copier(request, monkeypatch):
+    """Which copier the bridge processes of the test's supervisor use for direction out: the compiled
+    one (bridge/_rdk.c), or, with SHMBUS_NATIVE=0 in the supervisor's environment, confluent-kafka's
+    Python API."""
+    if request.param == "python":
+        monkeypatch.setenv("SHMBUS_NATIVE", "0")
+    return request.param
+
+
+def default_copier():
+    """The copier a bridge uses here: compiled, unless this run selects the numba kernels."""
+    return "python" if os.environ.get("SHMBUS_NATIVE") == "0" else "compiled"
+
+
+def copiers(data_dir, bname):
+    return {w["copier"] for b in status(data_dir) if b["name"] == bname for w in b["workers"]}
+
+
 # --- helpers ---
 
 def name(prefix="t"):
@@ -283,6 +302,7 @@ def test_out_copies_every_record_to_the_cluster(cluster, data_dir):
         wait_for(lambda: any(t["lag_records"] == 0 and t["copied"] == n
                              for b in status(data_dir) for t in b["topics"]), 20, "the status to show no lag")
         st = status(data_dir)[0]
+        assert {w["copier"] for w in st["workers"]} == {default_copier()}
         assert st["running"] and st["topics"][0]["duplicates"] == 0 and st["topics"][0]["target"] == topic
         assert len(st["workers"]) == (2 if kind == "shmbus" else 1) and st["topics"][0]["partitions"] == PARTS
         text = sh(data_dir, "bridge", "status").stdout
@@ -293,6 +313,31 @@ def test_out_copies_every_record_to_the_cluster(cluster, data_dir):
             wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 20, "the removed bridge to stop")
         assert not os.listdir(os.path.join(data_dir, "bridges")) or \
             all(f.endswith(".log") for f in os.listdir(os.path.join(data_dir, "bridges")))
+
+
+@pytest.mark.timeout(180)
+def test_out_reads_a_small_ring_lapped_by_its_producer(mock_cluster, data_dir):
+    """A 64 KiB ring that the producer laps many times while the bridge copies: the bridge reads on from
+    the segment files whenever the spiller released what it was reading, and the cluster gets every record
+    once, in order."""
+    from shmbus import Bus
+
+    topic = name("lap")
+    n = 6000  # 1 KiB values: 6 MB through four 64 KiB rings (the mock keeps 5 MiB per partition)
+    now = int(time.time() * 1000)  # (timestamps of today: small segments of older ones go by retention)
+    recs = [(k, v + b"." * 1000, h, now + i) for i, (k, v, h, _ts) in enumerate(records(n, seed=12))]
+    with Bus(data_dir) as bus:
+        bus.create_topic(topic, PARTS, config={"ring.bytes": 65536, "segment.bytes": 200_000})
+        add_bridge(data_dir, "lap", mock_cluster, topic)
+        wait_for(lambda: _running_pid(data_dir, "lap"), 30, "the bridge running")
+        sent = {}
+        for i in range(0, n, 200):
+            for part, rs in send_bus(bus, topic, recs[i:i + 200]).items():
+                sent.setdefault(part, []).extend(rs)
+        got = read_cluster(mock_cluster, topic, n)
+        assert sum(map(len, got.values())) == n, bridge_log(data_dir, "lap")
+        check_copied(sent, got, topic)
+        assert copiers(data_dir, "lap") == {default_copier()}
 
 
 def _zombie(pid):
@@ -390,10 +435,10 @@ def test_two_way_bridge_copies_no_record_twice(cluster, data_dir):
 
 
 @pytest.mark.timeout(300)
-def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
+def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir, copier):
     """SIGKILL at random moments (5 times) while records stream in; the supervisor restarts the bridge:
     nothing lost, and the duplicates counted are the records on the cluster twice, each run's under one
-    in-flight window."""
+    in-flight window. Both copiers."""
     from shmbus import Bus
     from shmbus.bridge.runner import WINDOW
 
@@ -422,6 +467,7 @@ def test_bridge_killed_five_times_loses_nothing(kafka_bus, data_dir):
         assert counted == dups
         sup = [b for b in status(data_dir) if b["name"] == "k"][0]
         assert sup["restarts"] == kills
+        assert copiers(data_dir, "k") == {copier}
 
 
 @pytest.mark.timeout(300)

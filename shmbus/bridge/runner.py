@@ -15,6 +15,11 @@ duplicates after a crash (at-least-once). At start (and after the producer is
 made anew), the tail of each target partition is read: records there whose
 provenance is past the saved position are the duplicates that follow, counted.
 
+``NativeOutCopier`` is the same copier with its loop compiled (bridge/_rdk.c): the
+Consumer hands it frame rows (``_copy_frames``) and librdkafka gets each record's
+bytes with no Python object per record; the Bridge uses it when it is built
+(bridge/fast.py), and ``OutCopier`` otherwise.
+
 ``InCopier`` (cluster -> bus): a librdkafka consumer (group ``shmbus-bridge.<name>``,
 no auto commit) reads the matching topics; the shmbus Producer writes each record
 to the same partition with its timestamp; the Kafka offsets are committed after
@@ -34,10 +39,11 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 
 from shmbus.bridge import config as C
 from shmbus.bridge import provenance as P
-from shmbus.errors import ShmbusError, TopicExistsError
+from shmbus.errors import CorruptRecordError, ShmbusError, TopicExistsError
 
 WINDOW = 100_000  # records read from the bus past the saved positions, at most (the duplicates' bound)
 POLL_RECORDS = 5000
@@ -245,10 +251,7 @@ class OutCopier(Side):
         from shmbus.records import TopicPartition
 
         if self.producer is not None:
-            try:
-                self.producer.purge()
-            except Exception:  # noqa: BLE001
-                pass
+            self._discard_producer()
             self.producer = None
         self.failed.clear()
         self.deferred.clear()
@@ -261,6 +264,12 @@ class OutCopier(Side):
         self.producer = self._producer()
         if self.read:
             self.count_duplicates()
+
+    def _discard_producer(self) -> None:
+        try:
+            self.producer.purge()
+        except Exception:  # noqa: BLE001
+            pass
 
     def forget_missing(self) -> None:
         """Drop the topics deleted from the bus (a topic made anew by that name is
@@ -398,6 +407,125 @@ class OutCopier(Side):
                         "duplicates": self.dups.get(t, 0), "in_flight": sum(
                             self.read[(t, p)] - self.acked.get((t, p), self.read[(t, p)]) for p in self.mine(n))})
         return out
+
+
+class NativeOutCopier(OutCopier):
+    """``OutCopier`` with its copy loop compiled (bridge/_rdk.c): frame rows from the bus straight into
+    librdkafka, no Python object per record.
+
+    The Consumer hands each partition's frames over (``_copy_frames``: a segment chunk, or a ring span
+    checked frame by frame against the spiller); ``produce_frames`` gives librdkafka one record per
+    frame with the provenance header, and counts per target partition what it handed over and what was
+    acknowledged. A partition's acknowledged position is the highest source offset acknowledged, or
+    everything read when nothing is in flight (so skipped records at the end of a read count too).
+    The same producer settings, window, duplicate count and saved positions as ``OutCopier``.
+    """
+
+    def __init__(self, cfg, bus, data_dir, report, worker=0, rdk=None):
+        self.rdk = rdk
+        self.tindex = {}  # source topic -> the producer's index of its target topic
+        self.prefix = {}  # (topic, p) -> the provenance value before the offset
+        self.pending = {}  # (topic, p) -> deque of (end, timestamp) per handed-over read, for lag_ms
+        super().__init__(cfg, bus, data_dir, report, worker)
+
+    def _producer(self):
+        conf = {"bootstrap.servers": self.cfg.servers, "enable.idempotence": "true", "acks": "all",
+                "linger.ms": "5", "message.timeout.ms": "0",
+                "queue.buffering.max.messages": str(WINDOW + POLL_RECORDS),
+                "queue.buffering.max.kbytes": str(1 << 21), "enable.gapless.guarantee": "true", "log_level": "0",
+                "reconnect.backoff.max.ms": "1000"}
+        self.tindex = {}
+        return self.rdk.Producer(conf)
+
+    def _discard_producer(self) -> None:
+        self.producer.purge()
+        self.producer.close()
+        self.pending.clear()
+
+    def _target(self, topic: str) -> int:
+        t = self.tindex.get(topic)
+        if t is None:
+            t = self.tindex[topic] = self.producer.topic(self.cfg.target(topic), self.topics[topic])
+        return t
+
+    def _sink(self, tp, buf, rows, ring) -> int:
+        topic, p = tp
+        key = (topic, p)
+        pre = self.prefix.get(key)
+        if pre is None:
+            pre = self.prefix[key] = b"%s %s %d " % (self.origin, topic.encode(), p)
+        k, sent, status = self.producer.produce_frames(self._target(topic), p, buf, rows, pre, self.other,
+                                                       ring.address if ring is not None else 0)
+        if k:
+            end = int(rows[k - 1, 1]) + 1  # (M_OFFSET)
+            self.read[key] = end
+            self.copied[topic] += sent
+            if k > sent:
+                self.skipped[topic] = self.skipped.get(topic, 0) + k - sent
+            q = self.pending.get(key)
+            if q is None:
+                q = self.pending[key] = deque()
+            q.append((end, int(rows[k - 1, 2])))  # (M_TS)
+        if status == self.rdk.CORRUPT:
+            self.rebuild = True  # (read again from the acknowledged positions: stuck there, and saying why)
+            raise CorruptRecordError(f"topic={topic!r} partition={p} offset={int(rows[k, 1])}: the record's "
+                                     f"header bytes do not parse (the bridge cannot copy past it)")
+        if status == self.rdk.ERROR:
+            self.rebuild = True  # (the error is in errors(); a new producer reads again from the acknowledged)
+        return k if ring is not None or status != self.rdk.ERROR else len(rows)
+
+    def _take_acks(self) -> None:
+        prod = self.producer
+        for code, fatal, t, p, text in prod.errors():
+            if t >= 0:
+                self.report(f"delivery to {next((self.cfg.target(s) for s, i in self.tindex.items() if i == t), '?')}"
+                            f"/{p} failed: {text}")
+                self.rebuild = True
+            else:
+                self.report(f"cluster: {text}")
+                self.rebuild = self.rebuild or bool(fatal)
+        state = prod.state
+        for topic, t in self.tindex.items():
+            for p in self.mine(self.topics.get(topic, 0)):
+                key = (topic, p)
+                produced, acked, end, failed = state(t, p)
+                pos = self.read.get(key, 0) if produced == acked else end
+                if failed or pos <= self.acked.get(key, 0):
+                    continue
+                self.acked[key] = pos
+                q = self.pending.get(key)
+                while q and q[0][0] <= pos:
+                    self.last_ts[key] = q.popleft()[1]
+
+    def step(self, timeout_ms: int) -> int:
+        if self.producer is None or self.rebuild:
+            self.restart_producer()
+        if time.monotonic() - self.last_discover > DISCOVER_S:
+            self.discover()
+        prod = self.producer
+        prod.poll(0)
+        self._take_acks()
+        room = WINDOW - self.unsaved()
+        if room <= 0 or not self.read:
+            prod.poll(timeout_ms)
+            self._take_acks()
+            return 0
+        n = self.consumer._copy_frames(min(POLL_RECORDS, room), self._sink)
+        if not n and timeout_ms:
+            prod.poll(min(timeout_ms, 10))  # (deliveries come back meanwhile)
+            self.consumer._wait(time.monotonic() + timeout_ms / 1000)
+        prod.poll(0)
+        return n
+
+    def close(self, save: bool = True) -> None:
+        if self.producer is not None:
+            self.producer.flush(5000)
+            self._take_acks()
+        if save:
+            self.save()
+        if self.producer is not None:
+            self.producer.close()
+        self.consumer.close()
 
 
 class InCopier(Side):
@@ -704,8 +832,19 @@ class Bridge:
         self.last_error_ms = None
         self.bus = Bus(data_dir, autostart=False)
         self.copiers = []
+        self.copier = None  # direction out: "compiled" (bridge/_rdk.c) or "python" (confluent-kafka's API)
         if self.cfg.direction in ("out", "both"):
-            self.copiers.append(OutCopier(self.cfg, self.bus, data_dir, self.report, worker))
+            from shmbus.bridge import fast
+
+            rdk = fast.load()
+            if rdk is not None:
+                self.copier = "compiled"
+                self.copiers.append(NativeOutCopier(self.cfg, self.bus, data_dir, self.report, worker, rdk))
+            else:
+                self.copier = "python"
+                log(name, f"direction out copies through confluent-kafka's Python API: the compiled copier is "
+                          f"not used ({fast.REASON})")
+                self.copiers.append(OutCopier(self.cfg, self.bus, data_dir, self.report, worker))
         if self.cfg.direction in ("in", "both") and worker == 0:
             self.copiers.append(InCopier(self.cfg, self.bus, data_dir, self.report))
 
@@ -725,7 +864,8 @@ class Bridge:
         C.write_json(self.spath, {
             "name": self.cfg.name, "worker": self.worker, "pid": os.getpid(), "started": self.started,
             "updated": time.time(),
-            "direction": self.cfg.direction, "servers": self.cfg.servers, "last_error": self.last_error,
+            "direction": self.cfg.direction, "servers": self.cfg.servers, "copier": self.copier,
+            "last_error": self.last_error,
             "last_error_ms": self.last_error_ms, "topics": topics})
 
     def run(self) -> int:
@@ -803,4 +943,4 @@ def main(argv=None) -> int:
     return b.run()
 
 
-__all__ = ["Bridge", "OutCopier", "InCopier", "main", "WINDOW"]
+__all__ = ["Bridge", "OutCopier", "NativeOutCopier", "InCopier", "main", "WINDOW"]

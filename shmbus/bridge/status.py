@@ -37,7 +37,8 @@ def bridge_rows(data_dir) -> list[dict]:
             fresh = bool(st) and time.time() - st.get("updated", 0) < STALE_S
             running = pr.get("pid") is not None and fresh and st.get("pid") == pr.get("pid")
             workers.append({"worker": w, "running": running, "pid": pr.get("pid"), "restarts": pr.get("restarts", 0),
-                            "last_exit": pr.get("last_exit"), "updated": st.get("updated")})
+                            "last_exit": pr.get("last_exit"), "updated": st.get("updated"),
+                            "copier": st.get("copier") if fresh else None})
             if st.get("last_error_ms") and (last_error_ms is None or st["last_error_ms"] > last_error_ms):
                 last_error, last_error_ms = st.get("last_error"), st["last_error_ms"]
             for t in st.get("topics", []) if fresh else []:

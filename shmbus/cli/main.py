@@ -756,7 +756,9 @@ def bridge_status(as_json, data_dir):
     for b in rows:
         pids = ",".join(str(w["pid"]) for w in b["workers"] if w["pid"] is not None)
         state = f"pid={pids}" if b["running"] else "NOT RUNNING"
+        copier = next((w["copier"] for w in b["workers"] if w.get("copier")), None)
         click.echo(f"{b['name']:<16} {state}  restarts={b['restarts']}  kafka://{b['servers']}"
+                   + (f"  copier={copier}" if copier else "")
                    + (f"  last error: {b['last_error']}" if b["last_error"] else ""))
         for t in b["topics"]:
             click.echo(f"{b['name']:<16} {t['direction']:<3} {t['topic']:<24} {t['target']:<24} {t['lag_records']:>10} "

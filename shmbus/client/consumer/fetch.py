@@ -27,6 +27,7 @@ from shmbus.layout import frame
 from shmbus.records import ConsumerRecord, RecordBatch
 
 NOTHING = ()  # _take_one: nothing published at the cursor
+FRAMES = "frames"  # _locate's third mode (beside records and a RecordBatch): the chunk and its scan rows
 AGAIN = object()  # _read_ring: the cursor was lapped (now unknown), or the values buffer grew: read again
 _new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (faster)
 
@@ -94,6 +95,18 @@ class FetchMixin:
         if n:
             rows = meta[1: n + 1].copy() if batch else meta[1: n + 1]
             first, last = int(rows[0, frame.M_OFFSET]), int(rows[-1, frame.M_OFFSET])
+            if batch is FRAMES:
+                if first > p.position and p.position < self._start(p):
+                    self._reset(p, "offset below the start of the partition")
+                    return self._locate(p, max_n, batch)
+                if first > p.position:  # (a gap: the start-offset lookup reused the log's buffers)
+                    n, meta, chunk = p.log.read(p.position, max_n)
+                    rows = meta[1: n + 1]
+                    if not n:
+                        return None
+                    last = int(rows[-1, frame.M_OFFSET])
+                p.position = last + 1
+                return chunk, rows
             out = self._records_from(p, rows, chunk, batch, chunk)
             # (build the records first: the start-offset lookup reuses the log's buffers)
             if first > p.position and p.position < self._start(p):
@@ -175,6 +188,64 @@ class FetchMixin:
             if got is not AGAIN:
                 return got
         return None
+
+    def _copy_frames(self, max_records: int, sink) -> int:
+        """Hand the frames due in the assigned partitions to ``sink(tp, buf, rows, ring)``, up to
+        ``max_records`` records; returns how many records ``sink`` took.
+
+        ``rows`` are scan rows (layout/frame.py: one DATA frame each, its body at ``M_BODY`` in ``buf``),
+        valid only during the call. ``ring`` is None for a segment chunk, which ``sink`` must take whole;
+        else ``buf`` is that ring's memory, which the spiller may release under the reader: ``sink`` copies
+        each frame, then checks ``ring.reclaiming()`` against the frame's position, and returns how many
+        rows it took before one failed that check (the rest is read again, from disk). For readers that
+        hand records on without a Python object per record (the bridge's compiled copier).
+        """
+        left = max_records
+        parts = self._assigned
+        n = len(parts)
+        for j in range(n):
+            p = parts[(self._next_partition + j) % n]
+            if p.paused or self._idle(p):
+                continue
+            left -= self._frames_of(p, min(left, self._meta_rows - 1), sink)
+            if left <= 0:
+                break
+        if n:
+            self._next_partition = (self._next_partition + 1) % n
+        return max_records - left
+
+    def _frames_of(self, p: PartitionState, max_n: int, sink) -> int:
+        """One partition's turn of ``_copy_frames``: the records ``sink`` took."""
+        for _attempt in range(4):
+            if p.cursor < 0:
+                got = self._locate(p, max_n, FRAMES)
+                if got is not None:
+                    return sink(p.tp, got[0], got[1], None)
+                if p.cursor < 0:
+                    return 0
+            ring = p.ring
+            n = self._scan_ring(ring.address, p.cursor, max_n, p.position, self._meta_addr, self._meta_rows)
+            cell = self._meta_cell
+            new = cell[0, frame.MS_POS]
+            if n == 0:
+                if new < ring.reclaiming():
+                    p.cursor = -1  # lapped: what was passed is on disk now
+                    continue
+                p.cursor = new
+                return 0
+            rows = self._meta[1: n + 1]
+            k = sink(p.tp, ring.buf, rows, ring)
+            p.cursor = -1 if k < n else new
+            if k:
+                p.position = cell[k, frame.M_OFFSET] + 1
+            if k < n:
+                # the spiller released row k while it was copied (its bytes, offset too, may be another
+                # frame's now): read on after the last row taken, from disk
+                if k:
+                    return k
+                continue
+            return n
+        return 0
 
     def _read_ring(self, p: PartitionState, max_n: int, batch: bool):
         """The general path's ring read at a known cursor: up to ``max_n`` records (a list, or a
