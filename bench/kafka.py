@@ -18,11 +18,12 @@ timestamped at ``produce()``, received by a consumer polling in another thread
 (p50/p99 over the samples). Rounds alternate the order of the two targets; a
 cell is the median over rounds with [min-max].
 
-Then, per round, ``shmbus bridge`` (direction out; one worker process, then
-two) copying up to 100,000 such records from a bus to the mock cluster, beside a
-plain confluent-kafka producer sending as many to the mock (``bridge_vs_producer``).
+Then, per round, ``shmbus bridge`` (direction out; one worker process, two, and
+one with the Python copier) copying 300,000 such records from a bus to the mock
+cluster, beside a plain confluent-kafka producer sending as many to the mock
+(``bridge_vs_producer``).
 
-    python bench/kafka.py [--quick] [--rounds N] [--records N]
+    python bench/kafka.py [--quick] [--rounds N] [--records N] [--bridge-records N]
 """
 
 from __future__ import annotations
@@ -157,27 +158,31 @@ def latency(boot: str, topic: str, seconds: float) -> list:
     return samples
 
 
-def bridge_vs_producer(boot: str, n: int, rnd: int, workers=(1, 2)) -> tuple[dict, float]:
-    """({workers: bridge}, producer) records/s to the cluster at ``boot``: ``shmbus bridge`` (with
-    1 and with 2 worker processes) copying n records (``SIZE`` B values, keys, 4 partitions) from a
-    bus's segment files and rings, and a plain
-    confluent-kafka producer sending n records of the same shape, same run.
+BRIDGES = {"bridge": (1, "compiled"), "bridge_2_workers": (2, "compiled"), "bridge_python": (1, "python")}
+
+
+def bridge_vs_producer(boot: str, n: int, rnd: int) -> dict:
+    """Records/s to the cluster at ``boot``: ``shmbus bridge`` copying n records (``SIZE`` B values,
+    keys, 4 partitions) from a bus's segment files and rings (``BRIDGES``: one worker process, two,
+    and one with the Python copier), and a plain confluent-kafka producer sending n records of the
+    same shape (``producer``), same run.
 
     The bridge's rate counts from the first record on the cluster to the last (the partitions' high
     watermarks, polled every 10 ms), so the process's start is not in it.
     """
     out = {}
-    for w in workers:
-        out[w] = _bridge_rate(boot, n, f"bench-bridge-{rnd}-{w}", w)
-    return out, produce(boot, f"bench-plain-{rnd}", n)
+    for key, (workers, copier) in BRIDGES.items():
+        out[key] = _bridge_rate(boot, n, f"bench-{key}-{rnd}", workers, copier)
+    out["producer"] = produce(boot, f"bench-plain-{rnd}", n)
+    return out
 
 
-def _bridge_rate(boot: str, n: int, topic: str, workers: int) -> float:
+def _bridge_rate(boot: str, n: int, topic: str, workers: int, copier: str) -> float:
     import numpy as np
 
     from shmbus.bridge import config as B
 
-    with C.temp_bus() as (bus, d):
+    with supervisor_env(copier), C.temp_bus() as (bus, d):
         bus.create_topic(topic, PARTITIONS)
         make_topic(boot, None, topic)  # (exists on the cluster: the bridge only checks it)
         vals = np.full((n, SIZE), ord("v"), np.uint8)
@@ -205,7 +210,31 @@ def _bridge_rate(boot: str, n: int, topic: str, workers: int) -> float:
                 time.sleep(0.01)
         finally:
             watch.close()
-        return (n - first) / (now - t_first)
+        rate = (n - first) / (now - t_first)
+        for _ in range(50):  # (the status file is rewritten every half second)
+            used = (B.read_json(B.status_path(d, "bench", 0)) or {}).get("copier")
+            if used is not None:
+                break
+            time.sleep(0.1)
+        if used != copier:
+            raise RuntimeError(f"the bridge used the {used} copier, not the {copier} one")
+        return rate
+
+
+@contextlib.contextmanager
+def supervisor_env(copier: str):
+    """SHMBUS_NATIVE=0 for the Python copier, while the bus (its supervisor, and so its bridge processes)
+    is started; this process has loaded its own verbs already."""
+    saved = os.environ.get("SHMBUS_NATIVE")
+    if copier == "python":
+        os.environ["SHMBUS_NATIVE"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("SHMBUS_NATIVE", None)
+        else:
+            os.environ["SHMBUS_NATIVE"] = saved
 
 
 def pct(xs, q):
@@ -219,14 +248,18 @@ def main(argv=None) -> int:
     C.install_sigterm_handler()
     ap = C.arg_parser(NAME, __doc__)
     ap.add_argument("--records", type=int, default=None, help="records per produce and fetch run")
+    ap.add_argument("--bridge-records", type=int, default=None,
+                    help="records per bridge run and its plain producer's (the mock keeps the newest 5 MiB "
+                         "per partition; the high watermarks count them all)")
     args = ap.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 3)
     n = args.records or (20_000 if args.quick else 100_000)
+    bridge_n = args.bridge_records or (50_000 if args.quick else 300_000)
     lat_s = 1.0 if args.quick else 3.0
     env = C.environment()
     res = {t: {"produce": [], "fetch": [], "p50_us": [], "p99_us": []} for t in ("shmbus", "mock")}
     errors = []
-    bridge = {"bridge": [], "bridge_2_workers": [], "producer": []}  # records/s to the mock
+    bridge = {k: [] for k in (*BRIDGES, "producer")}  # records/s to the mock
     with shmbus_listener() as (sboot, bus), mock_cluster() as (mboot, _):
         targets = {"shmbus": (sboot, bus), "mock": (mboot, None)}
         for rnd in range(rounds):
@@ -252,16 +285,16 @@ def main(argv=None) -> int:
                 for k, v in vals.items():
                     res[t][k].append(v)
             try:
-                br, pl = bridge_vs_producer(mboot, min(n, 100_000), rnd)
-                print(f"round {rnd} bridge: bus -> mock {br[1]:,.0f}/s (2 workers: {br[2]:,.0f}/s), "
-                      f"plain producer -> mock {pl:,.0f}/s", file=sys.stderr, flush=True)
+                br = bridge_vs_producer(mboot, bridge_n, rnd)
+                print(f"round {rnd} bridge: bus -> mock {br['bridge']:,.0f}/s (2 workers: "
+                      f"{br['bridge_2_workers']:,.0f}/s; Python copier: {br['bridge_python']:,.0f}/s), "
+                      f"plain producer -> mock {br['producer']:,.0f}/s", file=sys.stderr, flush=True)
             except Exception as e:  # noqa: BLE001
-                br, pl = {1: None, 2: None}, None
+                br = {}
                 errors.append(f"round {rnd} bridge: {e!r}")
                 print(f"ERROR round {rnd} bridge: {e!r}", file=sys.stderr, flush=True)
-            bridge["bridge"].append(br[1])
-            bridge["bridge_2_workers"].append(br[2])
-            bridge["producer"].append(pl)
+            for k in bridge:
+                bridge[k].append(br.get(k))
     rows = []
     for t in ("shmbus", "mock"):
         r = res[t]
@@ -270,15 +303,16 @@ def main(argv=None) -> int:
                      C.cell(r["p99_us"], lambda x: C.fmt_num(x, " µs"))])
     ratio = {k: C.per_round_ratio(res["shmbus"][k], res["mock"][k]) for k in ("produce", "fetch")}
     rows.append(["shmbus / mock", C.cell(ratio["produce"], C.fmt_ratio), C.cell(ratio["fetch"], C.fmt_ratio), "", ""])
-    ratio["bridge"] = C.per_round_ratio(bridge["bridge"], bridge["producer"])
-    ratio["bridge_2_workers"] = C.per_round_ratio(bridge["bridge_2_workers"], bridge["producer"])
-    rows.append(["`shmbus bridge` bus → mock", C.cell(bridge["bridge"], C.fmt_rate), "", "", ""])
-    rows.append(["`shmbus bridge --workers 2` bus → mock", C.cell(bridge["bridge_2_workers"], C.fmt_rate),
-                 "", "", ""])
+    names = {"bridge": "`shmbus bridge`", "bridge_2_workers": "`shmbus bridge --workers 2`",
+             "bridge_python": "`shmbus bridge`, Python copier"}
+    for k, label in names.items():
+        ratio[k] = C.per_round_ratio(bridge[k], bridge["producer"])
+        rows.append([f"{label} bus → mock", C.cell(bridge[k], C.fmt_rate), "", "", ""])
     rows.append(["plain producer → mock", C.cell(bridge["producer"], C.fmt_rate), "", "", ""])
-    rows.append(["bridge / plain producer", C.cell(ratio["bridge"], C.fmt_ratio), "", "", ""])
-    rows.append(["bridge --workers 2 / plain producer", C.cell(ratio["bridge_2_workers"], C.fmt_ratio), "", "", ""])
-    print(f"confluent-kafka {_ck_version()}, {n:,} records of {SIZE} B, {PARTITIONS} partitions, {rounds} rounds\n")
+    for k, label in names.items():
+        rows.append([f"{label} / plain producer", C.cell(ratio[k], C.fmt_ratio), "", "", ""])
+    print(f"confluent-kafka {_ck_version()}, {n:,} records of {SIZE} B, {PARTITIONS} partitions, {rounds} rounds; "
+          f"bridge runs {bridge_n:,} records\n")
     print(C.markdown_table(["target", "produce (records/s)", "fetch (records/s)", "produce→fetch p50",
                             "produce→fetch p99"], rows))
     if errors:
@@ -292,7 +326,8 @@ def main(argv=None) -> int:
 def _ck_version() -> str:
     import confluent_kafka as ck
 
-    return f"{ck.version()[0]} (librdkafka {ck.libversion()[0]})"
+    v = ck.version()  # (a str in confluent-kafka 2.x, a (str, int) pair before)
+    return f"{v if isinstance(v, str) else v[0]} (librdkafka {ck.libversion()[0]})"
 
 
 if __name__ == "__main__":
