@@ -340,6 +340,28 @@ def test_out_reads_a_small_ring_lapped_by_its_producer(mock_cluster, data_dir):
         assert copiers(data_dir, "lap") == {default_copier()}
 
 
+@pytest.mark.timeout(120)
+def test_a_record_the_cluster_client_refuses_stops_the_bridge_there_and_says_why(mock_cluster, data_dir, copier):
+    """A record the bus takes (under its 1 MiB) but librdkafka refuses (over its 1,000,000 bytes): the
+    records before it are copied, the bridge copies nothing after it (at least once: nothing skipped),
+    and its status says which record and why. Both copiers."""
+    from shmbus import Bus
+
+    topic = name("big")
+    with Bus(data_dir) as bus:
+        bus.create_topic(topic, 1)
+        with bus.producer() as p:
+            for v in (b"before", b"x" * 1_040_000, b"after"):
+                p.send(topic, v, key=b"k")
+        add_bridge(data_dir, "big", mock_cluster, topic)
+        wait_for(lambda: "offset 1:" in (status(data_dir)[0]["last_error"] or ""), 60, "the refusal in the status")
+        err = status(data_dir)[0]["last_error"]
+        assert f"{topic}/0" in err and "too large" in err.lower(), err
+        got = read_cluster(mock_cluster, topic, 3, 3, partitions=1)
+        assert [m.value() for m in got.get(0, [])] == [b"before"]
+        assert status(data_dir)[0]["running"] and copiers(data_dir, "big") == {copier}
+
+
 def _zombie(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:

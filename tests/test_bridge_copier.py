@@ -183,7 +183,8 @@ def test_compiled_copier_stops_at_a_frame_the_spiller_released(cluster, rdk):
 @pytest.mark.timeout(120)
 def test_compiled_copier_refuses_rows_that_do_not_parse(cluster, rdk):
     """Header bytes that do not parse, and lengths past the buffer, stop the loop (CORRUPT) at that row:
-    the rows before it are sent, nothing is read outside the buffer."""
+    the rows before it are sent, nothing is read outside the buffer. A record librdkafka refuses stops
+    it too (ERROR), and errors() says why."""
     topic = f"corrupt-{uuid.uuid4().hex[:8]}"
     p, t = producer(rdk, cluster, topic)
     bodies = [(b"k%d" % i, b"v%d" % i, [("h", b"%d" % i)]) for i in range(3)]
@@ -196,12 +197,16 @@ def test_compiled_copier_refuses_rows_that_do_not_parse(cluster, rdk):
         bad = rows.copy()
         bad[0, col] = value
         assert p.produce_frames(t, 1, buf, bad, b"bus:x t 1 ", b"kafka:y", 0) == (0, 0, rdk.CORRUPT), (col, value)
+    big, big_rows = rows_for([(b"k", b"v", []), (b"k", b"x" * 1_100_000, []), (b"k", b"w", [])], [0, 0, 0])
+    assert p.produce_frames(t, 1, big, big_rows, b"bus:x t 1 ", b"kafka:y", 0) == (1, 1, rdk.ERROR)
+    (code, kind, topic, part, text), = p.errors()  # (librdkafka refused it: larger than message.max.bytes)
+    assert (kind, topic, part) == (rdk.E_REFUSED, t, 1) and "too large" in text.lower(), text
     with pytest.raises(ValueError):
         p.produce_frames(t, 0, buf, rows[:, :5].copy(), b"p", b"o", 0)  # (not META_COLS columns)
     with pytest.raises(IndexError):
         p.produce_frames(t, PARTS, buf, rows, b"p", b"o", 0)
     assert p.flush(10_000) == 0
-    assert p.state(t, 0) == (1, 1, 11, 0) and p.state(t, 1) == (0, 0, 0, 0)
+    assert p.state(t, 0) == (1, 1, 11, 0) and p.state(t, 1) == (1, 1, 11, 0)
     p.close()
     with pytest.raises(RuntimeError):
         p.poll(0)

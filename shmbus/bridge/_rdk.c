@@ -119,6 +119,12 @@ static const struct { void **slot; const char *name; } SYMBOLS[] = {
 #define PF_CORRUPT 2  /* row k's header bytes do not parse, or its lengths leave the buffer */
 #define PF_ERROR 3    /* librdkafka refused row k (the error is in errors()) */
 
+/* kinds of errors() entries */
+#define E_CLIENT 0    /* the client's error callback: the cluster unreachable, ... */
+#define E_FATAL 1     /* a fatal error: the producer must be made anew */
+#define E_DELIVERY 2  /* a record that was not delivered */
+#define E_REFUSED 3   /* produce_frames: a record librdkafka refused (status PF_ERROR) */
+
 #define MAX_ERRORS 32
 #define HEADER_NAME "shmbus.bridge"
 
@@ -134,7 +140,7 @@ typedef struct {
 
 typedef struct {
     int code;
-    int fatal;
+    int kind;
     int32_t partition;
     int topic; /* index, or -1 */
     char text[240];
@@ -153,14 +159,14 @@ typedef struct {
     size_t tmp_cap;
 } ProducerObject;
 
-static void keep_error(ProducerObject *self, int code, int fatal, int topic, int32_t partition, const char *text) {
+static void keep_error(ProducerObject *self, int code, int kind, int topic, int32_t partition, const char *text) {
     if (self->nerrors >= MAX_ERRORS) {
         self->dropped_errors++;
         return;
     }
     ErrorEntry *e = &self->errors[self->nerrors++];
     e->code = code;
-    e->fatal = fatal;
+    e->kind = kind;
     e->topic = topic;
     e->partition = partition;
     snprintf(e->text, sizeof e->text, "%s", text ? text : "");
@@ -187,7 +193,7 @@ static void on_delivery(void *rk, const rdk_message_t *m, void *opaque) {
     PartState *ps = &ts->parts[m->partition];
     if (m->err) {
         ps->failed++;
-        keep_error(self, m->err, 0, t, m->partition, R.err2str(m->err));
+        keep_error(self, m->err, E_DELIVERY, t, m->partition, R.err2str(m->err));
         return;
     }
     ps->acked++;
@@ -198,15 +204,13 @@ static void on_delivery(void *rk, const rdk_message_t *m, void *opaque) {
 
 static void on_error(void *rk, int err, const char *reason, void *opaque) {
     ProducerObject *self = (ProducerObject *)opaque;
-    int fatal = 0;
     char buf[200];
     if (err == -150) { /* RD_KAFKA_RESP_ERR__FATAL: the underlying error names it */
-        fatal = 1;
         int code = R.fatal_error(rk, buf, sizeof buf);
-        keep_error(self, code, 1, -1, -1, buf);
+        keep_error(self, code, E_FATAL, -1, -1, buf);
         return;
     }
-    keep_error(self, err, fatal, -1, -1, reason);
+    keep_error(self, err, E_CLIENT, -1, -1, reason);
 }
 
 /* --- module functions --- */
@@ -519,7 +523,7 @@ static PyObject *Producer_produce_frames(ProducerObject *self, PyObject *args) {
                 Py_END_ALLOW_THREADS
                 continue;
             }
-            keep_error(self, code, 0, t, p, R.error_string(err));
+            keep_error(self, code, E_REFUSED, t, p, R.error_string(err));
             R.error_destroy(err);
             R.headers_destroy(hdrs); /* (a refused record leaves its headers with the caller) */
             status = PF_ERROR;
@@ -582,7 +586,7 @@ static PyObject *Producer_purge(ProducerObject *self, PyObject *noarg) {
     Py_RETURN_NONE;
 }
 
-/* errors() -> [(code, fatal, topic index or -1, partition or -1, text)], and forgets them */
+/* errors() -> [(code, kind, topic index or -1, partition or -1, text)] (kind: E_*), and forgets them */
 static PyObject *Producer_errors(ProducerObject *self, PyObject *noarg) {
     (void)noarg;
     PyObject *out = PyList_New(0);
@@ -590,7 +594,7 @@ static PyObject *Producer_errors(ProducerObject *self, PyObject *noarg) {
         return NULL;
     for (int i = 0; i < self->nerrors; i++) {
         ErrorEntry *e = &self->errors[i];
-        PyObject *item = Py_BuildValue("iiiis", e->code, e->fatal, e->topic, (int)e->partition, e->text);
+        PyObject *item = Py_BuildValue("iiiis", e->code, e->kind, e->topic, (int)e->partition, e->text);
         if (!item || PyList_Append(out, item)) {
             Py_XDECREF(item);
             Py_DECREF(out);
@@ -599,7 +603,7 @@ static PyObject *Producer_errors(ProducerObject *self, PyObject *noarg) {
         Py_DECREF(item);
     }
     if (self->dropped_errors) {
-        PyObject *item = Py_BuildValue("iiiis", 0, 0, -1, -1, "(more errors than kept)");
+        PyObject *item = Py_BuildValue("iiiis", 0, E_CLIENT, -1, -1, "(more errors than kept)");
         if (item)
             PyList_Append(out, item);
         Py_XDECREF(item);
@@ -623,7 +627,7 @@ static PyMethodDef Producer_methods[] = {
     {"poll", (PyCFunction)Producer_poll, METH_VARARGS, "poll(timeout_ms) -> events served"},
     {"flush", (PyCFunction)Producer_flush, METH_VARARGS, "flush(timeout_ms) -> records still in flight"},
     {"purge", (PyCFunction)Producer_purge, METH_NOARGS, "drop what is queued and in flight (reported as failed)"},
-    {"errors", (PyCFunction)Producer_errors, METH_NOARGS, "errors() -> [(code, fatal, topic, partition, text)]"},
+    {"errors", (PyCFunction)Producer_errors, METH_NOARGS, "errors() -> [(code, kind, topic, partition, text)]"},
     {"close", (PyCFunction)Producer_close, METH_NOARGS, "destroy the client (what is in flight is dropped)"},
     {NULL, NULL, 0, NULL},
 };
@@ -673,5 +677,9 @@ PyMODINIT_FUNC PyInit__rdk(void) {
     PyModule_AddIntConstant(m, "STALE", PF_STALE);
     PyModule_AddIntConstant(m, "CORRUPT", PF_CORRUPT);
     PyModule_AddIntConstant(m, "ERROR", PF_ERROR);
+    PyModule_AddIntConstant(m, "E_CLIENT", E_CLIENT);
+    PyModule_AddIntConstant(m, "E_FATAL", E_FATAL);
+    PyModule_AddIntConstant(m, "E_DELIVERY", E_DELIVERY);
+    PyModule_AddIntConstant(m, "E_REFUSED", E_REFUSED);
     return m;
 }

@@ -315,7 +315,8 @@ class OutCopier(Side):
         n = 0
         produce = prod.produce
         origin, other, hdr = self.origin, self.other, P.HEADER
-        for tp, recs in got.items():
+        items = list(got.items())
+        for i, (tp, recs) in enumerate(items):
             topic, p = tp
             key = (topic, p)
             target = self.cfg.target(topic)
@@ -325,33 +326,40 @@ class OutCopier(Side):
             while last >= 0 and recs[last].headers and P.from_origin(recs[last].headers, other):
                 last -= 1
             sent = 0
-            for _t, _p, off, ts, k, v, hs in recs[:max(last, 0)]:  # (ConsumerRecord's fields)
-                if hs:
-                    if P.from_origin(hs, other):
-                        continue
-                    h = hs + [(hdr, b"%b%d" % (pre, off))]
+            off = recs[0].offset
+            try:
+                for _t, _p, off, ts, k, v, hs in recs[:max(last, 0)]:  # (ConsumerRecord's fields)
+                    if hs:
+                        if P.from_origin(hs, other):
+                            continue
+                        h = hs + [(hdr, b"%b%d" % (pre, off))]
+                    else:
+                        h = [(hdr, b"%b%d" % (pre, off))]
+                    try:  # (positional: topic, value, key, partition, on_delivery, callback, timestamp, headers)
+                        produce(target, v, k, p, None, None, ts, h)
+                    except BufferError:
+                        self._produce_waiting(target, v, k, p, None, ts, h)
+                    sent += 1
+                if last >= 0:
+                    # the batch's last record carries a callback: its success acknowledges every one below
+                    # (librdkafka reports a partition's deliveries in order, and gapless: a failure is fatal)
+                    r = recs[last]
+                    off = r.offset
+                    hs = r.headers
+                    h = [(hdr, b"%b%d" % (pre, r.offset))]
+                    cb = self._batch_end(key, (target, p), end, r.timestamp)
+                    self._produce_waiting(target, r.value, r.key, p, cb, r.timestamp, hs + h if hs else h)
+                    self.outstanding[key] += 1
+                    sent += 1
                 else:
-                    h = [(hdr, b"%b%d" % (pre, off))]
-                sent += 1
-                try:  # (positional: topic, value, key, partition, on_delivery, callback, timestamp, headers)
-                    produce(target, v, k, p, None, None, ts, h)
-                except BufferError:
-                    self._produce_waiting(target, v, k, p, None, ts, h)
-            if last >= 0:
-                # the batch's last record carries a callback: its success acknowledges every one below
-                # (librdkafka reports a partition's deliveries in order, and gapless: a failure is fatal)
-                r = recs[last]
-                hs = r.headers
-                h = [(hdr, b"%b%d" % (pre, r.offset))]
-                self.outstanding[key] += 1
-                cb = self._batch_end(key, (target, p), end, r.timestamp)
-                self._produce_waiting(target, r.value, r.key, p, cb, r.timestamp, hs + h if hs else h)
-                sent += 1
-            else:
-                if self.outstanding[key]:
-                    self.deferred[key] = end
-                else:
-                    self.acked[key] = max(self.acked.get(key, 0), end)
+                    if self.outstanding[key]:
+                        self.deferred[key] = end
+                    else:
+                        self.acked[key] = max(self.acked.get(key, 0), end)
+            except self.ck.KafkaException as e:
+                self.copied[topic] += sent
+                self._refused(tp, off, e.args[0].str() if e.args else str(e),
+                              [(t, rs[0].offset) for t, rs in items[i + 1:]])
             skipped = len(recs) - sent
             self.read[key] = end
             self.copied[topic] += sent
@@ -360,6 +368,22 @@ class OutCopier(Side):
             n += sent
         prod.poll(0)
         return n
+
+    def _refused(self, tp, offset: int, why: str, rest) -> None:
+        """librdkafka refused the record at ``offset`` (too large for it, ...): read on from it (and
+        ``rest``, [(tp, offset)] of the partitions polled but not sent yet) next time, and raise: the
+        run loop says why and pauses. Stuck there: at least once skips nothing."""
+        for t2, o2 in rest:
+            self.consumer.seek(t2, o2)
+        self.consumer.seek(tp, offset)
+        key = (tp[0], tp[1])
+        self.read[key] = offset
+        # this batch's records before it went without a callback: once all that was produced is
+        # delivered (a failure is fatal: gapless), the position is the refused record's
+        if self.producer.flush(5) == 0 and (self.cfg.target(tp[0]), tp[1]) not in self.failed:
+            self.acked[key] = max(self.acked.get(key, 0), offset)
+        raise ShmbusError(f"the cluster's client refused the record at {tp[0]}/{tp[1]} offset {offset}: {why} "
+                          f"(records after it are not copied until it can be)")
 
     def _produce_waiting(self, target, value, key, p, cb, ts, headers) -> None:
         """produce, waiting for room in librdkafka's queue."""
@@ -426,6 +450,7 @@ class NativeOutCopier(OutCopier):
         self.tindex = {}  # source topic -> the producer's index of its target topic
         self.prefix = {}  # (topic, p) -> the provenance value before the offset
         self.pending = {}  # (topic, p) -> deque of (end, timestamp) per handed-over read, for lag_ms
+        self.refused = None  # why librdkafka refused a record in this step's read
         super().__init__(cfg, bus, data_dir, report, worker)
 
     def _producer(self):
@@ -471,19 +496,33 @@ class NativeOutCopier(OutCopier):
             raise CorruptRecordError(f"topic={topic!r} partition={p} offset={int(rows[k, 1])}: the record's "
                                      f"header bytes do not parse (the bridge cannot copy past it)")
         if status == self.rdk.ERROR:
-            self.rebuild = True  # (the error is in errors(); a new producer reads again from the acknowledged)
-        return k if ring is not None or status != self.rdk.ERROR else len(rows)
+            # librdkafka refused the record (too large for it, ...): the Consumer reads on from it next
+            # time; step raises after this read, the run loop says why and pauses. Stuck there.
+            why = "; ".join(self._take_errors()) or "refused"
+            self.refused = f"the cluster's client refused the record at {topic}/{p} offset {int(rows[k, 1])}: " \
+                           f"{why} (records after it are not copied until it can be)"
+        return k
 
-    def _take_acks(self) -> None:
-        prod = self.producer
-        for code, fatal, t, p, text in prod.errors():
-            if t >= 0:
-                self.report(f"delivery to {next((self.cfg.target(s) for s, i in self.tindex.items() if i == t), '?')}"
-                            f"/{p} failed: {text}")
+    def _take_errors(self) -> list:
+        """Report the producer's errors (a failed delivery or a fatal error: a new producer follows);
+        returns the texts of the records it refused."""
+        rdk = self.rdk
+        refused = []
+        for _code, kind, t, p, text in self.producer.errors():
+            if kind == rdk.E_REFUSED:
+                refused.append(text)
+            elif kind == rdk.E_DELIVERY:
+                target = next((self.cfg.target(s) for s, i in self.tindex.items() if i == t), "?")
+                self.report(f"delivery to {target}/{p} failed: {text}")
                 self.rebuild = True
             else:
                 self.report(f"cluster: {text}")
-                self.rebuild = self.rebuild or bool(fatal)
+                self.rebuild = self.rebuild or kind == rdk.E_FATAL
+        return refused
+
+    def _take_acks(self) -> None:
+        prod = self.producer
+        self._take_errors()
         state = prod.state
         for topic, t in self.tindex.items():
             for p in self.mine(self.topics.get(topic, 0)):
@@ -510,7 +549,10 @@ class NativeOutCopier(OutCopier):
             prod.poll(timeout_ms)
             self._take_acks()
             return 0
+        self.refused = None
         n = self.consumer._copy_frames(min(POLL_RECORDS, room), self._sink)
+        if self.refused:
+            raise ShmbusError(self.refused)
         if not n and timeout_ms:
             prod.poll(min(timeout_ms, 10))  # (deliveries come back meanwhile)
             self.consumer._wait(time.monotonic() + timeout_ms / 1000)

@@ -194,11 +194,12 @@ class FetchMixin:
         ``max_records`` records; returns how many records ``sink`` took.
 
         ``rows`` are scan rows (layout/frame.py: one DATA frame each, its body at ``M_BODY`` in ``buf``),
-        valid only during the call. ``ring`` is None for a segment chunk, which ``sink`` must take whole;
-        else ``buf`` is that ring's memory, which the spiller may release under the reader: ``sink`` copies
-        each frame, then checks ``ring.reclaiming()`` against the frame's position, and returns how many
-        rows it took before one failed that check (the rest is read again, from disk). For readers that
-        hand records on without a Python object per record (the bridge's compiled copier).
+        valid only during the call; ``sink`` returns how many of them it took, and the next read starts
+        after those. ``ring`` is None for a segment chunk; else ``buf`` is that ring's memory, which the
+        spiller may release under the reader: ``sink`` copies each frame, then checks
+        ``ring.reclaiming()`` against the frame's position, and stops before the first one that fails
+        (the rest is read again, from disk). For readers that hand records on without a Python object
+        per record (the bridge's compiled copier).
         """
         left = max_records
         parts = self._assigned
@@ -218,9 +219,13 @@ class FetchMixin:
         """One partition's turn of ``_copy_frames``: the records ``sink`` took."""
         for _attempt in range(4):
             if p.cursor < 0:
+                pos0 = p.position
                 got = self._locate(p, max_n, FRAMES)
                 if got is not None:
-                    return sink(p.tp, got[0], got[1], None)
+                    k = sink(p.tp, got[0], got[1], None)
+                    if k < len(got[1]):
+                        p.position = int(got[1][k - 1, frame.M_OFFSET]) + 1 if k else pos0
+                    return k
                 if p.cursor < 0:
                     return 0
             ring = p.ring
