@@ -300,17 +300,30 @@ class OutCopier(Side):
         return sum(self.read[k] - self.acked.get(k, self.read[k]) for k in self.read)
 
     # --- the loop ---
-    def step(self, timeout_ms: int) -> int:
+    def _room(self, timeout_ms: int) -> int:
+        """A step's start: a producer (made anew after a failure), new topics, deliveries served. Returns
+        how many records may be read now; 0 when none (the window is full, or nothing to read): then it
+        waited up to ``timeout_ms`` for deliveries instead."""
         if self.producer is None or self.rebuild:
             self.restart_producer()
         if time.monotonic() - self.last_discover > DISCOVER_S:
             self.discover()
-        prod = self.producer
-        prod.poll(0)
+        self._serve(0)
         room = WINDOW - self.unsaved()
         if room <= 0 or not self.read:
-            prod.poll(timeout_ms / 1000)
+            self._serve(timeout_ms)
             return 0
+        return room
+
+    def _serve(self, timeout_ms: int) -> None:
+        """Deliveries and errors, waiting up to ``timeout_ms`` for the first."""
+        self.producer.poll(timeout_ms / 1000)
+
+    def step(self, timeout_ms: int) -> int:
+        room = self._room(timeout_ms)
+        if not room:
+            return 0
+        prod = self.producer
         got = self.consumer.poll(timeout_ms=timeout_ms, max_records=min(POLL_RECORDS, room))
         n = 0
         produce = prod.produce
@@ -536,19 +549,15 @@ class NativeOutCopier(OutCopier):
                 while q and q[0][0] <= pos:
                     self.last_ts[key] = q.popleft()[1]
 
-    def step(self, timeout_ms: int) -> int:
-        if self.producer is None or self.rebuild:
-            self.restart_producer()
-        if time.monotonic() - self.last_discover > DISCOVER_S:
-            self.discover()
-        prod = self.producer
-        prod.poll(0)
+    def _serve(self, timeout_ms: int) -> None:
+        self.producer.poll(timeout_ms)
         self._take_acks()
-        room = WINDOW - self.unsaved()
-        if room <= 0 or not self.read:
-            prod.poll(timeout_ms)
-            self._take_acks()
+
+    def step(self, timeout_ms: int) -> int:
+        room = self._room(timeout_ms)
+        if not room:
             return 0
+        prod = self.producer
         self.refused = None
         n = self.consumer._copy_frames(min(POLL_RECORDS, room), self._sink)
         if self.refused:
