@@ -129,3 +129,36 @@ def test_a_topic_made_just_before_stop_is_spilled_by_the_stop(data_dir):
     finally:
         log.close()
     assert n == 10
+
+
+def test_a_reader_catching_up_holds_one_segment_file_open(bus):
+    """Reading through many segment files, a consumer has at most the one it reads open (a reader far
+    behind does not run into the file descriptor limit, nor keep deleted files' space)."""
+    bus.create_topic("d", config={"ring.bytes": 8192, "segment.bytes": 4096})
+    with bus.producer() as p:
+        for i in range(3000):
+            p.send("d", b"%05d" % i + b"." * 50)
+    wait_spilled(bus, "d", 0, 2999)
+    pdir = os.path.realpath(os.path.join(bus.data_dir, "topics", "d", "0"))
+    assert len(os.listdir(pdir)) > 3 * 40  # (40 segments or more: .log, .index, .timeindex each)
+
+    def open_segments():
+        out = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                out += os.readlink(f"/proc/self/fd/{fd}").startswith(pdir + "/")
+            except OSError:
+                pass
+        return out
+
+    most = 0
+    with bus.consumer(auto_offset_reset="earliest") as c:
+        c.assign([TP])
+        got = []
+        deadline = time.monotonic() + 20
+        while len(got) < 3000 and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=100, max_records=100).values():
+                got.extend(r.offset for r in recs)
+            most = max(most, open_segments())
+    assert got == list(range(3000))
+    assert most <= 1, f"{most} segment files open at once"

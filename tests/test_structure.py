@@ -52,6 +52,19 @@ def modules() -> dict[str, str]:
 MODULES = modules()
 
 
+def compiled() -> set[str]:
+    """The compiled modules: a C source with its type stub beside it (``_native.c`` and ``_native.pyi``)."""
+    out = set()
+    for dp, _dn, fn in os.walk(ROOT):
+        for f in fn:
+            if f.endswith(".pyi") and f[:-4] + ".c" in fn:
+                out.add(os.path.relpath(os.path.join(dp, f), os.path.dirname(ROOT))[:-4].replace(os.sep, "."))
+    return out
+
+
+COMPILED = compiled()
+
+
 def layer(mod: str) -> int:
     best = max((p for p in LAYERS if mod == p or mod.startswith(p + ".")), key=len)
     return LAYERS[best]
@@ -74,7 +87,7 @@ def imports(mod: str):
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "shmbus":
             for a in node.names:
                 sub = f"{node.module}.{a.name}"
-                if sub in MODULES or sub.endswith("._native"):
+                if sub in MODULES or sub in COMPILED:
                     yield sub, [], node.lineno  # a module, taken from its package
                 else:
                     yield node.module, [a.name], node.lineno
@@ -89,6 +102,7 @@ def edges():
 def test_the_layers_are_known():
     assert all(any(m == p or m.startswith(p + ".") for p in LAYERS) for m in MODULES)
     assert "shmbus.core.native" in MODULES and "shmbus.client.consumer" in MODULES
+    assert COMPILED == {"shmbus.core._native", "shmbus.bridge._rdk"}
 
 
 def test_imports_point_down_only():

@@ -279,9 +279,12 @@ class PartitionLog:
                 pos = new_pos  # skipped frames below `offset`; keep going in this segment
                 continue
             # end of this segment (or a frame not wholly written yet: _read_chunk reads any
-            # frame that is wholly in the file): the next segment, if any
-            self.refresh()
+            # frame that is wholly in the file): the next segment, if any (the listing is read
+            # again only when it names none: segments are only ever added after the newest)
             later = [b for b in self.segs if b > base]
+            if not later:
+                self.refresh()
+                later = [b for b in self.segs if b > base]
             if not later:
                 # caught up with the disk: the reader goes to the ring; hold no file open
                 # (a segment deleted or replaced meanwhile would keep its disk space)
@@ -295,6 +298,9 @@ class PartitionLog:
                 # records written in between would be passed over.
                 final = True
                 continue
+            fd = self._fds.pop(base, None)  # (done with it: a reader holds the file it reads, no more)
+            if fd is not None:
+                os.close(fd)
             base, pos, final = later[0], 0, False
 
     def start_offset(self) -> int | None:
