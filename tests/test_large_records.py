@@ -109,3 +109,6 @@ def test_a_supervisor_restarts_over_segments_of_2_mib_records(data_dir):
                 continue
             got = [tuple(x) for x in _read_all(data_dir, "huge", n + 4, 500, native_on)]
             assert got == want, f"native={native_on}: {len(got)} of {n + 4} records"
+            # (values larger than poll_batch's 1 MiB values buffer: read from disk without the copying scan)
+            got = [tuple(x) for x in _read_all(data_dir, "huge", n + 4, 4096, native_on, batch=True)]
+            assert got == want, f"poll_batch native={native_on}: {len(got)} of {n + 4} records"

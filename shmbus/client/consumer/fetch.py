@@ -91,9 +91,10 @@ class FetchMixin:
             self._reset(p, "offset beyond the end of the partition")
             if p.position is None:
                 return None
-        n, meta, chunk = p.log.read(p.position, max_n)
+        n, meta, chunk = p.log.read(p.position, max_n, self._values if batch is True else None)
         if n:
-            rows = meta[1: n + 1].copy() if batch else meta[1: n + 1]
+            copied = batch is True and p.log.copied  # (the scan copied the values out already)
+            rows = meta[1: n + 1].copy() if batch and not copied else meta[1: n + 1]
             first, last = int(rows[0, frame.M_OFFSET]), int(rows[-1, frame.M_OFFSET])
             if batch is FRAMES:
                 if first > p.position and p.position < self._start(p):
@@ -107,7 +108,13 @@ class FetchMixin:
                     last = int(rows[-1, frame.M_OFFSET])
                 p.position = last + 1
                 return chunk, rows
-            out = self._records_from(p, rows, chunk, batch, chunk)
+            if copied:
+                total = int(np.maximum(rows[:, frame.M_VLEN], 0).sum())
+                out = RecordBatch(p.tp.topic, p.tp.partition, rows[:, frame.M_OFFSET].copy(),
+                                  rows[:, frame.M_TS].copy(), self._values[:total].copy(),
+                                  rows[:, frame.M_BODY].copy(), rows[:, frame.M_VLEN].copy())
+            else:
+                out = self._records_from(p, rows, chunk, batch, chunk)
             # (build the records first: the start-offset lookup reuses the log's buffers)
             if first > p.position and p.position < self._start(p):
                 self._reset(p, "offset below the start of the partition")
