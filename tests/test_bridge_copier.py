@@ -144,7 +144,6 @@ def rows_for(bodies, positions, start=ring_layout.HEADER_BYTES):
         hb = encode_headers(h)
         body = k + v + hb
         buf[at: at + len(body)] = np.frombuffer(body, np.uint8)
-        rows[i] = 0
         rows[i, F.M_POS], rows[i, F.M_OFFSET], rows[i, F.M_TS] = pos, 10 + i, 1_760_000_000_000 + i
         rows[i, F.M_KLEN], rows[i, F.M_VLEN], rows[i, F.M_HLEN], rows[i, F.M_BODY] = len(k), len(v), len(hb), at
         rows[i, F.M_LEN] = F.HEADER_BYTES + len(body)

@@ -438,8 +438,6 @@ static PyObject *Producer_produce_frames(ProducerObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "rows must be int64 with META_COLS columns");
         goto out;
     }
-    if (ensure_tmp(self, (size_t)prefix_len + 32))
-        goto out;
     const int64_t n = rows.len / (META_COLS * 8);
     const int64_t *row = (const int64_t *)rows.buf;
     const uint8_t *base = (const uint8_t *)buf.buf;

@@ -44,6 +44,7 @@ from collections import deque
 from shmbus.bridge import config as C
 from shmbus.bridge import provenance as P
 from shmbus.errors import CorruptRecordError, ShmbusError, TopicExistsError
+from shmbus.layout import frame as F
 
 WINDOW = 100_000  # records read from the bus past the saved positions, at most (the duplicates' bound)
 POLL_RECORDS = 5000
@@ -495,7 +496,7 @@ class NativeOutCopier(OutCopier):
         k, sent, status = self.producer.produce_frames(self._target(topic), p, buf, rows, pre, self.other,
                                                        ring.address if ring is not None else 0)
         if k:
-            end = int(rows[k - 1, 1]) + 1  # (M_OFFSET)
+            end = int(rows[k - 1, F.M_OFFSET]) + 1
             self.read[key] = end
             self.copied[topic] += sent
             if k > sent:
@@ -503,16 +504,16 @@ class NativeOutCopier(OutCopier):
             q = self.pending.get(key)
             if q is None:
                 q = self.pending[key] = deque()
-            q.append((end, int(rows[k - 1, 2])))  # (M_TS)
+            q.append((end, int(rows[k - 1, F.M_TS])))
         if status == self.rdk.CORRUPT:
             self.rebuild = True  # (read again from the acknowledged positions: stuck there, and saying why)
-            raise CorruptRecordError(f"topic={topic!r} partition={p} offset={int(rows[k, 1])}: the record's "
+            raise CorruptRecordError(f"topic={topic!r} partition={p} offset={int(rows[k, F.M_OFFSET])}: the record's "
                                      f"header bytes do not parse (the bridge cannot copy past it)")
         if status == self.rdk.ERROR:
             # librdkafka refused the record (too large for it, ...): the Consumer reads on from it next
             # time; step raises after this read, the run loop says why and pauses. Stuck there.
             why = "; ".join(self._take_errors()) or "refused"
-            self.refused = f"the cluster's client refused the record at {topic}/{p} offset {int(rows[k, 1])}: " \
+            self.refused = f"the cluster's client refused the record at {topic}/{p} offset {int(rows[k, F.M_OFFSET])}: " \
                            f"{why} (records after it are not copied until it can be)"
         return k
 

@@ -7,6 +7,7 @@ short by the end of the file as not there yet.
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 
@@ -28,8 +29,6 @@ def read_buffer(nbytes: int) -> np.ndarray:
     where the kernel offers them (``madvise``): on a virtual machine, copying the page cache into 4 KiB
     pages measured from 1.8 to 11 GB/s, process by process; into huge pages about 10 GB/s every time.
     Nothing is touched (no memory used) until the first read."""
-    import mmap
-
     size = -(-nbytes // HUGE_PAGE) * HUGE_PAGE + HUGE_PAGE  # (room to align the start)
     m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):

@@ -94,28 +94,19 @@ class FetchMixin:
         n, meta, chunk = p.log.read(p.position, max_n, self._values if batch is True else None)
         if n:
             copied = batch is True and p.log.copied  # (the scan copied the values out already)
-            rows = meta[1: n + 1].copy() if batch and not copied else meta[1: n + 1]
+            rows = meta[1: n + 1].copy() if batch is True and not copied else meta[1: n + 1]
             first, last = int(rows[0, frame.M_OFFSET]), int(rows[-1, frame.M_OFFSET])
             if batch is FRAMES:
-                if first > p.position and p.position < self._start(p):
-                    self._reset(p, "offset below the start of the partition")
-                    return self._locate(p, max_n, batch)
-                if first > p.position:  # (a gap: the start-offset lookup reused the log's buffers)
-                    n, meta, chunk = p.log.read(p.position, max_n)
-                    rows = meta[1: n + 1]
-                    if not n:
-                        return None
-                    last = int(rows[-1, frame.M_OFFSET])
-                p.position = last + 1
-                return chunk, rows
-            if copied:
+                out = chunk, rows
+            elif copied:
                 total = int(np.maximum(rows[:, frame.M_VLEN], 0).sum())
                 out = RecordBatch(p.tp.topic, p.tp.partition, rows[:, frame.M_OFFSET].copy(),
                                   rows[:, frame.M_TS].copy(), self._values[:total].copy(),
                                   rows[:, frame.M_BODY].copy(), rows[:, frame.M_VLEN].copy())
             else:
                 out = self._records_from(p, rows, chunk, batch, chunk)
-            # (build the records first: the start-offset lookup reuses the log's buffers)
+            # (the start-offset lookup lists the directory and reads one frame header: it leaves the
+            # log's rows and chunk as they are)
             if first > p.position and p.position < self._start(p):
                 self._reset(p, "offset below the start of the partition")
                 return self._locate(p, max_n, batch)
